@@ -1,0 +1,1 @@
+//! Curated format (being built).

@@ -1,0 +1,4 @@
+//! Storage formats: raw batches as landed, curated Parquet as queried.
+
+pub mod curated;
+pub mod raw;

@@ -1,0 +1,1 @@
+//! Raw format (being built).

@@ -1,0 +1,1 @@
+//! Demo source (being built).

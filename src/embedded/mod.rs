@@ -1,0 +1,1 @@
+//! Embedded backends (being built).

@@ -1,0 +1,1 @@
+//! HTTP source (being built).
