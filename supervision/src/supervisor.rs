@@ -1,0 +1,460 @@
+//! The supervisor actor: starts children from their factories, watches them
+//! (ractor supervision events and progress probes) and restarts them by
+//! strategy, with backoff and restart intensity.
+//!
+//! Decisions, in order, when a child exits:
+//! 1. Classify the exit ([`ExitReason`]): a handler error or panic is
+//!    `Failed`, a kill by the health check `Stalled`, an external kill
+//!    `Failed("killed")`, otherwise what the child put in its probe, or
+//!    `Completed`.
+//! 2. Restart policy: permanent always, transient only when abnormal,
+//!    temporary never (the child is removed).
+//! 3. Intensity, counted per child (so one poisoned partition cannot use up
+//!    the budget of its healthy siblings): more than `max_restarts` restarts
+//!    of that child within `window` escalates: a nested
+//!    supervisor kills its children and fails (its parent decides); the root
+//!    marks the child and itself failed and stops restarting it, so the
+//!    status tree shows the pipeline failed instead of a hot loop.
+//! 4. Strategy: the set of children to restart (one, the rest, all); the
+//!    others in the set are killed, since their in-flight work is recovered
+//!    from checkpoints anyway.
+//! 5. Backoff: the restart is a message sent to ourselves after the delay;
+//!    the handler never sleeps.
+//!
+//! A spawn error (including a panic in `pre_start`, which ractor reports as
+//! a spawn error rather than a supervision event) is a failure like any other.
+//! Restarts are performed one child at a time inside the supervisor's
+//! handler, so a supervisor never has more than one restart in flight.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::probe::{ActorProbe, ExitReason};
+use crate::spec::{ChildContext, ChildFactory, ChildSpec, Restart, Strategy, SupervisorSpec};
+use crate::status::{NodeKind, NodeState, StatusHandle};
+
+/// How long a graceful stop of one child may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub enum SupervisorMsg {
+    /// A backoff delay elapsed: start these children (if still awaiting `epoch`).
+    RestartDue { names: Vec<String>, epoch: u64 },
+    /// Look for stalled children.
+    HealthCheck,
+    /// Add and start a child (dynamic children: partitions, sources).
+    AddChild(ChildSpec, RpcReplyPort<Result<(), String>>),
+    /// Stop a child gracefully and forget it; replies whether it existed.
+    RemoveChild(String, RpcReplyPort<bool>),
+    /// Names of the current children, in start order.
+    Children(RpcReplyPort<Vec<String>>),
+}
+
+/// Arguments of a supervisor actor.
+pub struct SupervisorArgs {
+    pub spec: SupervisorSpec,
+    pub status: StatusHandle,
+    /// The root never escalates; it reports failure in the status tree.
+    pub root: bool,
+}
+
+struct Slot {
+    spec: ChildSpec,
+    status: StatusHandle,
+    cell: Option<ActorCell>,
+    probe: ActorProbe,
+    generation: u64,
+    /// Consecutive failures, for the backoff schedule.
+    failures: u32,
+    started_at: Instant,
+    /// Set while a restart for this epoch is scheduled.
+    awaiting: Option<u64>,
+    /// Restarts of this child inside the intensity window.
+    recent_restarts: VecDeque<Instant>,
+}
+
+pub struct SupervisorState {
+    spec: SupervisorSpec,
+    root: bool,
+    status: StatusHandle,
+    slots: Vec<Slot>,
+    epoch: u64,
+}
+
+pub struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let path = args.status.path();
+        let slots: Vec<Slot> = args
+            .spec
+            .children
+            .iter()
+            .map(|c| new_slot(&path, c.clone()))
+            .collect();
+        args.status
+            .set_children(slots.iter().map(|s| s.status.clone()).collect());
+        let mut state = SupervisorState {
+            root: args.root,
+            status: args.status,
+            slots,
+            epoch: 0,
+            spec: args.spec,
+        };
+        for i in 0..state.slots.len() {
+            start_child(&myself, &mut state, i).await?;
+        }
+        let every = state.spec.health_interval;
+        if !every.is_zero() {
+            myself.send_interval(every, || SupervisorMsg::HealthCheck);
+        }
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.status.set_state(NodeState::Running);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::RestartDue { names, epoch } => {
+                for name in names {
+                    if let Some(i) = state.slots.iter().position(|s| s.spec.name == name)
+                        && state.slots[i].awaiting == Some(epoch)
+                    {
+                        state.slots[i].awaiting = None;
+                        start_child(&myself, state, i).await?;
+                    }
+                }
+            }
+            SupervisorMsg::HealthCheck => check_health(state),
+            SupervisorMsg::AddChild(spec, reply) => {
+                if state.slots.iter().any(|s| s.spec.name == spec.name) {
+                    let _ = reply.send(Err(format!("child {} already exists", spec.name)));
+                    return Ok(());
+                }
+                let path = state.status.path();
+                state.slots.push(new_slot(&path, spec));
+                publish_children(state);
+                let i = state.slots.len() - 1;
+                start_child(&myself, state, i).await?;
+                let _ = reply.send(Ok(()));
+            }
+            SupervisorMsg::RemoveChild(name, reply) => {
+                let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else {
+                    let _ = reply.send(false);
+                    return Ok(());
+                };
+                let slot = state.slots.remove(i);
+                publish_children(state);
+                if let Some(cell) = slot.cell {
+                    stop_gracefully(cell).await;
+                }
+                slot.status.set_state(NodeState::Stopped);
+                let _ = reply.send(true);
+            }
+            SupervisorMsg::Children(reply) => {
+                let _ = reply.send(state.slots.iter().map(|s| s.spec.name.clone()).collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, exit) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                (cell, ExitReason::Failed(format!("{error}")))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let probed = state
+                    .slots
+                    .iter()
+                    .find(|s| s.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
+                    .and_then(|s| s.probe.take_exit());
+                let exit = match (probed, reason.as_deref()) {
+                    (Some(exit), _) => exit,
+                    (None, Some("killed")) => ExitReason::Failed("killed".to_string()),
+                    (None, _) => ExitReason::Completed,
+                };
+                (cell, exit)
+            }
+            _ => return Ok(()),
+        };
+        let Some(i) = state
+            .slots
+            .iter()
+            .position(|s| s.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
+        else {
+            // A child we stopped on purpose, or an earlier generation.
+            return Ok(());
+        };
+        child_exited(&myself, state, i, exit)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Graceful: dependents first (reverse start order), each finishing
+        // its in-flight message.
+        for slot in state.slots.iter_mut().rev() {
+            if let Some(cell) = slot.cell.take() {
+                stop_gracefully(cell).await;
+            }
+            slot.status.set_state(NodeState::Stopped);
+        }
+        if state.status.state() != NodeState::Failed {
+            state.status.set_state(NodeState::Stopped);
+        }
+        Ok(())
+    }
+}
+
+async fn stop_gracefully(cell: ActorCell) {
+    if cell
+        .stop_and_wait(Some("shutdown".to_string()), Some(STOP_GRACE))
+        .await
+        .is_err()
+    {
+        warn!(actor = ?cell.get_name(), "child did not stop in time, killing it");
+        cell.kill();
+    }
+}
+
+fn new_slot(parent: &str, spec: ChildSpec) -> Slot {
+    let kind = if spec.is_supervisor() {
+        NodeKind::Supervisor
+    } else {
+        NodeKind::Worker
+    };
+    Slot {
+        status: StatusHandle::new(&spec.name, format!("{parent}/{}", spec.name), kind),
+        spec,
+        cell: None,
+        probe: ActorProbe::new(),
+        generation: 0,
+        failures: 0,
+        started_at: Instant::now(),
+        awaiting: None,
+        recent_restarts: VecDeque::new(),
+    }
+}
+
+fn publish_children(state: &SupervisorState) {
+    state
+        .status
+        .set_children(state.slots.iter().map(|s| s.status.clone()).collect());
+}
+
+async fn start_child(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    i: usize,
+) -> Result<(), ActorProcessingErr> {
+    let siblings = state.slots[..i]
+        .iter()
+        .filter_map(|s| s.cell.clone().map(|c| (s.spec.name.clone(), c)))
+        .collect();
+    let slot = &mut state.slots[i];
+    slot.generation += 1;
+    slot.probe = ActorProbe::new();
+    slot.status.set_state(NodeState::Starting);
+    let ctx = ChildContext {
+        supervisor: myself.get_cell(),
+        path: slot.status.path(),
+        generation: slot.generation,
+        probe: slot.probe.clone(),
+        siblings,
+        status: slot.status.clone(),
+    };
+    match slot.spec.factory.spawn(ctx).await {
+        Ok(cell) => {
+            slot.started_at = Instant::now();
+            slot.status
+                .started(cell.clone(), slot.probe.clone(), slot.generation);
+            slot.cell = Some(cell);
+            Ok(())
+        }
+        Err(spawn_error) => {
+            let path = slot.status.path();
+            warn!(path, error = %spawn_error, "child failed to start");
+            child_exited(myself, state, i, ExitReason::Failed(format!("start failed: {spawn_error}")))
+        }
+    }
+}
+
+fn check_health(state: &mut SupervisorState) {
+    for slot in &state.slots {
+        let (Some(cell), Some(timeout)) = (&slot.cell, slot.spec.stall_timeout) else {
+            continue;
+        };
+        let stalled = slot.probe.stalled_for();
+        if stalled >= timeout {
+            warn!(
+                path = slot.status.path(),
+                stalled_ms = stalled.as_millis() as u64,
+                "child made no progress, killing it"
+            );
+            metrics::counter!("hubflow_supervisor_stalls_total").increment(1);
+            slot.probe.set_exit(ExitReason::Stalled);
+            cell.kill();
+        }
+    }
+}
+
+fn child_exited(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    i: usize,
+    exit: ExitReason,
+) -> Result<(), ActorProcessingErr> {
+    let slot = &mut state.slots[i];
+    slot.cell = None;
+    let path = slot.status.path();
+    let abnormal = exit.is_abnormal();
+    let restart = match slot.spec.restart {
+        Restart::Permanent => true,
+        Restart::Transient => abnormal,
+        Restart::Temporary => false,
+    };
+    let error = match &exit {
+        ExitReason::Failed(e) => Some(e.clone()),
+        ExitReason::Stalled => Some("stalled".to_string()),
+        ExitReason::DownstreamClosed => Some("downstream closed".to_string()),
+        _ => None,
+    };
+    slot.status.exited(error.clone(), restart);
+    if abnormal {
+        warn!(path, exit = ?exit, "child exited abnormally");
+    } else {
+        info!(path, exit = ?exit, "child exited");
+    }
+    if !restart {
+        slot.status.set_state(NodeState::Stopped);
+        if slot.spec.restart == Restart::Temporary {
+            state.slots.remove(i);
+            publish_children(state);
+        }
+        return Ok(());
+    }
+    metrics::counter!("hubflow_supervisor_restarts_total", "supervisor" => state.spec.name.clone())
+        .increment(1);
+
+    // Intensity.
+    let now = Instant::now();
+    let window = state.spec.intensity.window;
+    let recent = &mut state.slots[i].recent_restarts;
+    recent.push_back(now);
+    while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+        recent.pop_front();
+    }
+    if recent.len() > state.spec.intensity.max_restarts as usize {
+        return escalate(state, i, error.unwrap_or_default());
+    }
+
+    // Strategy.
+    let affected: Vec<usize> = match state.spec.strategy {
+        Strategy::OneForOne => vec![i],
+        Strategy::RestForOne => (i..state.slots.len()).collect(),
+        Strategy::OneForAll => (0..state.slots.len()).collect(),
+    };
+    state.epoch += 1;
+    let epoch = state.epoch;
+    for &j in &affected {
+        let other = &mut state.slots[j];
+        if let Some(cell) = other.cell.take() {
+            info!(path = other.status.path(), "stopping dependent child for restart");
+            cell.kill();
+            other.status.exited(None, true);
+        }
+        other.awaiting = Some(epoch);
+        other.status.set_state(NodeState::BackingOff);
+    }
+
+    // Backoff, on the failed child's schedule.
+    let backoff = state.spec.backoff;
+    let slot = &mut state.slots[i];
+    if slot.started_at.elapsed() >= backoff.reset_after {
+        slot.failures = 0;
+    }
+    slot.failures += 1;
+    let delay = backoff.delay(slot.failures);
+    let names: Vec<String> = affected
+        .iter()
+        .map(|&j| state.slots[j].spec.name.clone())
+        .collect();
+    let msg = SupervisorMsg::RestartDue { names, epoch };
+    if delay.is_zero() {
+        myself.send_message(msg)?;
+    } else {
+        myself.send_after(delay, move || msg);
+    }
+    Ok(())
+}
+
+fn escalate(state: &mut SupervisorState, i: usize, error: String) -> Result<(), ActorProcessingErr> {
+    let path = state.slots[i].status.path();
+    let message = format!(
+        "{path}: more than {} restarts in {:?} (last error: {error})",
+        state.spec.intensity.max_restarts, state.spec.intensity.window
+    );
+    state.slots[i].status.set_state(NodeState::Failed);
+    state.status.set_error(message.clone());
+    if state.root {
+        // Keep the rest of the pipeline running; report the failure.
+        error!(path, "restart intensity exceeded, giving up on this child");
+        state.status.set_state(NodeState::Failed);
+        return Ok(());
+    }
+    error!(path, "restart intensity exceeded, escalating");
+    for slot in &mut state.slots {
+        if let Some(cell) = slot.cell.take() {
+            cell.kill();
+        }
+    }
+    Err(message.into())
+}
+
+/// Spawns a nested supervisor (see [`SupervisorSpec::into_child`]).
+pub(crate) struct NestedFactory(pub(crate) SupervisorSpec);
+
+#[async_trait]
+impl ChildFactory for NestedFactory {
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, ractor::SpawnErr> {
+        let args = SupervisorArgs {
+            spec: self.0.clone(),
+            status: ctx.status.clone(),
+            root: false,
+        };
+        let (actor, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
