@@ -13,10 +13,24 @@
 //!   (JSON → Arrow schema inference, Parquet + zstd).
 //! - [`fetcher`], [`consumer`], [`blob_writer`], [`transformer`]: the actors,
 //!   one per file, each with its message enum, observable status and tests.
+//! - [`dead_letter`], [`retry`]: small shared pieces the actors use.
 //!
 //! No Azure SDK, HTTP server or SQL engine lives here; `hubflow` (the root
 //! crate) supplies the adapters.
 
+pub mod blob_writer;
+pub mod consumer;
+pub mod dead_letter;
+pub mod fetcher;
 pub mod formats;
 pub mod ports;
 pub mod record;
+pub mod retry;
+pub mod transformer;
+
+pub use dead_letter::write_dead_letter;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,355 @@
+//! The partition-consumer of one ingest partition: reads the hub from the
+//! blob-writer's resume point and hands it bounded batches (by count, bytes
+//! and age), one at a time.
+//!
+//! Flow control is a single credit: the consumer waits for the writer's reply
+//! before reading more, so at most one batch per partition is in memory, and
+//! a slow blob store slows the consumer instead of growing a queue.
+//!
+//! The consumer holds no durable state. If it or its writer dies, it is
+//! rebuilt, asks the writer where to start, and re-reads from the hub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubflow_supervision::{ActorProbe, ExitReason};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::blob_writer::WriterMsg;
+use crate::ports::{Hub, PartitionReceiver, ReceivedEvent, StartPosition};
+
+/// When a batch is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_records: 10_000,
+            max_bytes: 8 * 1024 * 1024,
+            max_age: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ConsumerMsg {
+    /// Read once more (sent by the consumer to itself).
+    Pull,
+    Pause,
+    Resume,
+}
+
+#[derive(Clone)]
+pub struct ConsumerParams {
+    pub hub: Arc<dyn Hub>,
+    pub consumer_group: String,
+    pub partition: u32,
+    pub writer: ActorRef<WriterMsg>,
+    pub limits: BatchLimits,
+    /// Upper bound of one receive call; also the stop latency.
+    pub max_wait: Duration,
+    pub probe: ActorProbe,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerStatus {
+    pub partition: u32,
+    pub paused: bool,
+    /// Next sequence number the consumer will hand to the writer.
+    pub position: i64,
+    pub pending_records: usize,
+    pub pending_bytes: usize,
+    pub batches: u64,
+    pub records: u64,
+}
+
+pub struct ConsumerState {
+    params: ConsumerParams,
+    receiver: Box<dyn PartitionReceiver>,
+    pending: Vec<ReceivedEvent>,
+    pending_bytes: usize,
+    batch_started: Option<Instant>,
+    status: ConsumerStatus,
+}
+
+pub struct PartitionConsumer;
+
+impl Actor for PartitionConsumer {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState;
+    type Arguments = ConsumerParams;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        params: ConsumerParams,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let resume = ractor::call!(params.writer, WriterMsg::ResumePoint)?;
+        let receiver = params
+            .hub
+            .open_receiver(
+                &params.consumer_group,
+                params.partition,
+                StartPosition::SequenceNumber {
+                    value: resume,
+                    inclusive: true,
+                },
+            )
+            .await?;
+        info!(partition = params.partition, position = resume, "partition consumer started");
+        // A consumer always expects to complete a receive within max_wait:
+        // if it stops ticking, the receiver is stuck and health kills it.
+        params.probe.set_busy(true);
+        let _ = myself.cast(ConsumerMsg::Pull);
+        Ok(ConsumerState {
+            status: ConsumerStatus {
+                partition: params.partition,
+                position: resume,
+                ..Default::default()
+            },
+            params,
+            receiver,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            batch_started: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMsg::Pull => {
+                if state.status.paused {
+                    return Ok(());
+                }
+                pull(state).await?;
+                state.params.probe.tick();
+                let _ = myself.cast(ConsumerMsg::Pull);
+            }
+            ConsumerMsg::Pause => {
+                state.status.paused = true;
+                state.params.probe.set_busy(false);
+            }
+            ConsumerMsg::Resume => {
+                if state.status.paused {
+                    state.status.paused = false;
+                    state.params.probe.set_busy(true);
+                    let _ = myself.cast(ConsumerMsg::Pull);
+                }
+            }
+        }
+        state.status.pending_records = state.pending.len();
+        state.status.pending_bytes = state.pending_bytes;
+        state.params.probe.set_queue_depth(state.pending.len() as u64);
+        state.params.probe.publish(&state.status);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Pending events were never landed; the next consumer re-reads them.
+        state.params.probe.set_busy(false);
+        Ok(())
+    }
+}
+
+async fn pull(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
+    let limits = state.params.limits;
+    let wait = match state.batch_started {
+        Some(started) => limits
+            .max_age
+            .saturating_sub(started.elapsed())
+            .min(state.params.max_wait),
+        None => state.params.max_wait,
+    };
+    let room = limits.max_records.saturating_sub(state.pending.len()).max(1);
+    let events = state.receiver.receive(room, wait).await?;
+    if !events.is_empty() && state.batch_started.is_none() {
+        state.batch_started = Some(Instant::now());
+    }
+    for event in events {
+        state.pending_bytes += event.body.len();
+        state.pending.push(event);
+    }
+    let full = state.pending.len() >= limits.max_records || state.pending_bytes >= limits.max_bytes;
+    let old = state
+        .batch_started
+        .is_some_and(|started| started.elapsed() >= limits.max_age);
+    if !state.pending.is_empty() && (full || old) {
+        flush(state).await?;
+    }
+    Ok(())
+}
+
+async fn flush(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
+    let batch = std::mem::take(&mut state.pending);
+    let count = batch.len() as u64;
+    state.pending_bytes = 0;
+    state.batch_started = None;
+    let reply = ractor::call!(state.params.writer, WriterMsg::Write, batch);
+    match reply {
+        Ok(Ok(next)) => {
+            state.status.position = next;
+            state.status.batches += 1;
+            state.status.records += count;
+            Ok(())
+        }
+        Ok(Err(message)) => {
+            warn!(partition = state.params.partition, error = %message, "writer failed the batch");
+            state.params.probe.set_exit(ExitReason::DownstreamClosed);
+            Err(message.into())
+        }
+        Err(error) => {
+            warn!(partition = state.params.partition, %error, "writer unreachable");
+            state.params.probe.set_exit(ExitReason::DownstreamClosed);
+            Err(error.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob_writer::{BlobWriter, WriterParams};
+    use crate::formats::raw;
+    use crate::ports::memory::{MemoryBlobStore, MemoryHub};
+    use crate::ports::{BlobStore, EventData, PublishTarget, StateStore};
+    use crate::record::{PROP_ID, RawBlobName};
+
+    async fn publish(hub: &MemoryHub, partition: u32, range: std::ops::Range<u32>) {
+        let events = range
+            .map(|i| EventData::new(format!("{{\"i\":{i}}}")).with_property(PROP_ID, format!("id{i}")))
+            .collect();
+        hub.publish(PublishTarget::Partition(partition), events).await.unwrap();
+    }
+
+    async fn start(
+        hub: Arc<MemoryHub>,
+        blobs: Arc<MemoryBlobStore>,
+        limits: BatchLimits,
+    ) -> (ActorRef<WriterMsg>, ActorRef<ConsumerMsg>, ActorProbe) {
+        let writer_params = WriterParams {
+            namespace: "local".into(),
+            ingest_hub: "ingest".into(),
+            consumer_group: "$default".into(),
+            partition: 0,
+            raw: blobs.clone(),
+            raw_container: "raw".into(),
+            state: StateStore::new(blobs.clone(), "state"),
+            landed: Arc::new(MemoryHub::new("landed", 1)),
+            zstd_level: 1,
+            probe: ActorProbe::new(),
+        };
+        let (writer, _) = Actor::spawn(None, BlobWriter, writer_params).await.unwrap();
+        let probe = ActorProbe::new();
+        let (consumer, _) = Actor::spawn(
+            None,
+            PartitionConsumer,
+            ConsumerParams {
+                hub,
+                consumer_group: "$default".into(),
+                partition: 0,
+                writer: writer.clone(),
+                limits,
+                max_wait: Duration::from_millis(200),
+                probe: probe.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        (writer, consumer, probe)
+    }
+
+    async fn raw_ranges(blobs: &MemoryBlobStore) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        for b in blobs.list("raw", "").await.unwrap() {
+            let name = RawBlobName::parse(&b.name).unwrap();
+            let (bytes, _) = blobs.get("raw", &b.name).await.unwrap();
+            let batch = raw::decode(&bytes).unwrap();
+            assert_eq!(batch.records.len() as i64, name.last_seq - name.first_seq + 1);
+            out.push((name.first_seq, name.last_seq));
+        }
+        out
+    }
+
+    async fn wait_for_position(probe: &ActorProbe, position: i64) {
+        for _ in 0..2000 {
+            let s: ConsumerStatus = serde_json::from_value(probe.state()).unwrap_or_default();
+            if s.position >= position {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("consumer never reached {position}: {:?}", probe.state());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_by_count_and_age() {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        let blobs = Arc::new(MemoryBlobStore::new());
+        blobs.create_container("raw").await.unwrap();
+        blobs.create_container("state").await.unwrap();
+        publish(&hub, 0, 0..25).await;
+        let limits = BatchLimits { max_records: 10, max_bytes: 1 << 20, max_age: Duration::from_secs(2) };
+        let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
+        wait_for_position(&probe, 25).await;
+        assert_eq!(raw_ranges(&blobs).await, vec![(0, 9), (10, 19), (20, 24)]);
+        consumer.stop(None);
+        writer.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarted_consumer_resumes_at_the_writer_checkpoint() {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        let blobs = Arc::new(MemoryBlobStore::new());
+        blobs.create_container("raw").await.unwrap();
+        blobs.create_container("state").await.unwrap();
+        publish(&hub, 0, 0..10).await;
+        let limits = BatchLimits { max_records: 10, max_bytes: 1 << 20, max_age: Duration::from_secs(1) };
+        let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
+        wait_for_position(&probe, 10).await;
+        consumer.kill();
+        writer.kill();
+        publish(&hub, 0, 10..15).await;
+        let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
+        wait_for_position(&probe, 15).await;
+        assert_eq!(raw_ranges(&blobs).await, vec![(0, 9), (10, 14)]);
+        consumer.stop(None);
+        writer.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writer_death_fails_the_consumer_as_downstream_closed() {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        let blobs = Arc::new(MemoryBlobStore::new());
+        blobs.create_container("raw").await.unwrap();
+        blobs.create_container("state").await.unwrap();
+        let limits = BatchLimits { max_records: 2, max_bytes: 1 << 20, max_age: Duration::from_secs(1) };
+        let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
+        writer.kill();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        publish(&hub, 0, 0..2).await;
+        for _ in 0..200 {
+            if consumer.get_status() == ractor::ActorStatus::Stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(probe.take_exit(), Some(ExitReason::DownstreamClosed));
+    }
+}

@@ -1,0 +1,798 @@
+//! The transformer of one ingest partition: turns the partition's raw blobs
+//! into curated Parquet, in chain order, one blob at a time.
+//!
+//! Raw blobs of a partition form a contiguous chain: each blob's first
+//! sequence number is the previous blob's last plus one, so the next blob to
+//! transform is found by a prefix lookup on its first sequence number. The
+//! transformer's checkpoint (`transform/<hub>/<partition>`, etag-guarded) is
+//! that next sequence number. Notifications on hub "landed" only wake it up:
+//! it also walks the chain every `poll_wait`, so a lost notification never
+//! leaves raw data untransformed, and on start it picks up every blob that
+//! landed while it was down (recovery).
+//!
+//! Per blob, in order:
+//! 1. read and decode; a corrupt blob is quarantined and its range skipped;
+//! 2. drop exact duplicates (same id and payload) seen in a sliding window,
+//!    the copies an at-least-once source or fetcher restart sends twice;
+//! 3. curate (infer/widen schema, Parquet + zstd), merge the batch schema into
+//!    the source's registry record (`schemas/<source>`, by CAS) first, then
+//!    put the files under deterministic names, so a rewrite is idempotent;
+//! 4. dead-letter payloads that are not JSON objects (deterministic names);
+//! 5. move the checkpoint.
+//!
+//! Memory is bounded by one raw blob plus the dedupe window; a slow
+//! transformer leaves raw blobs waiting in the raw container (the durable
+//! buffer), it never queues them in memory.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use hubflow_supervision::ActorProbe;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::dead_letter::write_dead_letter_at;
+use crate::formats::curated::{self, CurateInput, CurateOptions, CuratedOutput};
+use crate::formats::raw::{self, RawBatch};
+use crate::now_ms;
+use crate::ports::{
+    BlobStore, ETag, Hub, PartitionReceiver, PutCondition, StartPosition, StateStore,
+};
+use crate::record::RawBlobName;
+
+#[derive(Debug)]
+pub enum TransformerMsg {
+    /// Wait for a notification (up to `poll_wait`), then walk the chain.
+    Poll,
+    Pause,
+    Resume,
+}
+
+#[derive(Clone)]
+pub struct TransformerParams {
+    pub ingest_hub: String,
+    pub partition: u32,
+    pub consumer_group: String,
+    pub raw: Arc<dyn BlobStore>,
+    pub raw_container: String,
+    pub curated: Arc<dyn BlobStore>,
+    pub curated_container: String,
+    pub state: StateStore,
+    pub landed: Arc<dyn Hub>,
+    pub dead_letters: Arc<dyn BlobStore>,
+    pub dead_letter_container: String,
+    pub options: CurateOptions,
+    /// How many recent (id, payload) keys are remembered to drop duplicates.
+    pub dedupe_window: usize,
+    pub poll_wait: Duration,
+    pub probe: ActorProbe,
+}
+
+/// The transformer checkpoint record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransformCheckpoint {
+    /// First sequence number of the next raw blob to transform.
+    pub next_sequence: i64,
+    pub updated_ms: i64,
+}
+
+/// A source's schema as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaRecord {
+    pub version: u64,
+    pub schema: serde_json::Value,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransformerStatus {
+    pub partition: u32,
+    pub paused: bool,
+    pub next_sequence: i64,
+    pub blobs: u64,
+    pub rows: u64,
+    pub files: u64,
+    pub duplicates_dropped: u64,
+    pub rejected: u64,
+    pub quarantined: u64,
+    pub schema_conflicts: u64,
+    pub last_blob: Option<String>,
+    pub last_error: Option<String>,
+}
+
+pub struct TransformerState {
+    params: TransformerParams,
+    trigger: Box<dyn PartitionReceiver>,
+    etag: Option<ETag>,
+    window: DedupeWindow,
+    schemas: BTreeMap<String, (SchemaRef, u64, ETag)>,
+    status: TransformerStatus,
+}
+
+pub struct Transformer;
+
+pub fn checkpoint_name(hub: &str, partition: u32) -> String {
+    format!("transform/{hub}/{partition}")
+}
+
+pub fn schema_record_name(source: &str) -> String {
+    format!("schemas/{source}")
+}
+
+impl Actor for Transformer {
+    type Msg = TransformerMsg;
+    type State = TransformerState;
+    type Arguments = TransformerParams;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        params: TransformerParams,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Listen before walking the chain, so a blob landing in between is
+        // either found by the walk or announced to us.
+        let landed_partitions = params.landed.partition_ids().await?.len().max(1) as u32;
+        let trigger = params
+            .landed
+            .open_receiver(
+                &params.consumer_group,
+                params.partition % landed_partitions,
+                StartPosition::Latest,
+            )
+            .await?;
+        let name = checkpoint_name(&params.ingest_hub, params.partition);
+        let (next_sequence, etag) = match params.state.load::<TransformCheckpoint>(&name).await? {
+            Some(v) => (v.value.next_sequence, Some(v.etag)),
+            None => (0, None),
+        };
+        let window = rebuild_window(&params, next_sequence).await?;
+        info!(
+            partition = params.partition,
+            next_sequence,
+            remembered = window.len(),
+            "transformer started"
+        );
+        params.probe.set_busy(true);
+        let _ = myself.cast(TransformerMsg::Poll);
+        Ok(TransformerState {
+            status: TransformerStatus {
+                partition: params.partition,
+                next_sequence,
+                ..Default::default()
+            },
+            params,
+            trigger,
+            etag,
+            window,
+            schemas: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TransformerMsg::Poll => {
+                if state.status.paused {
+                    return Ok(());
+                }
+                // Notifications are hints; their content is not needed.
+                let wait = state.params.poll_wait;
+                state.trigger.receive(256, wait).await?;
+                state.params.probe.tick();
+                if let Err(error) = walk_chain(state).await {
+                    state.status.last_error = Some(format!("{error:#}"));
+                    state.params.probe.publish(&state.status);
+                    return Err(error.into());
+                }
+                let _ = myself.cast(TransformerMsg::Poll);
+            }
+            TransformerMsg::Pause => {
+                state.status.paused = true;
+                state.params.probe.set_busy(false);
+            }
+            TransformerMsg::Resume => {
+                if state.status.paused {
+                    state.status.paused = false;
+                    state.params.probe.set_busy(true);
+                    let _ = myself.cast(TransformerMsg::Poll);
+                }
+            }
+        }
+        state.params.probe.publish(&state.status);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.params.probe.set_busy(false);
+        Ok(())
+    }
+}
+
+/// Transform every raw blob available from the checkpoint on.
+async fn walk_chain(state: &mut TransformerState) -> anyhow::Result<()> {
+    loop {
+        let next = state.status.next_sequence;
+        let Some(blob) = find_next_blob(&state.params, next).await? else {
+            return Ok(());
+        };
+        transform_blob(state, &blob).await?;
+        state.params.probe.tick();
+        state.params.probe.publish(&state.status);
+    }
+}
+
+/// The raw blob holding sequence number `next`.
+///
+/// Normally one blob starts exactly there. Two can, if a killed writer's put
+/// landed after its successor had already re-batched the same range: one
+/// then covers the other, and the longer one is taken. A blob can also start
+/// before `next` and overlap it (the shorter of such a pair was taken
+/// earlier); its records below `next` are skipped. If nothing holds `next`
+/// but later blobs exist (a range lost to hub retention or removed by hand),
+/// the chain continues at the first of them, with a warning: it must not stop
+/// forever at a hole.
+async fn find_next_blob(params: &TransformerParams, next: i64) -> anyhow::Result<Option<RawBlobName>> {
+    let prefix = RawBlobName::starting_at_prefix(&params.ingest_hub, params.partition, next);
+    let found = params.raw.list(&params.raw_container, &prefix).await?;
+    if let Some(name) = found
+        .iter()
+        .filter_map(|p| RawBlobName::parse(&p.name))
+        .max_by_key(|n| n.last_seq)
+    {
+        return Ok(Some(name));
+    }
+    let partition_prefix = RawBlobName::partition_prefix(&params.ingest_hub, params.partition);
+    let candidates: Vec<RawBlobName> = params
+        .raw
+        .list(&params.raw_container, &partition_prefix)
+        .await?
+        .into_iter()
+        .filter_map(|p| RawBlobName::parse(&p.name))
+        .filter(|n| n.last_seq >= next)
+        .collect();
+    if let Some(overlapping) = candidates
+        .iter()
+        .filter(|n| n.first_seq < next)
+        .max_by_key(|n| n.last_seq)
+    {
+        return Ok(Some(overlapping.clone()));
+    }
+    let later = candidates.into_iter().min_by_key(|n| n.first_seq);
+    if let Some(name) = &later {
+        warn!(
+            partition = params.partition,
+            missing_from = next,
+            missing_to = name.first_seq - 1,
+            "gap in the raw chain, skipping it"
+        );
+        metrics::counter!("hubflow_transformer_chain_gaps_total").increment(1);
+    }
+    Ok(later)
+}
+
+async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> anyhow::Result<()> {
+    let params = state.params.clone();
+    let blob = name.to_name();
+    let partition_label = params.partition.to_string();
+    let (bytes, _) = params.raw.get(&params.raw_container, &blob).await?;
+    let decoded = tokio::task::spawn_blocking(move || raw::decode(&bytes)).await?;
+    let batch = match decoded {
+        Ok(batch) => batch,
+        Err(error) => {
+            warn!(partition = params.partition, blob, %error, "corrupt raw blob, quarantining");
+            raw::quarantine(params.raw.as_ref(), &params.raw_container, &blob, &error.to_string())
+                .await?;
+            metrics::counter!("hubflow_transformer_quarantined_total").increment(1);
+            state.status.quarantined += 1;
+            return commit(state, name.last_seq + 1).await;
+        }
+    };
+
+    let mut batch = batch;
+    let next = state.status.next_sequence;
+    batch.records.retain(|r| r.sequence_number >= next);
+    let before = batch.records.len();
+    let batch = state.window.filter(batch);
+    let dropped = (before - batch.records.len()) as u64;
+
+    let known: BTreeMap<String, SchemaRef> = state
+        .schemas
+        .iter()
+        .map(|(k, (s, _, _))| (k.clone(), s.clone()))
+        .collect();
+    let options = params.options.clone();
+    let stem = name.stem();
+    let raw_blob = format!("{}/{}", params.raw_container, blob);
+    let output = tokio::task::spawn_blocking(move || {
+        let inputs: Vec<CurateInput<'_>> = batch
+            .records
+            .iter()
+            .map(|r| CurateInput {
+                id: &r.id,
+                source: &r.source,
+                partition: batch.partition,
+                sequence_number: r.sequence_number,
+                offset: &r.offset,
+                enqueued_time_ms: r.enqueued_time_ms,
+                payload: &r.payload,
+            })
+            .collect();
+        curated::curate(&inputs, &raw_blob, &stem, &known, &options)
+    })
+    .await??;
+
+    register_schemas(state, &output).await?;
+    for file in &output.files {
+        params
+            .curated
+            .put(&params.curated_container, &file.path, file.data.clone(), PutCondition::None)
+            .await?;
+    }
+    for (index, rejected) in output.rejected.iter().enumerate() {
+        let context = serde_json::json!({
+            "raw_blob": blob,
+            "record_id": rejected.id,
+            "source": rejected.source,
+        });
+        let key = format!("{}-{index:06}", name.stem());
+        let body = batch_payload(&params, &blob, &rejected.id).await.unwrap_or_default();
+        write_dead_letter_at(
+            params.dead_letters.as_ref(),
+            &params.dead_letter_container,
+            "transform",
+            &key,
+            &rejected.reason,
+            &context,
+            body,
+        )
+        .await?;
+    }
+    for conflict in &output.conflicts {
+        warn!(partition = params.partition, ?conflict, "schema widened");
+    }
+
+    let rows: u64 = output.files.iter().map(|f| f.rows as u64).sum();
+    state.status.blobs += 1;
+    state.status.rows += rows;
+    state.status.files += output.files.len() as u64;
+    state.status.duplicates_dropped += dropped;
+    state.status.rejected += output.rejected.len() as u64;
+    state.status.schema_conflicts += output.conflicts.len() as u64;
+    state.status.last_blob = Some(blob.clone());
+    state.status.last_error = None;
+    metrics::counter!("hubflow_transformer_blobs_total", "partition" => partition_label.clone())
+        .increment(1);
+    metrics::counter!("hubflow_transformer_rows_total", "partition" => partition_label.clone())
+        .increment(rows);
+    metrics::counter!("hubflow_transformer_duplicates_total", "partition" => partition_label.clone())
+        .increment(dropped);
+    metrics::counter!("hubflow_transformer_rejected_total", "partition" => partition_label)
+        .increment(output.rejected.len() as u64);
+    debug!(partition = params.partition, blob, rows, dropped, "raw blob curated");
+    commit(state, name.last_seq + 1).await
+}
+
+/// The payload of one record, re-read for its dead letter (rare path).
+async fn batch_payload(params: &TransformerParams, blob: &str, id: &str) -> Option<Bytes> {
+    let (bytes, _) = params.raw.get(&params.raw_container, blob).await.ok()?;
+    let batch = raw::decode(&bytes).ok()?;
+    batch
+        .records
+        .into_iter()
+        .find(|r| r.id == id)
+        .map(|r| Bytes::from(r.payload))
+}
+
+/// Merge each source's batch schema into the registry before any file that
+/// uses it is written, so readers always find a schema covering every file.
+async fn register_schemas(state: &mut TransformerState, output: &CuratedOutput) -> anyhow::Result<()> {
+    for (source, schema) in &output.schemas {
+        if let Some((known, _, _)) = state.schemas.get(source)
+            && known == schema
+        {
+            continue;
+        }
+        let name = schema_record_name(source);
+        loop {
+            let current = state.params.state.load::<SchemaRecord>(&name).await?;
+            let (merged, version, etag) = match &current {
+                Some(v) => {
+                    let stored = curated::schema_from_json(&v.value.schema)?;
+                    let (merged, _) = curated::merge_schemas(&stored, schema);
+                    if merged == stored {
+                        state.schemas.insert(
+                            source.clone(),
+                            (Arc::new(merged), v.value.version, v.etag.clone()),
+                        );
+                        break;
+                    }
+                    (merged, v.value.version + 1, Some(&v.etag))
+                }
+                None => (schema.as_ref().clone(), 1, None),
+            };
+            let record = SchemaRecord {
+                version,
+                schema: curated::schema_to_json(&merged),
+                updated_ms: now_ms(),
+            };
+            match state.params.state.compare_and_swap(&name, &record, etag).await {
+                Ok(new_etag) => {
+                    info!(source, version, "schema registry updated");
+                    state
+                        .schemas
+                        .insert(source.clone(), (Arc::new(merged), version, new_etag));
+                    break;
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn commit(state: &mut TransformerState, next_sequence: i64) -> anyhow::Result<()> {
+    let params = &state.params;
+    let record = TransformCheckpoint {
+        next_sequence,
+        updated_ms: now_ms(),
+    };
+    let name = checkpoint_name(&params.ingest_hub, params.partition);
+    let etag = params
+        .state
+        .compare_and_swap(&name, &record, state.etag.as_ref())
+        .await?;
+    state.etag = Some(etag);
+    state.status.next_sequence = next_sequence;
+    Ok(())
+}
+
+/// Remembers the (id, payload) keys of the last `capacity` records.
+pub struct DedupeWindow {
+    capacity: usize,
+    order: VecDeque<u128>,
+    keys: HashSet<u128>,
+}
+
+impl DedupeWindow {
+    pub fn new(capacity: usize) -> Self {
+        DedupeWindow {
+            capacity,
+            order: VecDeque::new(),
+            keys: HashSet::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn key(id: &str, payload: &[u8]) -> u128 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(id.as_bytes());
+        hasher.update(&[0xff]);
+        hasher.update(payload);
+        hasher.digest128()
+    }
+
+    /// Remember a record; false if it was already remembered.
+    pub fn insert(&mut self, id: &str, payload: &[u8]) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        let key = Self::key(id, payload);
+        if !self.keys.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Keep the records not seen before, remembering them.
+    pub fn filter(&mut self, mut batch: RawBatch) -> RawBatch {
+        batch.records.retain(|r| self.insert(&r.id, &r.payload));
+        batch
+    }
+}
+
+/// Replay the ids of the raw blobs just before `next_sequence`, so duplicates
+/// that straddle a restart are still recognised.
+async fn rebuild_window(params: &TransformerParams, next_sequence: i64) -> anyhow::Result<DedupeWindow> {
+    let mut window = DedupeWindow::new(params.dedupe_window);
+    if params.dedupe_window == 0 || next_sequence == 0 {
+        return Ok(window);
+    }
+    let prefix = RawBlobName::partition_prefix(&params.ingest_hub, params.partition);
+    let names: Vec<RawBlobName> = params
+        .raw
+        .list(&params.raw_container, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(|p| RawBlobName::parse(&p.name))
+        .filter(|n| n.last_seq < next_sequence)
+        .collect();
+    let mut covered = 0usize;
+    let mut start = names.len();
+    while start > 0 && covered < params.dedupe_window {
+        start -= 1;
+        covered += (names[start].last_seq - names[start].first_seq + 1) as usize;
+    }
+    for name in &names[start..] {
+        let (bytes, _) = params.raw.get(&params.raw_container, &name.to_name()).await?;
+        match tokio::task::spawn_blocking(move || raw::decode(&bytes)).await? {
+            Ok(batch) => {
+                for r in &batch.records {
+                    window.insert(&r.id, &r.payload);
+                }
+            }
+            // It will be quarantined if it is ever transformed; here it is only history.
+            Err(error) => warn!(blob = name.to_name(), %error, "skipping unreadable blob in dedupe replay"),
+        }
+    }
+    Ok(window)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::raw::RawRecord;
+    use crate::ports::memory::{MemoryBlobStore, MemoryHub};
+    use crate::ports::{EventData, PublishTarget};
+
+    fn record(i: i64, seq: i64) -> RawRecord {
+        RawRecord {
+            id: format!("evt-{i}"),
+            source: "demo".into(),
+            sequence_number: seq,
+            offset: seq.to_string(),
+            enqueued_time_ms: 1_767_225_600_000 + seq,
+            fetched_time_ms: 1_767_225_600_000,
+            payload: format!(r#"{{"id":"evt-{i}","n":{i},"user":{{"name":"u{i}"}}}}"#).into_bytes(),
+        }
+    }
+
+    struct Fixture {
+        blobs: Arc<MemoryBlobStore>,
+        landed: Arc<MemoryHub>,
+    }
+
+    impl Fixture {
+        async fn new() -> Self {
+            let blobs = Arc::new(MemoryBlobStore::new());
+            for c in ["raw", "curated", "state", "dlq"] {
+                blobs.create_container(c).await.unwrap();
+            }
+            Fixture {
+                blobs,
+                landed: Arc::new(MemoryHub::new("landed", 2)),
+            }
+        }
+
+        fn params(&self) -> TransformerParams {
+            TransformerParams {
+                ingest_hub: "ingest".into(),
+                partition: 1,
+                consumer_group: "$Default".into(),
+                raw: self.blobs.clone(),
+                raw_container: "raw".into(),
+                curated: self.blobs.clone(),
+                curated_container: "curated".into(),
+                state: StateStore::new(self.blobs.clone(), "state"),
+                landed: self.landed.clone(),
+                dead_letters: self.blobs.clone(),
+                dead_letter_container: "dlq".into(),
+                options: CurateOptions::default(),
+                dedupe_window: 1000,
+                poll_wait: Duration::from_millis(20),
+                probe: ActorProbe::default(),
+            }
+        }
+
+        /// Land a blob of records `ids` at `first_seq..`, like the writer.
+        async fn land(&self, first_seq: i64, ids: &[i64]) -> RawBlobName {
+            let records: Vec<RawRecord> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, i)| record(*i, first_seq + k as i64))
+                .collect();
+            let name = RawBlobName {
+                hub: "ingest".into(),
+                partition: 1,
+                first_seq,
+                last_seq: first_seq + ids.len() as i64 - 1,
+            };
+            let batch = RawBatch {
+                hub: "ingest".into(),
+                partition: 1,
+                first_seq,
+                last_seq: name.last_seq,
+                created_ms: 0,
+                records,
+            };
+            self.put_raw(&name, Bytes::from(raw::encode(&batch, 1).unwrap())).await;
+            name
+        }
+
+        async fn put_raw(&self, name: &RawBlobName, data: Bytes) {
+            self.blobs
+                .put("raw", &name.to_name(), data, PutCondition::None)
+                .await
+                .unwrap();
+            self.landed
+                .publish(PublishTarget::Partition(1), vec![EventData::new(name.to_name())])
+                .await
+                .unwrap();
+        }
+
+        async fn checkpoint(&self) -> i64 {
+            StateStore::new(self.blobs.clone(), "state")
+                .load::<TransformCheckpoint>(&checkpoint_name("ingest", 1))
+                .await
+                .unwrap()
+                .map(|v| v.value.next_sequence)
+                .unwrap_or(0)
+        }
+
+        async fn wait_for_checkpoint(&self, want: i64) {
+            for _ in 0..500 {
+                if self.checkpoint().await == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("checkpoint never reached {want}, at {}", self.checkpoint().await);
+        }
+
+        fn curated_rows(&self) -> Vec<String> {
+            self.blobs.names("curated")
+        }
+    }
+
+    #[tokio::test]
+    async fn transforms_landed_blobs_and_recovers_missed_ones() {
+        let f = Fixture::new().await;
+        // Landed before the transformer existed: found by recovery.
+        f.land(0, &[0, 1, 2]).await;
+        let (actor, handle) = Actor::spawn(None, Transformer, f.params()).await.unwrap();
+        f.wait_for_checkpoint(3).await;
+        f.land(3, &[3, 4]).await;
+        f.wait_for_checkpoint(5).await;
+        let files = f.curated_rows();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files.iter().all(|n| n.starts_with("demo/date=2026-01-01/hour=00/")));
+        let registry = f.blobs.names("state");
+        assert!(registry.contains(&"schemas/demo".to_string()), "{registry:?}");
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn duplicates_across_a_restart_are_dropped() {
+        let f = Fixture::new().await;
+        f.land(0, &[0, 1, 2]).await;
+        let (actor, handle) = Actor::spawn(None, Transformer, f.params()).await.unwrap();
+        f.wait_for_checkpoint(3).await;
+        actor.stop(None);
+        handle.await.unwrap();
+        // A fetcher restart re-sent records 1 and 2 after 3.
+        f.land(3, &[1, 2, 3]).await;
+        let probe = ActorProbe::default();
+        let mut params = f.params();
+        params.probe = probe.clone();
+        let (actor, handle) = Actor::spawn(None, Transformer, params).await.unwrap();
+        f.wait_for_checkpoint(6).await;
+        let status: TransformerStatus = serde_json::from_value(probe.state()).unwrap();
+        assert_eq!(status.duplicates_dropped, 2);
+        assert_eq!(status.rows, 1);
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_is_quarantined_and_the_chain_goes_on() {
+        let f = Fixture::new().await;
+        let bad = RawBlobName {
+            hub: "ingest".into(),
+            partition: 1,
+            first_seq: 0,
+            last_seq: 9,
+        };
+        f.put_raw(&bad, Bytes::from_static(b"HFRW garbage that is not a raw blob at all....."))
+            .await;
+        f.land(10, &[10, 11]).await;
+        let (actor, handle) = Actor::spawn(None, Transformer, f.params()).await.unwrap();
+        f.wait_for_checkpoint(12).await;
+        let raw = f.blobs.names("raw");
+        assert!(raw.contains(&format!("_quarantine/{}", bad.to_name())), "{raw:?}");
+        assert!(!raw.contains(&bad.to_name()));
+        assert_eq!(f.curated_rows().len(), 1);
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn non_object_payloads_are_dead_lettered_once() {
+        let f = Fixture::new().await;
+        let mut bad = record(7, 0);
+        bad.payload = b"[not json".to_vec();
+        let batch = RawBatch {
+            hub: "ingest".into(),
+            partition: 1,
+            first_seq: 0,
+            last_seq: 1,
+            created_ms: 0,
+            records: vec![bad, record(8, 1)],
+        };
+        let name = RawBlobName {
+            hub: "ingest".into(),
+            partition: 1,
+            first_seq: 0,
+            last_seq: 1,
+        };
+        f.put_raw(&name, Bytes::from(raw::encode(&batch, 1).unwrap())).await;
+        let (actor, handle) = Actor::spawn(None, Transformer, f.params()).await.unwrap();
+        f.wait_for_checkpoint(2).await;
+        let dlq = f.blobs.names("dlq");
+        assert_eq!(dlq.len(), 2, "{dlq:?}");
+        let (body, _) = f
+            .blobs
+            .get("dlq", dlq.iter().find(|n| n.ends_with(".body")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(body, "[not json");
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn overlapping_blobs_from_a_killed_writer_are_read_once() {
+        let f = Fixture::new().await;
+        // The new writer landed [0..2] then [3..7]; the killed one's put of
+        // [0..4] arrived late. Every sequence number must come out once.
+        f.land(0, &[0, 1, 2]).await;
+        f.land(0, &[0, 1, 2, 3, 4]).await;
+        f.land(3, &[3, 4, 5, 6, 7]).await;
+        let probe = ActorProbe::default();
+        let mut params = f.params();
+        params.probe = probe.clone();
+        params.dedupe_window = 0;
+        let (actor, handle) = Actor::spawn(None, Transformer, params).await.unwrap();
+        f.wait_for_checkpoint(8).await;
+        let status: TransformerStatus = serde_json::from_value(probe.state()).unwrap();
+        assert_eq!((status.rows, status.blobs), (8, 2));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[test]
+    fn window_forgets_the_oldest() {
+        let mut w = DedupeWindow::new(2);
+        assert!(w.insert("a", b"1"));
+        assert!(!w.insert("a", b"1"));
+        assert!(w.insert("a", b"2"), "an update is not a duplicate");
+        assert!(w.insert("b", b"1"));
+        assert!(w.insert("a", b"1"), "evicted");
+        assert_eq!(w.len(), 2);
+    }
+}

@@ -1,1 +1,0 @@
-//! Azure adapters (being built).
