@@ -1,1 +1,195 @@
-fn main(){}
+//! The `hubflow` command line: `run`, `demo-source`, `query`, `config check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hubflow::config::{Config, Settings};
+use hubflow::demo::{self, DemoConfig, FaultConfig};
+use hubflow::query::{self, OutputFormat};
+use hubflow::service::{self, RunOptions};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "hubflow", version, about = "HTTP GET API → Event Hubs → raw blobs → zstd Parquet, supervised")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HUBFLOW_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline (embedded hub + filesystem store + demo API by default).
+    Run {
+        /// TOML configuration; defaults and HUBFLOW__* environment overrides apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Exit once every source is caught up and everything is curated.
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// No status line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Serve the built-in third-party API simulator on its own.
+    DemoSource {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Records the API will ever have.
+        #[arg(long, default_value_t = 100_000)]
+        total: u64,
+        /// Records appear at this rate (per second) instead of all at once.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Inject the quick-start fault mix (500s, 429s, slow, truncated, garbage).
+        #[arg(long)]
+        faults: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run SQL over the curated container (one table per source).
+    Query {
+        sql: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; errors name the field path.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("HUBFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    Ok(Config::load(config)?.validate()?)
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            exit_when_idle,
+            quiet,
+        } => {
+            let settings = settings(config.as_deref())?;
+            let options = RunOptions {
+                exit_when_idle,
+                status_every: (!quiet).then_some(Duration::from_secs(1)),
+            };
+            service::run(settings, options).await
+        }
+        Command::DemoSource {
+            addr,
+            total,
+            rate,
+            faults,
+            seed,
+        } => {
+            let config = DemoConfig {
+                total,
+                rate_per_sec: rate,
+                faults: if faults {
+                    FaultConfig::lively()
+                } else {
+                    FaultConfig::default()
+                },
+                seed,
+                ..DemoConfig::default()
+            };
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            eprintln!("demo api on http://{}/v1/events", listener.local_addr()?);
+            demo::serve(listener, config, service::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Query {
+            sql,
+            config,
+            format,
+        } => {
+            let settings = settings(config.as_deref())?;
+            let dir = settings
+                .data_dir()
+                .join("blobs")
+                .join(&settings.config.storage.curated_container);
+            let batches = query::query_dir(&dir, &sql).await?;
+            let format = match format {
+                Format::Table => OutputFormat::Table,
+                Format::Csv => OutputFormat::Csv,
+                Format::Json => OutputFormat::Json,
+            };
+            println!("{}", query::format_batches(&batches, format)?);
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let settings = settings(Some(&file))?;
+            println!(
+                "{}: ok ({} source(s), {} partitions, data in {})",
+                file.display(),
+                settings.sources.len(),
+                settings.config.hub.partitions,
+                settings.data_dir().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_inner(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The topology: backends opened from the settings, and the supervision tree
+//! of actors built on them.
+//!
+//! ```text
+//! pipeline (one_for_one)
+//! ├── sources (one_for_one) ── fetcher-<source> per configured source
+//! ├── ingest (one_for_one) ── p0000 … pNNNN, each rest_for_one(writer, consumer)
+//! └── transform (one_for_one) ── p0000 … pNNNN transformers
+//! ```
+//!
+//! A partition's writer starts before its consumer, which finds it as a
+//! sibling; when the writer dies the consumer is restarted after it
+//! (rest_for_one) and asks the new writer where to resume. One partition's
+//! failure never touches another's; a failing transformer never stops
+//! ingestion (raw keeps landing and is transformed when it recovers).
+//!
+//! [`Progress`] reads the durable state (source cursors, hub positions,
+//! writer and transformer checkpoints), so it is the same whichever process
+//! wrote it: the status line and the "exit when idle" check use it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use hubflow_actors::blob_writer::{BlobWriter, Checkpoint, WriterMsg, WriterParams};
+use hubflow_actors::consumer::{ConsumerParams, PartitionConsumer};
+use hubflow_actors::fetcher::{CursorRecord, Fetcher, FetcherParams};
+use hubflow_actors::ports::{BlobStore, Hub, Source, StateStore, checkpoint_name};
+use hubflow_actors::retry::RetryDelay;
+use hubflow_actors::transformer::{self, TransformCheckpoint, Transformer, TransformerParams};
+use hubflow_supervision::{
+    Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, RootHandle, Strategy,
+    SupervisorSpec, start_root,
+};
+use ractor::{Actor, ActorCell, SpawnErr};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::embedded::{FsBlobStore, SqliteHub};
+
+pub const INGEST_HUB: &str = "ingest";
+pub const LANDED_HUB: &str = "landed";
+/// Consumer group of the transformers on hub "landed".
+pub const TRANSFORM_GROUP: &str = "transform";
+
+/// The outside world the pipeline runs against.
+#[derive(Clone)]
+pub struct Backends {
+    pub ingest: Arc<dyn Hub>,
+    pub landed: Arc<dyn Hub>,
+    pub blobs: Arc<dyn BlobStore>,
+    /// Set for the embedded filesystem store: where curated files are on disk.
+    pub curated_dir: Option<PathBuf>,
+}
+
+impl Backends {
+    /// The embedded defaults under `settings.data_dir()`.
+    pub async fn embedded(settings: &Settings) -> anyhow::Result<Backends> {
+        let dir = settings.data_dir().to_path_buf();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let partitions = settings.config.hub.partitions;
+        let retention = Some(Duration::from_secs(
+            settings.config.hub.retention_hours * 3600,
+        ));
+        let hub_file = dir.join("hub.sqlite");
+        let ingest = SqliteHub::open_async(hub_file.clone(), INGEST_HUB.into(), partitions, retention)
+            .await
+            .context("opening the embedded hub")?;
+        let landed = SqliteHub::open_async(hub_file, LANDED_HUB.into(), partitions, retention)
+            .await
+            .context("opening the embedded hub")?;
+        let store = FsBlobStore::new(dir.join("blobs")).context("opening the blob store")?;
+        let curated_dir = Some(store.container_path(&settings.config.storage.curated_container));
+        Ok(Backends {
+            ingest: Arc::new(ingest),
+            landed: Arc::new(landed),
+            blobs: Arc::new(store),
+            curated_dir,
+        })
+    }
+
+    pub async fn ensure_containers(&self, settings: &Settings) -> anyhow::Result<()> {
+        let s = &settings.config.storage;
+        for c in [
+            &s.raw_container,
+            &s.curated_container,
+            &s.state_container,
+            &s.dead_letter_container,
+        ] {
+            self.blobs
+                .create_container(c)
+                .await
+                .with_context(|| format!("creating container {c}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn state(&self, settings: &Settings) -> StateStore {
+        StateStore::new(self.blobs.clone(), settings.config.storage.state_container.clone())
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    pub root: RootHandle,
+    pub backends: Backends,
+    pub settings: Settings,
+}
+
+impl Pipeline {
+    /// Build the tree for `sources` and start it.
+    pub async fn start(
+        settings: Settings,
+        backends: Backends,
+        sources: Vec<Arc<dyn Source>>,
+    ) -> anyhow::Result<Pipeline> {
+        backends.ensure_containers(&settings).await?;
+        let spec = tree(&settings, &backends, sources).await?;
+        let root = start_root(spec).await.context("starting the supervision tree")?;
+        Ok(Pipeline {
+            root,
+            backends,
+            settings,
+        })
+    }
+
+    /// Graceful stop: consumers before writers, each finishing its batch.
+    pub async fn shutdown(self) {
+        self.root.shutdown().await;
+    }
+
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        Progress::read(&self.settings, &self.backends).await
+    }
+}
+
+fn supervisor(name: &str, strategy: Strategy, settings: &Settings) -> SupervisorSpec {
+    let s = &settings.config.supervision;
+    SupervisorSpec::new(name, strategy)
+        .backoff(Backoff {
+            initial: Duration::from_millis(s.backoff_initial_ms),
+            max: Duration::from_millis(s.backoff_max_ms),
+            multiplier: 2.0,
+            reset_after: Duration::from_millis(s.backoff_reset_ms),
+        })
+        .intensity(Intensity {
+            max_restarts: s.max_restarts,
+            window: Duration::from_secs(s.window_secs),
+        })
+        .health_interval(Duration::from_millis((s.stall_timeout_ms / 4).max(250)))
+}
+
+/// The supervision tree for these settings.
+pub async fn tree(
+    settings: &Settings,
+    backends: &Backends,
+    sources: Vec<Arc<dyn Source>>,
+) -> anyhow::Result<SupervisorSpec> {
+    let cfg = &settings.config;
+    let state = backends.state(settings);
+    let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
+
+    let mut source_sup = supervisor("sources", Strategy::OneForOne, settings);
+    for source in sources {
+        let params = FetcherParams {
+            hub: backends.ingest.clone(),
+            state: state.clone(),
+            dead_letters: backends.blobs.clone(),
+            dead_letter_container: cfg.storage.dead_letter_container.clone(),
+            poll_interval: Duration::from_millis(cfg.fetcher.poll_interval_ms),
+            max_publish_events: cfg.fetcher.max_publish_events,
+            retry: RetryDelay {
+                initial: Duration::from_millis(cfg.fetcher.retry_initial_ms),
+                max: Duration::from_millis(cfg.fetcher.retry_max_ms),
+            },
+            probe: Default::default(),
+            start_paused: false,
+            source: source.clone(),
+        };
+        let name = format!("fetcher-{}", source.name());
+        source_sup = source_sup.child(
+            ChildSpec::new(name, Restart::Permanent, Arc::new(FetcherFactory(params)))
+                .with_stall_timeout(stall),
+        );
+    }
+
+    let partitions = backends
+        .ingest
+        .partition_ids()
+        .await
+        .context("listing ingest partitions")?;
+    let mut ingest_sup = supervisor("ingest", Strategy::OneForOne, settings);
+    let mut transform_sup = supervisor("transform", Strategy::OneForOne, settings);
+    for partition in partitions {
+        let writer = WriterParams {
+            namespace: cfg.pipeline.namespace.clone(),
+            ingest_hub: INGEST_HUB.to_string(),
+            consumer_group: cfg.pipeline.consumer_group.clone(),
+            partition,
+            raw: backends.blobs.clone(),
+            raw_container: cfg.storage.raw_container.clone(),
+            state: state.clone(),
+            landed: backends.landed.clone(),
+            zstd_level: cfg.batch.zstd_level,
+            probe: Default::default(),
+        };
+        let consumer = ConsumerTemplate {
+            hub: backends.ingest.clone(),
+            consumer_group: cfg.pipeline.consumer_group.clone(),
+            partition,
+            limits: settings.batch,
+            max_wait: Duration::from_millis(500),
+        };
+        let pair = supervisor(&format!("p{partition:04}"), Strategy::RestForOne, settings)
+            .child(
+                ChildSpec::new("writer", Restart::Permanent, Arc::new(WriterFactory(writer)))
+                    .with_stall_timeout(stall),
+            )
+            .child(
+                ChildSpec::new("consumer", Restart::Permanent, Arc::new(ConsumerFactory(consumer)))
+                    .with_stall_timeout(stall),
+            );
+        ingest_sup = ingest_sup.child(pair.into_child());
+
+        let transform = TransformerParams {
+            ingest_hub: INGEST_HUB.to_string(),
+            partition,
+            consumer_group: TRANSFORM_GROUP.to_string(),
+            raw: backends.blobs.clone(),
+            raw_container: cfg.storage.raw_container.clone(),
+            curated: backends.blobs.clone(),
+            curated_container: cfg.storage.curated_container.clone(),
+            state: state.clone(),
+            landed: backends.landed.clone(),
+            dead_letters: backends.blobs.clone(),
+            dead_letter_container: cfg.storage.dead_letter_container.clone(),
+            options: settings.curate.clone(),
+            dedupe_window: cfg.transform.dedupe_window,
+            poll_wait: Duration::from_millis(cfg.transform.poll_ms),
+            probe: Default::default(),
+        };
+        transform_sup = transform_sup.child(
+            ChildSpec::new(
+                format!("p{partition:04}"),
+                Restart::Permanent,
+                Arc::new(TransformerFactory(transform)),
+            )
+            .with_stall_timeout(stall),
+        );
+    }
+
+    Ok(supervisor("pipeline", Strategy::OneForOne, settings)
+        .child(source_sup.into_child())
+        .child(ingest_sup.into_child())
+        .child(transform_sup.into_child()))
+}
+
+struct FetcherFactory(FetcherParams);
+
+#[async_trait]
+impl ChildFactory for FetcherFactory {
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
+        let params = FetcherParams {
+            probe: ctx.probe,
+            ..self.0.clone()
+        };
+        let (actor, _) = Actor::spawn_linked(None, Fetcher, params, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
+
+struct WriterFactory(WriterParams);
+
+#[async_trait]
+impl ChildFactory for WriterFactory {
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
+        let params = WriterParams {
+            probe: ctx.probe,
+            ..self.0.clone()
+        };
+        let (actor, _) = Actor::spawn_linked(None, BlobWriter, params, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
+
+#[derive(Clone)]
+struct ConsumerTemplate {
+    hub: Arc<dyn Hub>,
+    consumer_group: String,
+    partition: u32,
+    limits: hubflow_actors::consumer::BatchLimits,
+    max_wait: Duration,
+}
+
+struct ConsumerFactory(ConsumerTemplate);
+
+#[async_trait]
+impl ChildFactory for ConsumerFactory {
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
+        let writer = ctx.sibling::<WriterMsg>("writer").ok_or_else(|| {
+            SpawnErr::StartupFailed(format!("{}: writer is not running", ctx.path).into())
+        })?;
+        let t = self.0.clone();
+        let params = ConsumerParams {
+            hub: t.hub,
+            consumer_group: t.consumer_group,
+            partition: t.partition,
+            writer,
+            limits: t.limits,
+            max_wait: t.max_wait,
+            probe: ctx.probe,
+        };
+        let (actor, _) =
+            Actor::spawn_linked(None, PartitionConsumer, params, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
+
+struct TransformerFactory(TransformerParams);
+
+#[async_trait]
+impl ChildFactory for TransformerFactory {
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
+        let params = TransformerParams {
+            probe: ctx.probe,
+            ..self.0.clone()
+        };
+        let (actor, _) = Actor::spawn_linked(None, Transformer, params, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
+
+/// How far the data has come, read from durable state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Records published by the fetchers (over every run).
+    pub fetched: u64,
+    /// Every source reported it had nothing more.
+    pub sources_caught_up: bool,
+    /// Events in hub "ingest".
+    pub in_hub: u64,
+    /// Events landed in raw blobs (writer checkpoints).
+    pub landed: u64,
+    /// Events the transformers have passed (transformer checkpoints).
+    pub transformed: u64,
+}
+
+impl Progress {
+    pub async fn read(settings: &Settings, backends: &Backends) -> anyhow::Result<Progress> {
+        let cfg = &settings.config;
+        let state = backends.state(settings);
+        let mut progress = Progress {
+            sources_caught_up: true,
+            ..Default::default()
+        };
+        for name in state.list_names("sources/").await? {
+            if let Some(cursor) = state.load::<CursorRecord>(&name).await? {
+                progress.fetched += cursor.value.records;
+                progress.sources_caught_up &= cursor.value.caught_up;
+            }
+        }
+        for partition in backends.ingest.partition_ids().await? {
+            let props = backends.ingest.partition_properties(partition).await?;
+            if !props.is_empty {
+                progress.in_hub += (props.last_enqueued_sequence_number + 1) as u64;
+            }
+            let writer = checkpoint_name(
+                &cfg.pipeline.namespace,
+                INGEST_HUB,
+                &cfg.pipeline.consumer_group,
+                partition,
+            );
+            if let Some(cp) = state.load::<Checkpoint>(&writer).await? {
+                progress.landed += (cp.value.sequence_number + 1).max(0) as u64;
+            }
+            let transform = transformer::checkpoint_name(INGEST_HUB, partition);
+            if let Some(cp) = state.load::<TransformCheckpoint>(&transform).await? {
+                progress.transformed += cp.value.next_sequence.max(0) as u64;
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Everything fetched is in the hub, landed and transformed.
+    pub fn idle(&self, expected_sources: usize) -> bool {
+        (expected_sources == 0 || self.sources_caught_up && self.fetched > 0)
+            && self.landed == self.in_hub
+            && self.transformed == self.in_hub
+    }
+}

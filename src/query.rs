@@ -1,0 +1,396 @@
+//! SQL over the curated container, for data scientists (DataFusion locally;
+//! Synapse serverless plays this part in Azure).
+//!
+//! Every source directory under the curated root becomes one table (named
+//! after the source, lowercased, with characters other than `[a-z0-9_]`
+//! replaced by `_`): a DataFusion `ListingTable` over its `*.parquet` files
+//! with the Hive partition columns `date` and `hour` (both `Utf8`). The
+//! table's schema is the union of its files' schemas under the curated
+//! format's widening rules ([`merge_schemas`]), or the schema registry's
+//! schema when the caller supplies one; files written before a field was
+//! added or widened are read through it (missing columns read as null,
+//! `Int64` is cast to `Float64`).
+//!
+//! [`format_batches`] renders results as a text table, CSV (nested values as
+//! JSON text) or a JSON array.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+pub use hubflow_actors::formats::curated::PARTITION_COLUMNS;
+use hubflow_actors::formats::curated::merge_schemas;
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use tracing::{debug, warn};
+
+/// Errors of the query layer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The curated directory is missing, unreadable or holds no Parquet files.
+    #[error("no curated data in {}: {reason}", dir.display())]
+    NoData { dir: PathBuf, reason: String },
+    /// Two source directories map to the same table name.
+    #[error("sources {first:?} and {second:?} both map to table name {table:?}")]
+    TableNameClash {
+        table: String,
+        first: String,
+        second: String,
+    },
+    /// Listing the directory or reading a Parquet footer failed.
+    #[error("reading curated files: {0:#}")]
+    Read(anyhow::Error),
+    /// Planning or running the SQL failed (syntax, unknown table or column, ...).
+    #[error("sql: {0}")]
+    Sql(#[from] DataFusionError),
+    /// Rendering the results failed.
+    #[error("formatting results: {0}")]
+    Format(#[from] ArrowError),
+}
+
+/// How [`format_batches`] renders results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// An ASCII table, for terminals.
+    #[default]
+    Table,
+    /// CSV with a header row; nested values are JSON text.
+    Csv,
+    /// One JSON array of row objects, nulls included.
+    Json,
+}
+
+/// Runs `sql` over the curated container at `curated_root`, inferring each
+/// table's schema from its files.
+pub async fn query_dir(curated_root: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    query_dir_with_schemas(curated_root, sql, &BTreeMap::new()).await
+}
+
+/// Runs `sql` over the curated container at `curated_root`. A source found in
+/// `schemas` (the schema registry, keyed by source name) uses that schema as
+/// is (metadata columns included or not); other sources are inferred.
+pub async fn query_dir_with_schemas(
+    curated_root: &Path,
+    sql: &str,
+    schemas: &BTreeMap<String, SchemaRef>,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let ctx = curated_context(curated_root, schemas).await?;
+    let df = ctx.sql(sql).await?;
+    Ok(df.collect().await?)
+}
+
+/// A DataFusion session with one table per source under `curated_root`
+/// registered (see the module docs). Useful for running several queries.
+pub async fn curated_context(
+    curated_root: &Path,
+    schemas: &BTreeMap<String, SchemaRef>,
+) -> Result<SessionContext, QueryError> {
+    let root = curated_root.to_path_buf();
+    let known: BTreeMap<String, SchemaRef> = schemas.clone();
+    let tables = tokio::task::spawn_blocking(move || discover(&root, &known))
+        .await
+        .map_err(|e| QueryError::Read(anyhow::anyhow!("schema discovery task failed: {e}")))??;
+
+    let ctx = SessionContext::new();
+    for table in tables {
+        let url = url::Url::from_directory_path(&table.dir)
+            .map_err(|()| {
+                QueryError::Read(anyhow::anyhow!(
+                    "{} is not an absolute directory path",
+                    table.dir.display()
+                ))
+            })
+            .and_then(|url| Ok(ListingTableUrl::try_new(url, None)?))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(
+                PARTITION_COLUMNS
+                    .iter()
+                    .map(|c| (c.to_string(), DataType::Utf8))
+                    .collect(),
+            );
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(table.schema.clone());
+        let provider = ListingTable::try_new(config)?;
+        debug!(
+            source = %table.source,
+            table = %table.name,
+            columns = table.schema.fields().len(),
+            "registered curated table"
+        );
+        ctx.register_table(table.name.as_str(), Arc::new(provider))?;
+    }
+    Ok(ctx)
+}
+
+/// The table name for a source: lowercased, `[a-z0-9_]` kept, anything else
+/// replaced by `_`, prefixed with `_` if it would start with a digit.
+pub fn table_name(source: &str) -> String {
+    let mut name: String = source
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name
+}
+
+struct TableSpec {
+    source: String,
+    name: String,
+    dir: PathBuf,
+    schema: SchemaRef,
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+/// Finds the source directories and their schemas (blocking IO).
+fn discover(
+    root: &Path,
+    known: &BTreeMap<String, SchemaRef>,
+) -> Result<Vec<TableSpec>, QueryError> {
+    let no_data = |reason: String| QueryError::NoData {
+        dir: root.to_path_buf(),
+        reason,
+    };
+    let root = match std::path::absolute(root) {
+        Ok(root) => root,
+        Err(e) => return Err(no_data(format!("cannot resolve the path: {e}"))),
+    };
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(no_data("the directory does not exist".into()));
+        }
+        Err(e) => return Err(no_data(format!("cannot list the directory: {e}"))),
+    };
+    let mut sources = Vec::new();
+    for entry in entries {
+        let entry = entry
+            .with_context(|| format!("listing {}", root.display()))
+            .map_err(QueryError::Read)?;
+        let Ok(source) = entry.file_name().into_string() else {
+            warn!(dir = %root.display(), "skipping a curated directory whose name is not utf-8");
+            continue;
+        };
+        let is_dir = entry
+            .file_type()
+            .with_context(|| format!("inspecting {}", entry.path().display()))
+            .map_err(QueryError::Read)?
+            .is_dir();
+        if is_dir && !is_hidden(&source) {
+            sources.push((source, entry.path()));
+        }
+    }
+    sources.sort();
+
+    let mut tables: Vec<TableSpec> = Vec::new();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for (source, dir) in sources {
+        let schema = match known.get(&source) {
+            Some(schema) => Some(table_schema(schema)),
+            None => infer_schema(&dir).map_err(QueryError::Read)?,
+        };
+        let Some(schema) = schema else {
+            debug!(source = %source, "no parquet files, no table");
+            continue;
+        };
+        let name = table_name(&source);
+        if let Some(first) = names.insert(name.clone(), source.clone()) {
+            return Err(QueryError::TableNameClash {
+                table: name,
+                first,
+                second: source,
+            });
+        }
+        tables.push(TableSpec {
+            source,
+            name,
+            dir,
+            schema,
+        });
+    }
+    if tables.is_empty() {
+        return Err(no_data(
+            "no source directory holds parquet files".to_string(),
+        ));
+    }
+    Ok(tables)
+}
+
+/// A registry schema minus any partition columns (they come from the paths).
+fn table_schema(schema: &SchemaRef) -> SchemaRef {
+    if schema
+        .fields()
+        .iter()
+        .any(|f| PARTITION_COLUMNS.contains(&f.name().as_str()))
+    {
+        let fields: Vec<Arc<Field>> = schema
+            .fields()
+            .iter()
+            .filter(|f| !PARTITION_COLUMNS.contains(&f.name().as_str()))
+            .cloned()
+            .collect();
+        Arc::new(Schema::new(fields))
+    } else {
+        schema.clone()
+    }
+}
+
+/// Unions the schemas of every Parquet file under `dir` (in path order), or
+/// `None` when there is none.
+fn infer_schema(dir: &Path) -> anyhow::Result<Option<SchemaRef>> {
+    let mut files = Vec::new();
+    collect_parquet_files(dir, &mut files)?;
+    files.sort();
+    let mut merged: Option<Schema> = None;
+    for path in &files {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = ArrowReaderMetadata::load(&file, Default::default())
+            .with_context(|| format!("reading the parquet footer of {}", path.display()))?;
+        let schema = meta.schema();
+        merged = Some(match merged {
+            None => schema.as_ref().clone(),
+            Some(acc) => {
+                let (next, conflicts) = merge_schemas(&acc, schema);
+                for c in conflicts {
+                    debug!(file = %path.display(), field = %c.field, from = %c.from, to = %c.to, "curated file schema widened");
+                }
+                next
+            }
+        });
+    }
+    Ok(merged.map(|s| table_schema(&Arc::new(s))))
+}
+
+fn collect_parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if is_hidden(&name) {
+            continue;
+        }
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("inspecting {}", entry.path().display()))?;
+        if file_type.is_dir() {
+            collect_parquet_files(&entry.path(), out)?;
+        } else if name.ends_with(".parquet") {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Renders query results in the given format.
+pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
+    let bytes = match format {
+        OutputFormat::Table => {
+            return Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string());
+        }
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(Vec::new());
+            for batch in batches {
+                writer.write(&nested_as_json_text(batch)?)?;
+            }
+            writer.into_inner()
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::JsonArray>(Vec::new());
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            writer.into_inner()
+        }
+    };
+    String::from_utf8(bytes).map_err(|e| ArrowError::ExternalError(Box::new(e)).into())
+}
+
+fn is_nested(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::FixedSizeList(_, _)
+            | DataType::Map(_, _)
+            | DataType::Union(_, _)
+    )
+}
+
+/// Replaces nested columns (which CSV cannot hold) by their JSON text.
+fn nested_as_json_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| is_nested(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if is_nested(field.data_type()) {
+            fields.push(Field::new(field.name(), DataType::Utf8, true));
+            columns.push(json_text(field, column)?);
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// One column's values as JSON text (null stays null).
+fn json_text(field: &Field, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    let single = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![field.clone()])),
+        vec![column.clone()],
+    )?;
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
+    writer.write(&single)?;
+    writer.finish()?;
+    let text = writer.into_inner();
+    let mut out = StringBuilder::with_capacity(column.len(), text.len());
+    for (row, line) in text.split(|b| *b == b'\n').take(column.len()).enumerate() {
+        if column.is_null(row) {
+            out.append_null();
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        match value.get(field.name()) {
+            Some(v) => out.append_value(v.to_string()),
+            None => out.append_null(),
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}

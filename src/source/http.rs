@@ -1,0 +1,537 @@
+//! [`HttpSource`]: one GET per `fetch`, classified into a page or a
+//! [`SourceError`]. Retries, backoff and cursor storage are the fetcher's.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use hubflow_actors::ports::{DeadLetter, Page, Source, SourceCursor, SourceError, SourceRecord};
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use serde_json::Value;
+use tracing::debug;
+use url::Url;
+
+use super::config::{BodyFormat, ConfigError, HttpSourceConfig, HttpSourceSettings, Pagination};
+use super::extract::{
+    content_id, content_type_ok, link_next, page_digest, parse_retry_after, redact_url,
+    scalar_text, with_query_param, without_query_param,
+};
+use super::paging::{CursorState, Observed, Step, advance, skip_unreadable};
+
+/// Connecting gives up after this long even when the request timeout is longer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP GET API as a [`Source`].
+pub struct HttpSource {
+    settings: HttpSourceSettings,
+    client: reqwest::Client,
+    /// Pages returned in a row without catching up (for `max_pages_per_poll`).
+    pages_in_poll: AtomicU32,
+}
+
+impl fmt::Debug for HttpSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSource")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one fetch failed, before it gets the source name.
+enum Failure {
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    Bad {
+        reason: String,
+        body: Bytes,
+        skip_to: Option<Box<CursorState>>,
+    },
+    Fatal(String),
+}
+
+impl Failure {
+    fn bad(reason: impl Into<String>, body: Bytes) -> Self {
+        Failure::Bad {
+            reason: reason.into(),
+            body,
+            skip_to: None,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Transient { .. } => "transient",
+            Failure::Bad { .. } => "bad_response",
+            Failure::Fatal(_) => "fatal",
+        }
+    }
+}
+
+enum BodyError {
+    Timeout(String),
+    Truncated(Bytes, String),
+    TooLarge(Bytes),
+}
+
+impl HttpSource {
+    /// Builds the source and its HTTP client from validated settings.
+    pub fn new(settings: HttpSourceSettings) -> Result<Self, ConfigError> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(CONNECT_TIMEOUT))
+            .user_agent(concat!("hubflow/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| ConfigError::Client(error_chain(&e.without_url())))?;
+        Ok(HttpSource {
+            settings,
+            client,
+            pages_in_poll: AtomicU32::new(0),
+        })
+    }
+
+    /// Validates `config` and builds the source.
+    pub fn from_config(config: &HttpSourceConfig) -> Result<Self, ConfigError> {
+        HttpSource::new(config.validate()?)
+    }
+
+    pub fn settings(&self) -> &HttpSourceSettings {
+        &self.settings
+    }
+
+    fn key_name(&self) -> Option<&str> {
+        self.settings.query_key.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// The URL of the page at `state`, without the API key.
+    fn position_url(&self, state: &CursorState) -> Result<Url, Failure> {
+        let base = &self.settings.url;
+        Ok(match &self.settings.pagination {
+            Pagination::None => base.clone(),
+            Pagination::PageNumber {
+                param,
+                start,
+                size_param,
+                size,
+            } => {
+                let url = with_query_param(base, param, &state.page.unwrap_or(*start).to_string());
+                match size_param {
+                    Some(p) => with_query_param(&url, p, &size.to_string()),
+                    None => url,
+                }
+            }
+            Pagination::OffsetLimit {
+                offset_param,
+                limit_param,
+                limit,
+            } => {
+                let url =
+                    with_query_param(base, offset_param, &state.offset.unwrap_or(0).to_string());
+                with_query_param(&url, limit_param, &limit.to_string())
+            }
+            Pagination::Cursor { param, .. } => match &state.cursor {
+                Some(c) => with_query_param(base, param, c),
+                None => base.clone(),
+            },
+            Pagination::NextUrl { .. } | Pagination::LinkHeader => match &state.url {
+                Some(u) => Url::parse(u)
+                    .map_err(|e| Failure::Fatal(format!("stored cursor url is invalid: {e}")))?,
+                None => base.clone(),
+            },
+        })
+    }
+
+    /// A server-given next URL, resolved against the request and checked to
+    /// stay on the configured origin (our credentials go wherever it points).
+    fn next_url(&self, requested: &Url, raw: &str, body: &Bytes) -> Result<String, Failure> {
+        let url = requested
+            .join(raw.trim())
+            .map_err(|e| Failure::bad(format!("next url is not a url: {e}"), body.clone()))?;
+        if url.origin() != self.settings.url.origin() {
+            return Err(Failure::bad(
+                format!(
+                    "next url {} leaves the configured origin",
+                    redact_url(&url, self.key_name())
+                ),
+                body.clone(),
+            ));
+        }
+        let mut url = match self.key_name() {
+            Some(k) => without_query_param(&url, k),
+            None => url,
+        };
+        url.set_fragment(None);
+        Ok(url.to_string())
+    }
+
+    async fn fetch_inner(
+        &self,
+        cursor: &SourceCursor,
+        shown: &mut String,
+    ) -> Result<Page, Failure> {
+        let pagination = &self.settings.pagination;
+        let state = CursorState::decode(&cursor.0, pagination).map_err(Failure::Fatal)?;
+        let position = self.position_url(&state)?;
+        let request_url = match &self.settings.query_key {
+            Some((name, value)) => with_query_param(&position, name, value.expose()),
+            None => position.clone(),
+        };
+        *shown = redact_url(&request_url, self.key_name());
+
+        let response = self
+            .client
+            .get(request_url)
+            .headers(self.settings.headers.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                let builder = e.is_builder();
+                let message = format!("GET {shown}: {}", error_chain(&e.without_url()));
+                if builder {
+                    Failure::Fatal(message)
+                } else {
+                    Failure::Transient {
+                        message,
+                        retry_after: None,
+                    }
+                }
+            })?;
+
+        let status = response.status();
+        let headers = response.headers().clone();
+        if !status.is_success() {
+            return Err(self.status_failure(status, &headers, shown, response).await);
+        }
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(binary)"));
+        let ndjson = self.settings.format == BodyFormat::Ndjson;
+        let body = match read_body(response, self.settings.max_response_bytes).await {
+            Ok(body) => body,
+            Err(BodyError::Timeout(e)) => {
+                return Err(Failure::Transient {
+                    message: format!("GET {shown}: reading body: {e}"),
+                    retry_after: None,
+                });
+            }
+            Err(BodyError::Truncated(partial, e)) => {
+                return Err(Failure::bad(format!("truncated body: {e}"), partial));
+            }
+            Err(BodyError::TooLarge(partial)) => {
+                return Err(Failure::Bad {
+                    reason: format!(
+                        "body exceeds max_response_bytes ({})",
+                        self.settings.max_response_bytes
+                    ),
+                    body: partial,
+                    skip_to: skip_unreadable(pagination, &state).map(Box::new),
+                });
+            }
+        };
+        metrics::counter!("hubflow_source_response_bytes_total", "source" => self.settings.name.clone())
+            .increment(body.len() as u64);
+        if !content_type_ok(content_type, ndjson) {
+            return Err(Failure::bad(
+                format!(
+                    "unexpected content type {:?}",
+                    content_type.unwrap_or_default()
+                ),
+                body,
+            ));
+        }
+
+        // Records and the body document (json only).
+        let (values, document) = if status == StatusCode::NO_CONTENT || (ndjson && body.is_empty())
+        {
+            (Vec::new(), None)
+        } else if ndjson {
+            (
+                parse_ndjson(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
+                None,
+            )
+        } else {
+            let document: Value = serde_json::from_slice(&body).map_err(|e| {
+                let what = if e.is_eof() {
+                    "truncated json"
+                } else {
+                    "malformed json"
+                };
+                Failure::bad(format!("{what}: {e}"), body.clone())
+            })?;
+            let values = match self.settings.records.lookup(&document) {
+                Some(Value::Array(items)) => items.clone(),
+                Some(other) => {
+                    return Err(Failure::bad(
+                        format!(
+                            "`{}` is {} (expected an array of records)",
+                            self.settings.records,
+                            kind(other)
+                        ),
+                        body,
+                    ));
+                }
+                None => {
+                    return Err(Failure::bad(
+                        format!("no records at `{}`", self.settings.records),
+                        body,
+                    ));
+                }
+            };
+            (values, Some(document))
+        };
+
+        let mut records = Vec::with_capacity(values.len());
+        for value in &values {
+            let id = self
+                .settings
+                .id_field
+                .as_ref()
+                .and_then(|p| p.lookup(value))
+                .and_then(scalar_text)
+                .unwrap_or_else(|| content_id(value));
+            let payload = serde_json::to_vec(value)
+                .map_err(|e| Failure::bad(format!("record not serializable: {e}"), body.clone()))?;
+            records.push(SourceRecord {
+                id,
+                payload: Bytes::from(payload),
+            });
+        }
+
+        let flag = |path: &Option<super::extract::JsonPath>| {
+            path.as_ref()
+                .and_then(|p| document.as_ref().and_then(|d| p.lookup(d)))
+                .and_then(Value::as_bool)
+        };
+        let last_page = flag(&self.settings.last_page_flag) == Some(true)
+            || flag(&self.settings.has_more_flag) == Some(false);
+        let next_token = match pagination {
+            Pagination::Cursor { from, .. } | Pagination::NextUrl { from } => {
+                let raw = document
+                    .as_ref()
+                    .and_then(|d| from.lookup(d))
+                    .and_then(scalar_text);
+                match (raw, pagination) {
+                    (Some(raw), Pagination::NextUrl { .. }) => {
+                        Some(self.next_url(&position, &raw, &body)?)
+                    }
+                    (raw, _) => raw,
+                }
+            }
+            Pagination::LinkHeader => {
+                let link = headers
+                    .get_all(header::LINK)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(link_next);
+                match link {
+                    Some(raw) => Some(self.next_url(&position, &raw, &body)?),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let current_token = match pagination {
+            Pagination::Cursor { .. } => state.cursor.clone(),
+            _ => Some(position.to_string()),
+        };
+        let observed = Observed {
+            count: records.len() as u64,
+            digest: page_digest(records.iter().map(|r| r.id.as_str())),
+            last_page,
+            next_token,
+        };
+        let (next, skip, mut caught_up) =
+            match advance(pagination, &state, &observed, current_token.as_deref()) {
+                Step::Page {
+                    next,
+                    skip,
+                    caught_up,
+                } => (next, skip, caught_up),
+                Step::Identical => {
+                    return Err(Failure::bad("page is identical to the previous page", body));
+                }
+                Step::NotAdvanced => {
+                    return Err(Failure::bad("next position equals the requested one", body));
+                }
+            };
+        if caught_up {
+            self.pages_in_poll.store(0, Ordering::Relaxed);
+        } else if let Some(max) = self.settings.max_pages_per_poll {
+            let pages = self.pages_in_poll.fetch_add(1, Ordering::Relaxed) + 1;
+            if pages >= max {
+                self.pages_in_poll.store(0, Ordering::Relaxed);
+                caught_up = true;
+            }
+        }
+        let skip = usize::try_from(skip)
+            .unwrap_or(usize::MAX)
+            .min(records.len());
+        records.drain(..skip);
+        debug!(source = %self.settings.name, url = %shown, records = records.len(), skipped = skip, caught_up, "page fetched");
+        Ok(Page {
+            records,
+            next: SourceCursor(next.encode()),
+            caught_up,
+        })
+    }
+
+    async fn status_failure(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        shown: &str,
+        response: reqwest::Response,
+    ) -> Failure {
+        let retry_after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let message = format!("http {status} for GET {shown}");
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            return Failure::Transient {
+                message,
+                retry_after,
+            };
+        }
+        if status.is_client_error() {
+            return Failure::Fatal(message);
+        }
+        // 1xx or a redirect we did not follow: keep what came for inspection.
+        let body = match read_body(response, self.settings.max_response_bytes).await {
+            Ok(b) | Err(BodyError::Truncated(b, _)) | Err(BodyError::TooLarge(b)) => b,
+            Err(BodyError::Timeout(_)) => Bytes::new(),
+        };
+        Failure::bad(format!("unexpected status {status}"), body)
+    }
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    async fn fetch(&self, cursor: &SourceCursor) -> Result<Page, SourceError> {
+        let started = Instant::now();
+        let mut shown = self.settings.display_url();
+        let result = self.fetch_inner(cursor, &mut shown).await;
+        let name = self.settings.name.clone();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(f) => f.outcome(),
+        };
+        metrics::counter!("hubflow_source_requests_total", "source" => name.clone(), "outcome" => outcome).increment(1);
+        metrics::histogram!("hubflow_source_request_duration_seconds", "source" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        result.map_err(|failure| match failure {
+            Failure::Transient {
+                message,
+                retry_after,
+            } => SourceError::Transient {
+                source_name: name,
+                message,
+                retry_after,
+            },
+            Failure::Fatal(message) => SourceError::Fatal {
+                source_name: name,
+                message,
+            },
+            Failure::Bad {
+                reason,
+                body,
+                skip_to,
+            } => SourceError::BadResponse(
+                Box::new(DeadLetter {
+                    source: name,
+                    reason,
+                    request: format!("GET {shown}"),
+                    body,
+                }),
+                skip_to.map(|s| SourceCursor(s.encode())),
+            ),
+        })
+    }
+}
+
+/// Reads a body up to `max` bytes, keeping what arrived when it fails.
+async fn read_body(mut response: reqwest::Response, max: u64) -> Result<Bytes, BodyError> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(BodyError::TooLarge(Bytes::new()));
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > max {
+                    let room = max - buf.len();
+                    buf.extend_from_slice(&chunk[..room]);
+                    return Err(BodyError::TooLarge(buf.freeze()));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) if e.is_timeout() => {
+                return Err(BodyError::Timeout(error_chain(&e.without_url())));
+            }
+            Err(e) => {
+                return Err(BodyError::Truncated(
+                    buf.freeze(),
+                    error_chain(&e.without_url()),
+                ));
+            }
+        }
+    }
+}
+
+fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let value = serde_json::from_slice(line)
+            .map_err(|e| format!("malformed ndjson line {}: {e}", i + 1))?;
+        out.push(value);
+    }
+    Ok(out)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An error and its sources on one line. Callers strip URLs first.
+fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,106 @@
+//! Shared helpers of the integration tests: a demo API on loopback, settings
+//! for a temporary data directory, and SQL checks over curated.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hubflow::config::{Config, Settings};
+use hubflow::demo::{self, DemoConfig};
+use hubflow::query::{self, OutputFormat};
+use serde_json::Value;
+
+pub struct DemoServer {
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DemoServer {
+    pub async fn start(config: DemoConfig) -> DemoServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            demo::serve(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        DemoServer { url, stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// The config a test run uses: short timers, the demo source at `url`
+/// with big pages, data under `data_dir`.
+pub fn config(data_dir: &Path, url: &str) -> Config {
+    let mut source = demo::demo_source_config(url);
+    source.query.insert("limit".to_string(), "1000".to_string());
+    let mut config = Config {
+        sources: vec![source],
+        ..Config::default()
+    };
+    config.pipeline.data_dir = data_dir.to_path_buf();
+    config.batch.max_age_ms = 300;
+    config.fetcher.poll_interval_ms = 200;
+    config.fetcher.retry_initial_ms = 50;
+    config.fetcher.retry_max_ms = 1_000;
+    config.transform.poll_ms = 200;
+    config.demo.enabled = false;
+    config
+}
+
+/// [`config`] as a TOML file's text (for the `hubflow` binary).
+pub fn config_toml(data_dir: &Path, url: &str) -> String {
+    toml::to_string(&config(data_dir, url)).unwrap()
+}
+
+pub fn settings(data_dir: &Path, url: &str) -> Settings {
+    // Through the text form, so the file format is what is tested.
+    Config::parse(&config_toml(data_dir, url), "test", &BTreeMap::new())
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+pub fn curated_dir(settings: &Settings) -> PathBuf {
+    settings
+        .data_dir()
+        .join("blobs")
+        .join(&settings.config.storage.curated_container)
+}
+
+async fn json_rows(curated: &Path, sql: &str) -> Vec<Value> {
+    let batches = query::query_dir(curated, sql).await.unwrap();
+    let text = query::format_batches(&batches, OutputFormat::Json).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `count(*)` and `count(DISTINCT id)` over the demo table.
+pub async fn counts(curated: &Path) -> (u64, u64) {
+    let rows = json_rows(curated, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo").await;
+    (rows[0]["n"].as_u64().unwrap(), rows[0]["d"].as_u64().unwrap())
+}
+
+/// Selected columns of the records with these demo indexes, by id.
+pub async fn rows_by_id(curated: &Path, indexes: &[u64]) -> BTreeMap<String, Value> {
+    let ids: Vec<String> = indexes.iter().map(|i| format!("'evt-{i:08}'")).collect();
+    let sql = format!(
+        "SELECT id, created_at, updated_at, \"type\", amount, tags, \
+         get_field(\"user\", 'name') AS user_name, get_field(\"user\", 'country') AS user_country, \
+         _hub_partition FROM demo WHERE id IN ({})",
+        ids.join(", ")
+    );
+    json_rows(curated, &sql)
+        .await
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r))
+        .collect()
+}
