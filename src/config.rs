@@ -296,10 +296,12 @@ impl Config {
         origin: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?;
         for (name, value) in env {
             apply_env(&mut table, name, value)?;
         }
@@ -313,7 +315,11 @@ impl Config {
             let path = e.path().to_string();
             ConfigError::Field {
                 origin: origin.clone(),
-                path: if path == "." { "(top level)".to_string() } else { path },
+                path: if path == "." {
+                    "(top level)".to_string()
+                } else {
+                    path
+                },
                 message: e.into_inner().to_string(),
             }
         })
@@ -350,13 +356,19 @@ impl Config {
             return Err(field("transform.max_row_group_rows", "must be at least 1"));
         }
         if self.supervision.stall_timeout_ms < 1_000 {
-            return Err(field("supervision.stall_timeout_ms", "must be at least 1000"));
+            return Err(field(
+                "supervision.stall_timeout_ms",
+                "must be at least 1000",
+            ));
         }
         let containers = [
             ("storage.raw_container", &self.storage.raw_container),
             ("storage.curated_container", &self.storage.curated_container),
             ("storage.state_container", &self.storage.state_container),
-            ("storage.dead_letter_container", &self.storage.dead_letter_container),
+            (
+                "storage.dead_letter_container",
+                &self.storage.dead_letter_container,
+            ),
         ];
         for (path, name) in containers {
             let ok = (3..=63).contains(&name.len())
@@ -380,9 +392,14 @@ impl Config {
         let mut sources = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for (i, source) in self.sources.iter().enumerate() {
-            let settings = source.validate().map_err(|e| field(&format!("sources[{i}]"), &e.to_string()))?;
+            let settings = source
+                .validate()
+                .map_err(|e| field(&format!("sources[{i}]"), &e.to_string()))?;
             if !names.insert(settings.name().to_string()) {
-                return Err(field(&format!("sources[{i}].name"), "duplicate source name"));
+                return Err(field(
+                    &format!("sources[{i}].name"),
+                    "duplicate source name",
+                ));
             }
             sources.push(settings);
         }
@@ -461,16 +478,21 @@ mod tests {
         let err = parse("[batch]\nmax_recordz = 5\n").unwrap_err().to_string();
         assert!(err.contains("batch"), "{err}");
         assert!(err.contains("max_recordz"), "{err}");
-        let err = parse("[batch]\nmax_records = \"many\"\n").unwrap_err().to_string();
+        let err = parse("[batch]\nmax_records = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batch.max_records"), "{err}");
-        let err = parse("[[sources]]\nname = \"x\"\nurl = 5\n").unwrap_err().to_string();
+        let err = parse("[[sources]]\nname = \"x\"\nurl = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sources[0].url"), "{err}");
         assert!(matches!(parse("[batch"), Err(ConfigError::Syntax { .. })));
     }
 
     #[test]
     fn the_demo_section_is_flat_and_strict() {
-        let config = parse("[demo]\nenabled = false\ntotal = 5\n[demo.faults]\nerror_rate = 0.5\n").unwrap();
+        let config =
+            parse("[demo]\nenabled = false\ntotal = 5\n[demo.faults]\nerror_rate = 0.5\n").unwrap();
         assert!(!config.demo.enabled);
         assert_eq!(config.demo.total, 5);
         assert_eq!(config.demo.faults.error_rate, 0.5);
@@ -480,7 +502,11 @@ mod tests {
 
     #[test]
     fn ranges_are_checked() {
-        let err = parse("[hub]\npartitions = 0\n").unwrap().validate().unwrap_err().to_string();
+        let err = parse("[hub]\npartitions = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hub.partitions"), "{err}");
         let err = parse("[storage]\nraw_container = \"Raw_Data\"\n")
             .unwrap()
@@ -494,13 +520,22 @@ mod tests {
     fn environment_overrides_the_file() {
         let env = BTreeMap::from([
             ("HUBFLOW__BATCH__MAX_RECORDS".to_string(), "77".to_string()),
-            ("HUBFLOW__PIPELINE__NAMESPACE".to_string(), "prod-ns".to_string()),
+            (
+                "HUBFLOW__PIPELINE__NAMESPACE".to_string(),
+                "prod-ns".to_string(),
+            ),
         ]);
         let config = Config::parse("[batch]\nmax_records = 5\n", "f", &env).unwrap();
         assert_eq!(config.batch.max_records, 77);
         assert_eq!(config.pipeline.namespace, "prod-ns");
-        let bad = BTreeMap::from([("HUBFLOW__BATCH__MAX_RECORDS".to_string(), "lots".to_string())]);
+        let bad = BTreeMap::from([(
+            "HUBFLOW__BATCH__MAX_RECORDS".to_string(),
+            "lots".to_string(),
+        )]);
         let err = Config::parse("", "f", &bad).unwrap_err().to_string();
-        assert!(err.contains("batch.max_records") && err.contains("environment"), "{err}");
+        assert!(
+            err.contains("batch.max_records") && err.contains("environment"),
+            "{err}"
+        );
     }
 }

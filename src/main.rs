@@ -13,7 +13,11 @@ use hubflow::service::{self, RunOptions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "hubflow", version, about = "HTTP GET API → Event Hubs → raw blobs → zstd Parquet, supervised")]
+#[command(
+    name = "hubflow",
+    version,
+    about = "HTTP GET API → Event Hubs → raw blobs → zstd Parquet, supervised"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HUBFLOW_LOG_FORMAT")]
@@ -90,7 +94,8 @@ fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("HUBFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.compact().init(),
         LogFormat::Json => builder.json().init(),
@@ -178,7 +183,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

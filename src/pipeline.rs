@@ -65,9 +65,10 @@ impl Backends {
             settings.config.hub.retention_hours * 3600,
         ));
         let hub_file = dir.join("hub.sqlite");
-        let ingest = SqliteHub::open_async(hub_file.clone(), INGEST_HUB.into(), partitions, retention)
-            .await
-            .context("opening the embedded hub")?;
+        let ingest =
+            SqliteHub::open_async(hub_file.clone(), INGEST_HUB.into(), partitions, retention)
+                .await
+                .context("opening the embedded hub")?;
         let landed = SqliteHub::open_async(hub_file, LANDED_HUB.into(), partitions, retention)
             .await
             .context("opening the embedded hub")?;
@@ -98,7 +99,10 @@ impl Backends {
     }
 
     pub fn state(&self, settings: &Settings) -> StateStore {
-        StateStore::new(self.blobs.clone(), settings.config.storage.state_container.clone())
+        StateStore::new(
+            self.blobs.clone(),
+            settings.config.storage.state_container.clone(),
+        )
     }
 }
 
@@ -118,7 +122,9 @@ impl Pipeline {
     ) -> anyhow::Result<Pipeline> {
         backends.ensure_containers(&settings).await?;
         let spec = tree(&settings, &backends, sources).await?;
-        let root = start_root(spec).await.context("starting the supervision tree")?;
+        let root = start_root(spec)
+            .await
+            .context("starting the supervision tree")?;
         Ok(Pipeline {
             root,
             backends,
@@ -215,12 +221,20 @@ pub async fn tree(
         };
         let pair = supervisor(&format!("p{partition:04}"), Strategy::RestForOne, settings)
             .child(
-                ChildSpec::new("writer", Restart::Permanent, Arc::new(WriterFactory(writer)))
-                    .with_stall_timeout(stall),
+                ChildSpec::new(
+                    "writer",
+                    Restart::Permanent,
+                    Arc::new(WriterFactory(writer)),
+                )
+                .with_stall_timeout(stall),
             )
             .child(
-                ChildSpec::new("consumer", Restart::Permanent, Arc::new(ConsumerFactory(consumer)))
-                    .with_stall_timeout(stall),
+                ChildSpec::new(
+                    "consumer",
+                    Restart::Permanent,
+                    Arc::new(ConsumerFactory(consumer)),
+                )
+                .with_stall_timeout(stall),
             );
         ingest_sup = ingest_sup.child(pair.into_child());
 

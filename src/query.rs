@@ -9,12 +9,13 @@
 //! format's widening rules ([`merge_schemas`]), or the schema registry's
 //! schema when the caller supplies one; files written before a field was
 //! added or widened are read through it (missing columns read as null,
-//! `Int64` is cast to `Float64`).
+//! `Int64` is cast to `Float64`, a top-level object or array column widened
+//! to `Utf8` reads as JSON text).
 //!
 //! [`format_batches`] renders results as a text table, CSV (nested values as
 //! JSON text) or a JSON array.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,11 +23,18 @@ use anyhow::Context as _;
 use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr_adapter::{
+    DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
+};
 use datafusion::prelude::SessionContext;
 pub use hubflow_actors::formats::curated::PARTITION_COLUMNS;
 use hubflow_actors::formats::curated::merge_schemas;
@@ -120,7 +128,8 @@ pub async fn curated_context(
             );
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
-            .with_schema(table.schema.clone());
+            .with_schema(table.schema.clone())
+            .with_expr_adapter_factory(Arc::new(JsonTextAdapterFactory));
         let provider = ListingTable::try_new(config)?;
         debug!(
             source = %table.source,
@@ -131,6 +140,141 @@ pub async fn curated_context(
         ctx.register_table(table.name.as_str(), Arc::new(provider))?;
     }
     Ok(ctx)
+}
+
+/// Adapts each file to the table schema like DataFusion's default adapter
+/// (casts, missing columns as null), and also reads a top-level object or
+/// array column as JSON text where the table has `Utf8`: the curated format
+/// widens a field to text when a later batch mixes it with scalars, and the
+/// files written before still hold it nested.
+#[derive(Debug)]
+struct JsonTextAdapterFactory;
+
+impl PhysicalExprAdapterFactory for JsonTextAdapterFactory {
+    fn create(
+        &self,
+        logical_file_schema: SchemaRef,
+        physical_file_schema: SchemaRef,
+    ) -> datafusion::common::Result<Arc<dyn PhysicalExprAdapter>> {
+        let mut as_text = HashSet::new();
+        let fields: Vec<Arc<Field>> = logical_file_schema
+            .fields()
+            .iter()
+            .map(
+                |field| match physical_file_schema.field_with_name(field.name()) {
+                    Ok(physical)
+                        if matches!(field.data_type(), DataType::Utf8 | DataType::Utf8View)
+                            && is_nested(physical.data_type()) =>
+                    {
+                        as_text.insert(field.name().clone());
+                        Arc::new(physical.clone())
+                    }
+                    _ => field.clone(),
+                },
+            )
+            .collect();
+        // The default adapter sees those columns at their file type, so it
+        // adds no (impossible) cast; `JsonTextExpr` does the conversion.
+        let logical = Arc::new(Schema::new_with_metadata(
+            fields,
+            logical_file_schema.metadata().clone(),
+        ));
+        let inner = DefaultPhysicalExprAdapterFactory.create(logical, physical_file_schema)?;
+        Ok(Arc::new(JsonTextAdapter { as_text, inner }))
+    }
+}
+
+#[derive(Debug)]
+struct JsonTextAdapter {
+    as_text: HashSet<String>,
+    inner: Arc<dyn PhysicalExprAdapter>,
+}
+
+impl PhysicalExprAdapter for JsonTextAdapter {
+    fn rewrite(
+        &self,
+        expr: Arc<dyn PhysicalExpr>,
+    ) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
+        let expr = if self.as_text.is_empty() {
+            expr
+        } else {
+            expr.transform_up(|e| {
+                if let Some(column) = e.downcast_ref::<Column>()
+                    && self.as_text.contains(column.name())
+                {
+                    let wrapped: Arc<dyn PhysicalExpr> = Arc::new(JsonTextExpr { child: e });
+                    return Ok(Transformed::yes(wrapped));
+                }
+                Ok(Transformed::no(e))
+            })
+            .data()?
+        };
+        self.inner.rewrite(expr)
+    }
+}
+
+/// Evaluates its child (a nested column) and renders each value as JSON text.
+#[derive(Debug, Eq)]
+struct JsonTextExpr {
+    child: Arc<dyn PhysicalExpr>,
+}
+
+// Written by hand: deriving them for a `dyn` field trips rust-lang/rust#78808.
+impl PartialEq for JsonTextExpr {
+    fn eq(&self, other: &Self) -> bool {
+        self.child.eq(&other.child)
+    }
+}
+
+impl std::hash::Hash for JsonTextExpr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.child.hash(state);
+    }
+}
+
+impl std::fmt::Display for JsonTextExpr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "json_text({})", self.child)
+    }
+}
+
+impl PhysicalExpr for JsonTextExpr {
+    fn data_type(&self, _input_schema: &Schema) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn nullable(&self, _input_schema: &Schema) -> datafusion::common::Result<bool> {
+        Ok(true)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> datafusion::common::Result<ColumnarValue> {
+        let values = self.child.evaluate(batch)?.into_array(batch.num_rows())?;
+        let field = Field::new("v", values.data_type().clone(), true);
+        Ok(ColumnarValue::Array(json_text(&field, &values)?))
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.child]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
+        match <[_; 1]>::try_from(children) {
+            Ok([child]) => Ok(Arc::new(JsonTextExpr { child })),
+            Err(children) => Err(DataFusionError::Internal(format!(
+                "json_text takes one child, got {}",
+                children.len()
+            ))),
+        }
+    }
+
+    fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "json_text(")?;
+        self.child.fmt_sql(f)?;
+        write!(f, ")")
+    }
 }
 
 /// The table name for a source: lowercased, `[a-z0-9_]` kept, anything else

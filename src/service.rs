@@ -58,7 +58,8 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
     info!("pipeline started");
 
     let interactive = std::io::stderr().is_terminal();
-    let mut tick = tokio::time::interval(options.status_every.unwrap_or(Duration::from_millis(500)));
+    let mut tick =
+        tokio::time::interval(options.status_every.unwrap_or(Duration::from_millis(500)));
     let mut idle_checks = 0;
     let outcome = loop {
         tokio::select! {

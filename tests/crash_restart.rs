@@ -85,7 +85,11 @@ async fn one_round(seed: u64, total: u64, kills: usize) {
         // Early kills hit start-up and recovery; later ones the steady state.
         let after = Duration::from_millis(300 + rng.next() % 2_500);
         if let Some(status) = wait(&mut child, after).await {
-            assert!(status.success(), "hubflow exited with {status}; log: {}", log.display());
+            assert!(
+                status.success(),
+                "hubflow exited with {status}; log: {}",
+                log.display()
+            );
             finished = true;
             break;
         }
@@ -101,8 +105,12 @@ async fn one_round(seed: u64, total: u64, kills: usize) {
         }
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: String = tail.lines().rev().take(40).collect::<Vec<_>>().join("\n");
-        let status = status.unwrap_or_else(|| panic!("final run did not finish; log tail:\n{tail}"));
-        assert!(status.success(), "final run failed: {status}; log tail:\n{tail}");
+        let status =
+            status.unwrap_or_else(|| panic!("final run did not finish; log tail:\n{tail}"));
+        assert!(
+            status.success(),
+            "final run failed: {status}; log tail:\n{tail}"
+        );
     }
     let settings = common::settings(&data, &demo.url);
     let counts = common::counts(&common::curated_dir(&settings)).await;

@@ -309,3 +309,39 @@ async fn payload_fields_named_like_partitions_stay_queryable() {
         "date,hour,date_payload,hour_payload\n2023-11-14,23,2020-01-01,5\n"
     );
 }
+
+#[tokio::test]
+async fn objects_widened_to_text_in_a_later_file_read_as_json_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |id: &str, time: i64, payload: Value| Rec {
+        id: id.into(),
+        source: "events",
+        seq: 1,
+        time,
+        payload: serde_json::to_vec(&payload).unwrap(),
+    };
+    let first = write_batch(
+        dir.path(),
+        &[rec("a", H0, json!({"o": {"k": 1}, "l": [1, 2]}))],
+        "b1",
+        &BTreeMap::new(),
+    );
+    let second = write_batch(
+        dir.path(),
+        &[rec("b", H1, json!({"o": "text", "l": 3}))],
+        "b2",
+        &first.schemas,
+    );
+    assert_eq!(second.conflicts.len(), 2, "{:?}", second.conflicts);
+    for schemas in [BTreeMap::new(), second.schemas.clone()] {
+        let batches = query_dir_with_schemas(
+            dir.path(),
+            "SELECT o, l FROM events WHERE o <> 'nothing' ORDER BY _record_id",
+            &schemas,
+        )
+        .await
+        .unwrap();
+        let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+        assert_eq!(csv, "o,l\n\"{\"\"k\"\":1}\",\"[1,2]\"\ntext,3\n");
+    }
+}

@@ -53,13 +53,16 @@ async fn one_hundred_thousand_records_end_to_end() {
             assert_eq!(got[field], expected[field], "{id}.{field}");
         }
         assert_eq!(got["user_name"], expected["user"]["name"], "{id}.user.name");
-        assert_eq!(got["user_country"], expected["user"]["country"], "{id}.user.country");
+        assert_eq!(
+            got["user_country"], expected["user"]["country"],
+            "{id}.user.country"
+        );
         match (got["amount"].as_f64(), expected["amount"].as_f64()) {
             (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{id}.amount {a} != {b}"),
             (a, b) => assert_eq!(a, b, "{id}.amount"),
         }
         assert_eq!(got["tags"], expected["tags"], "{id}.tags");
-        assert_eq!(got["_hub_partition"].is_number(), true);
+        assert!(got["_hub_partition"].is_number(), "{id}._hub_partition");
     }
     demo.stop().await;
 }

@@ -271,7 +271,10 @@ async fn write_batch(state: &mut WriterState, events: Vec<ReceivedEvent>) -> any
     metrics::counter!("hubflow_writer_records_total", "partition" => partition.clone())
         .increment(records);
     metrics::counter!("hubflow_writer_bytes_total", "partition" => partition).increment(size);
-    debug!(partition = state.params.partition, records, size, "raw blob landed");
+    debug!(
+        partition = state.params.partition,
+        records, size, "raw blob landed"
+    );
     Ok(state.status.next_sequence)
 }
 
@@ -314,7 +317,12 @@ async fn commit_checkpoint(state: &mut WriterState) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn announce(state: &WriterState, name: &RawBlobName, records: u64, bytes: u64) -> anyhow::Result<()> {
+async fn announce(
+    state: &WriterState,
+    name: &RawBlobName,
+    records: u64,
+    bytes: u64,
+) -> anyhow::Result<()> {
     let event = LandedEvent {
         container: state.params.raw_container.clone(),
         blob: name.to_name(),
@@ -334,8 +342,8 @@ async fn announce(state: &WriterState, name: &RawBlobName, records: u64, bytes: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::memory::{MemoryBlobStore, MemoryHub};
     use crate::ports::StartPosition;
+    use crate::ports::memory::{MemoryBlobStore, MemoryHub};
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -415,7 +423,14 @@ mod tests {
         w.stop(None);
         h.await.unwrap();
 
-        let names: Vec<String> = f.blobs.list("raw", "").await.unwrap().into_iter().map(|b| b.name).collect();
+        let names: Vec<String> = f
+            .blobs
+            .list("raw", "")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -441,7 +456,12 @@ mod tests {
     async fn restart_fast_forwards_past_uncheckpointed_blobs() {
         let f = Fixture::new().await;
         // A blob landed before a crash, with no checkpoint written.
-        let name = RawBlobName { hub: "ingest".into(), partition: 1, first_seq: 0, last_seq: 9 };
+        let name = RawBlobName {
+            hub: "ingest".into(),
+            partition: 1,
+            first_seq: 0,
+            last_seq: 9,
+        };
         let batch = RawBatch {
             hub: "ingest".into(),
             partition: 1,
@@ -451,14 +471,23 @@ mod tests {
             records: (0..10).map(|s| to_raw_record(event(s))).collect(),
         };
         f.blobs
-            .put("raw", &name.to_name(), Bytes::from(raw::encode(&batch, 1).unwrap()), PutCondition::None)
+            .put(
+                "raw",
+                &name.to_name(),
+                Bytes::from(raw::encode(&batch, 1).unwrap()),
+                PutCondition::None,
+            )
             .await
             .unwrap();
         let (w, h) = Actor::spawn(None, BlobWriter, f.params()).await.unwrap();
         assert_eq!(ractor::call!(w, WriterMsg::ResumePoint).unwrap(), 10);
         w.stop(None);
         h.await.unwrap();
-        assert_eq!(f.landed_blobs().await, vec![name.to_name()], "landed re-announced");
+        assert_eq!(
+            f.landed_blobs().await,
+            vec![name.to_name()],
+            "landed re-announced"
+        );
     }
 
     #[tokio::test]

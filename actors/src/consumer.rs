@@ -104,7 +104,11 @@ impl Actor for PartitionConsumer {
                 },
             )
             .await?;
-        info!(partition = params.partition, position = resume, "partition consumer started");
+        info!(
+            partition = params.partition,
+            position = resume,
+            "partition consumer started"
+        );
         // A consumer always expects to complete a receive within max_wait:
         // if it stops ticking, the receiver is stuck and health kills it.
         params.probe.set_busy(true);
@@ -152,7 +156,10 @@ impl Actor for PartitionConsumer {
         }
         state.status.pending_records = state.pending.len();
         state.status.pending_bytes = state.pending_bytes;
-        state.params.probe.set_queue_depth(state.pending.len() as u64);
+        state
+            .params
+            .probe
+            .set_queue_depth(state.pending.len() as u64);
         state.params.probe.publish(&state.status);
         Ok(())
     }
@@ -177,7 +184,10 @@ async fn pull(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
             .min(state.params.max_wait),
         None => state.params.max_wait,
     };
-    let room = limits.max_records.saturating_sub(state.pending.len()).max(1);
+    let room = limits
+        .max_records
+        .saturating_sub(state.pending.len())
+        .max(1);
     let events = state.receiver.receive(room, wait).await?;
     if !events.is_empty() && state.batch_started.is_none() {
         state.batch_started = Some(Instant::now());
@@ -233,9 +243,13 @@ mod tests {
 
     async fn publish(hub: &MemoryHub, partition: u32, range: std::ops::Range<u32>) {
         let events = range
-            .map(|i| EventData::new(format!("{{\"i\":{i}}}")).with_property(PROP_ID, format!("id{i}")))
+            .map(|i| {
+                EventData::new(format!("{{\"i\":{i}}}")).with_property(PROP_ID, format!("id{i}"))
+            })
             .collect();
-        hub.publish(PublishTarget::Partition(partition), events).await.unwrap();
+        hub.publish(PublishTarget::Partition(partition), events)
+            .await
+            .unwrap();
     }
 
     async fn start(
@@ -281,7 +295,10 @@ mod tests {
             let name = RawBlobName::parse(&b.name).unwrap();
             let (bytes, _) = blobs.get("raw", &b.name).await.unwrap();
             let batch = raw::decode(&bytes).unwrap();
-            assert_eq!(batch.records.len() as i64, name.last_seq - name.first_seq + 1);
+            assert_eq!(
+                batch.records.len() as i64,
+                name.last_seq - name.first_seq + 1
+            );
             out.push((name.first_seq, name.last_seq));
         }
         out
@@ -305,7 +322,11 @@ mod tests {
         blobs.create_container("raw").await.unwrap();
         blobs.create_container("state").await.unwrap();
         publish(&hub, 0, 0..25).await;
-        let limits = BatchLimits { max_records: 10, max_bytes: 1 << 20, max_age: Duration::from_secs(2) };
+        let limits = BatchLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(2),
+        };
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 25).await;
         assert_eq!(raw_ranges(&blobs).await, vec![(0, 9), (10, 19), (20, 24)]);
@@ -320,7 +341,11 @@ mod tests {
         blobs.create_container("raw").await.unwrap();
         blobs.create_container("state").await.unwrap();
         publish(&hub, 0, 0..10).await;
-        let limits = BatchLimits { max_records: 10, max_bytes: 1 << 20, max_age: Duration::from_secs(1) };
+        let limits = BatchLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        };
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 10).await;
         consumer.kill();
@@ -339,7 +364,11 @@ mod tests {
         let blobs = Arc::new(MemoryBlobStore::new());
         blobs.create_container("raw").await.unwrap();
         blobs.create_container("state").await.unwrap();
-        let limits = BatchLimits { max_records: 2, max_bytes: 1 << 20, max_age: Duration::from_secs(1) };
+        let limits = BatchLimits {
+            max_records: 2,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        };
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         writer.kill();
         tokio::time::sleep(Duration::from_millis(50)).await;

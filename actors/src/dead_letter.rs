@@ -50,7 +50,9 @@ pub async fn write_dead_letter_at(
     let created_ms = now_ms();
     let base = format!("{stage}/{key}");
     let body_blob = format!("{base}.body");
-    store.put(container, &body_blob, body, PutCondition::None).await?;
+    store
+        .put(container, &body_blob, body, PutCondition::None)
+        .await?;
     let info = DeadLetterInfo {
         stage: stage.to_string(),
         reason: reason.to_string(),

@@ -114,7 +114,11 @@ impl Actor for Fetcher {
         if partitions == 0 {
             return Err(format!("hub {} has no partitions", params.hub.name()).into());
         }
-        let (cursor, etag) = match params.state.load::<CursorRecord>(&cursor_record_name(&name)).await? {
+        let (cursor, etag) = match params
+            .state
+            .load::<CursorRecord>(&cursor_record_name(&name))
+            .await?
+        {
             Some(v) => (v.value, Some(v.etag)),
             None => (CursorRecord::default(), None),
         };
@@ -255,7 +259,10 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
         }
         Err(SourceError::Fatal { message, .. }) => {
             note_error(state, "fatal", &message);
-            state.params.probe.set_exit(ExitReason::Failed(message.clone()));
+            state
+                .params
+                .probe
+                .set_exit(ExitReason::Failed(message.clone()));
             Err(message.into())
         }
     }
@@ -270,7 +277,10 @@ fn note_error(state: &mut FetcherState, kind: &'static str, message: &str) -> Du
     state.params.retry.delay(state.status.consecutive_errors)
 }
 
-async fn dead_letter(state: &mut FetcherState, letter: &DeadLetter) -> Result<(), ActorProcessingErr> {
+async fn dead_letter(
+    state: &mut FetcherState,
+    letter: &DeadLetter,
+) -> Result<(), ActorProcessingErr> {
     write_dead_letter(
         state.params.dead_letters.as_ref(),
         &state.params.dead_letter_container,
@@ -324,7 +334,7 @@ async fn commit_cursor(state: &mut FetcherState) -> Result<(), ActorProcessingEr
         .state
         .compare_and_swap(&name, &state.cursor, state.etag.as_ref())
         .await
-        .map_err(|e| {
+        .inspect_err(|e| {
             if e.is_conflict() {
                 // Someone else advanced this source: we are no longer its fetcher.
                 state
@@ -332,7 +342,6 @@ async fn commit_cursor(state: &mut FetcherState) -> Result<(), ActorProcessingEr
                     .probe
                     .set_exit(ExitReason::Failed("source cursor changed under us".into()));
             }
-            e
         })?;
     state.etag = Some(etag);
     Ok(())
@@ -385,7 +394,11 @@ mod tests {
         }
     }
 
-    fn params(source: Arc<dyn Source>, hub: Arc<MemoryHub>, blobs: Arc<MemoryBlobStore>) -> FetcherParams {
+    fn params(
+        source: Arc<dyn Source>,
+        hub: Arc<MemoryHub>,
+        blobs: Arc<MemoryBlobStore>,
+    ) -> FetcherParams {
         FetcherParams {
             source,
             hub,
@@ -403,7 +416,10 @@ mod tests {
     async fn all_ids(hub: &MemoryHub) -> Vec<String> {
         let mut ids = Vec::new();
         for p in hub.partition_ids().await.unwrap() {
-            let mut rx = hub.open_receiver("t", p, StartPosition::Earliest).await.unwrap();
+            let mut rx = hub
+                .open_receiver("t", p, StartPosition::Earliest)
+                .await
+                .unwrap();
             loop {
                 let events = rx.receive(1000, Duration::from_millis(1)).await.unwrap();
                 if events.is_empty() {
@@ -433,8 +449,7 @@ mod tests {
     }
 
     fn blobs() -> Arc<MemoryBlobStore> {
-        let b = Arc::new(MemoryBlobStore::new());
-        b
+        Arc::new(MemoryBlobStore::new())
     }
 
     #[tokio::test(start_paused = true)]
@@ -443,7 +458,12 @@ mod tests {
         let store = blobs();
         store.create_container("state").await.unwrap();
         store.create_container("dead-letters").await.unwrap();
-        let source = Arc::new(Scripted { total: 50, page: 8, calls: Mutex::new(0), fail_on: vec![] });
+        let source = Arc::new(Scripted {
+            total: 50,
+            page: 8,
+            calls: Mutex::new(0),
+            fail_on: vec![],
+        });
         let status = run_until_caught_up(params(source, hub.clone(), store.clone())).await;
         assert_eq!(status.records_published, 50);
         assert_eq!(status.pages, 7);
@@ -465,10 +485,20 @@ mod tests {
         let store = blobs();
         store.create_container("state").await.unwrap();
         store.create_container("dead-letters").await.unwrap();
-        let first = Arc::new(Scripted { total: 20, page: 5, calls: Mutex::new(0), fail_on: vec![] });
+        let first = Arc::new(Scripted {
+            total: 20,
+            page: 5,
+            calls: Mutex::new(0),
+            fail_on: vec![],
+        });
         run_until_caught_up(params(first, hub.clone(), store.clone())).await;
         // A second fetcher over a source that has grown: only the new records.
-        let grown = Arc::new(Scripted { total: 30, page: 5, calls: Mutex::new(0), fail_on: vec![] });
+        let grown = Arc::new(Scripted {
+            total: 30,
+            page: 5,
+            calls: Mutex::new(0),
+            fail_on: vec![],
+        });
         let status = run_until_caught_up(params(grown, hub.clone(), store)).await;
         assert_eq!(status.records_published, 10);
         assert_eq!(status.records_total, 30);

@@ -102,7 +102,10 @@ mod tests {
         };
         assert_eq!(RawBlobName::parse(&a.to_name()), Some(a.clone()));
         assert!(a.to_name() < b.to_name());
-        assert!(b.to_name().starts_with(&RawBlobName::starting_at_prefix("ingest", 3, 11)));
+        assert!(
+            b.to_name()
+                .starts_with(&RawBlobName::starting_at_prefix("ingest", 3, 11))
+        );
     }
 
     #[test]

@@ -46,8 +46,12 @@ mod tests {
         let r = RetryDelay::new(Duration::from_millis(100), Duration::from_secs(2));
         for attempt in 1..40 {
             let d = r.delay(attempt);
-            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(30))).min(Duration::from_secs(2));
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?} vs cap {cap:?}");
+            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(30)))
+                .min(Duration::from_secs(2));
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} vs cap {cap:?}"
+            );
         }
     }
 }

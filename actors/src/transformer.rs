@@ -243,7 +243,10 @@ async fn walk_chain(state: &mut TransformerState) -> anyhow::Result<()> {
 /// but later blobs exist (a range lost to hub retention or removed by hand),
 /// the chain continues at the first of them, with a warning: it must not stop
 /// forever at a hole.
-async fn find_next_blob(params: &TransformerParams, next: i64) -> anyhow::Result<Option<RawBlobName>> {
+async fn find_next_blob(
+    params: &TransformerParams,
+    next: i64,
+) -> anyhow::Result<Option<RawBlobName>> {
     let prefix = RawBlobName::starting_at_prefix(&params.ingest_hub, params.partition, next);
     let found = params.raw.list(&params.raw_container, &prefix).await?;
     if let Some(name) = found
@@ -292,8 +295,13 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
         Ok(batch) => batch,
         Err(error) => {
             warn!(partition = params.partition, blob, %error, "corrupt raw blob, quarantining");
-            raw::quarantine(params.raw.as_ref(), &params.raw_container, &blob, &error.to_string())
-                .await?;
+            raw::quarantine(
+                params.raw.as_ref(),
+                &params.raw_container,
+                &blob,
+                &error.to_string(),
+            )
+            .await?;
             metrics::counter!("hubflow_transformer_quarantined_total").increment(1);
             state.status.quarantined += 1;
             return commit(state, name.last_seq + 1).await;
@@ -337,7 +345,12 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     for file in &output.files {
         params
             .curated
-            .put(&params.curated_container, &file.path, file.data.clone(), PutCondition::None)
+            .put(
+                &params.curated_container,
+                &file.path,
+                file.data.clone(),
+                PutCondition::None,
+            )
             .await?;
     }
     for (index, rejected) in output.rejected.iter().enumerate() {
@@ -347,7 +360,9 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
             "source": rejected.source,
         });
         let key = format!("{}-{index:06}", name.stem());
-        let body = batch_payload(&params, &blob, &rejected.id).await.unwrap_or_default();
+        let body = batch_payload(&params, &blob, &rejected.id)
+            .await
+            .unwrap_or_default();
         write_dead_letter_at(
             params.dead_letters.as_ref(),
             &params.dead_letter_container,
@@ -380,7 +395,10 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
         .increment(dropped);
     metrics::counter!("hubflow_transformer_rejected_total", "partition" => partition_label)
         .increment(output.rejected.len() as u64);
-    debug!(partition = params.partition, blob, rows, dropped, "raw blob curated");
+    debug!(
+        partition = params.partition,
+        blob, rows, dropped, "raw blob curated"
+    );
     commit(state, name.last_seq + 1).await
 }
 
@@ -397,7 +415,10 @@ async fn batch_payload(params: &TransformerParams, blob: &str, id: &str) -> Opti
 
 /// Merge each source's batch schema into the registry before any file that
 /// uses it is written, so readers always find a schema covering every file.
-async fn register_schemas(state: &mut TransformerState, output: &CuratedOutput) -> anyhow::Result<()> {
+async fn register_schemas(
+    state: &mut TransformerState,
+    output: &CuratedOutput,
+) -> anyhow::Result<()> {
     for (source, schema) in &output.schemas {
         if let Some((known, _, _)) = state.schemas.get(source)
             && known == schema
@@ -427,7 +448,12 @@ async fn register_schemas(state: &mut TransformerState, output: &CuratedOutput) 
                 schema: curated::schema_to_json(&merged),
                 updated_ms: now_ms(),
             };
-            match state.params.state.compare_and_swap(&name, &record, etag).await {
+            match state
+                .params
+                .state
+                .compare_and_swap(&name, &record, etag)
+                .await
+            {
                 Ok(new_etag) => {
                     info!(source, version, "schema registry updated");
                     state
@@ -518,7 +544,10 @@ impl DedupeWindow {
 
 /// Replay the ids of the raw blobs just before `next_sequence`, so duplicates
 /// that straddle a restart are still recognised.
-async fn rebuild_window(params: &TransformerParams, next_sequence: i64) -> anyhow::Result<DedupeWindow> {
+async fn rebuild_window(
+    params: &TransformerParams,
+    next_sequence: i64,
+) -> anyhow::Result<DedupeWindow> {
     let mut window = DedupeWindow::new(params.dedupe_window);
     if params.dedupe_window == 0 || next_sequence == 0 {
         return Ok(window);
@@ -539,7 +568,10 @@ async fn rebuild_window(params: &TransformerParams, next_sequence: i64) -> anyho
         covered += (names[start].last_seq - names[start].first_seq + 1) as usize;
     }
     for name in &names[start..] {
-        let (bytes, _) = params.raw.get(&params.raw_container, &name.to_name()).await?;
+        let (bytes, _) = params
+            .raw
+            .get(&params.raw_container, &name.to_name())
+            .await?;
         match tokio::task::spawn_blocking(move || raw::decode(&bytes)).await? {
             Ok(batch) => {
                 for r in &batch.records {
@@ -547,7 +579,9 @@ async fn rebuild_window(params: &TransformerParams, next_sequence: i64) -> anyho
                 }
             }
             // It will be quarantined if it is ever transformed; here it is only history.
-            Err(error) => warn!(blob = name.to_name(), %error, "skipping unreadable blob in dedupe replay"),
+            Err(error) => {
+                warn!(blob = name.to_name(), %error, "skipping unreadable blob in dedupe replay")
+            }
         }
     }
     Ok(window)
@@ -630,7 +664,8 @@ mod tests {
                 created_ms: 0,
                 records,
             };
-            self.put_raw(&name, Bytes::from(raw::encode(&batch, 1).unwrap())).await;
+            self.put_raw(&name, Bytes::from(raw::encode(&batch, 1).unwrap()))
+                .await;
             name
         }
 
@@ -640,7 +675,10 @@ mod tests {
                 .await
                 .unwrap();
             self.landed
-                .publish(PublishTarget::Partition(1), vec![EventData::new(name.to_name())])
+                .publish(
+                    PublishTarget::Partition(1),
+                    vec![EventData::new(name.to_name())],
+                )
                 .await
                 .unwrap();
         }
@@ -661,7 +699,10 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            panic!("checkpoint never reached {want}, at {}", self.checkpoint().await);
+            panic!(
+                "checkpoint never reached {want}, at {}",
+                self.checkpoint().await
+            );
         }
 
         fn curated_rows(&self) -> Vec<String> {
@@ -680,9 +721,16 @@ mod tests {
         f.wait_for_checkpoint(5).await;
         let files = f.curated_rows();
         assert_eq!(files.len(), 2, "{files:?}");
-        assert!(files.iter().all(|n| n.starts_with("demo/date=2026-01-01/hour=00/")));
+        assert!(
+            files
+                .iter()
+                .all(|n| n.starts_with("demo/date=2026-01-01/hour=00/"))
+        );
         let registry = f.blobs.names("state");
-        assert!(registry.contains(&"schemas/demo".to_string()), "{registry:?}");
+        assert!(
+            registry.contains(&"schemas/demo".to_string()),
+            "{registry:?}"
+        );
         actor.stop(None);
         handle.await.unwrap();
     }
@@ -718,13 +766,19 @@ mod tests {
             first_seq: 0,
             last_seq: 9,
         };
-        f.put_raw(&bad, Bytes::from_static(b"HFRW garbage that is not a raw blob at all....."))
-            .await;
+        f.put_raw(
+            &bad,
+            Bytes::from_static(b"HFRW garbage that is not a raw blob at all....."),
+        )
+        .await;
         f.land(10, &[10, 11]).await;
         let (actor, handle) = Actor::spawn(None, Transformer, f.params()).await.unwrap();
         f.wait_for_checkpoint(12).await;
         let raw = f.blobs.names("raw");
-        assert!(raw.contains(&format!("_quarantine/{}", bad.to_name())), "{raw:?}");
+        assert!(
+            raw.contains(&format!("_quarantine/{}", bad.to_name())),
+            "{raw:?}"
+        );
         assert!(!raw.contains(&bad.to_name()));
         assert_eq!(f.curated_rows().len(), 1);
         actor.stop(None);
@@ -750,7 +804,8 @@ mod tests {
             first_seq: 0,
             last_seq: 1,
         };
-        f.put_raw(&name, Bytes::from(raw::encode(&batch, 1).unwrap())).await;
+        f.put_raw(&name, Bytes::from(raw::encode(&batch, 1).unwrap()))
+            .await;
         let (actor, handle) = Actor::spawn(None, Transformer, f.params()).await.unwrap();
         f.wait_for_checkpoint(2).await;
         let dlq = f.blobs.names("dlq");

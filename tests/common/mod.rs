@@ -85,8 +85,15 @@ async fn json_rows(curated: &Path, sql: &str) -> Vec<Value> {
 
 /// `count(*)` and `count(DISTINCT id)` over the demo table.
 pub async fn counts(curated: &Path) -> (u64, u64) {
-    let rows = json_rows(curated, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo").await;
-    (rows[0]["n"].as_u64().unwrap(), rows[0]["d"].as_u64().unwrap())
+    let rows = json_rows(
+        curated,
+        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
+    )
+    .await;
+    (
+        rows[0]["n"].as_u64().unwrap(),
+        rows[0]["d"].as_u64().unwrap(),
+    )
 }
 
 /// Selected columns of the records with these demo indexes, by id.

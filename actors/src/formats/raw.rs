@@ -100,8 +100,8 @@ fn header_checksum(header: &[u8]) -> u32 {
 pub fn encode(batch: &RawBatch, zstd_level: i32) -> Result<Vec<u8>, RawError> {
     let archive =
         rkyv::to_bytes::<rancor::Error>(batch).map_err(|e| RawError::Encode(e.to_string()))?;
-    let payload = zstd::bulk::compress(&archive, zstd_level)
-        .map_err(|e| RawError::Encode(e.to_string()))?;
+    let payload =
+        zstd::bulk::compress(&archive, zstd_level).map_err(|e| RawError::Encode(e.to_string()))?;
     let count = u32::try_from(batch.records.len())
         .map_err(|_| RawError::Encode("more than u32::MAX records".to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -235,7 +235,9 @@ pub async fn quarantine(
         Err(e) if e.is_not_found() => return Ok(target),
         Err(e) => return Err(e),
     };
-    store.put(container, &target, data, PutCondition::None).await?;
+    store
+        .put(container, &target, data, PutCondition::None)
+        .await?;
     let note = QuarantineNote {
         original: name,
         reason,
@@ -295,14 +297,20 @@ mod tests {
 
     #[test]
     fn encoding_is_deterministic() {
-        assert_eq!(encode(&batch(50), 3).unwrap(), encode(&batch(50), 3).unwrap());
+        assert_eq!(
+            encode(&batch(50), 3).unwrap(),
+            encode(&batch(50), 3).unwrap()
+        );
     }
 
     #[test]
     fn every_truncation_is_a_typed_error() {
         let encoded = encode(&batch(20), 3).unwrap();
         for len in 0..encoded.len() {
-            assert!(decode(&encoded[..len]).is_err(), "truncated at {len} decoded");
+            assert!(
+                decode(&encoded[..len]).is_err(),
+                "truncated at {len} decoded"
+            );
         }
     }
 
@@ -335,7 +343,9 @@ mod tests {
     #[test]
     fn a_forged_archive_with_valid_checksums_is_rejected_by_bytecheck() {
         // Random bytes, correctly framed: only rkyv's validation stands in the way.
-        let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let payload = zstd::bulk::compress(&garbage, 1).unwrap();
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
@@ -349,7 +359,10 @@ mod tests {
         let check = header_checksum(&out);
         out.extend_from_slice(&check.to_le_bytes());
         out.extend_from_slice(&payload);
-        assert!(matches!(decode(&out), Err(RawError::Archive(_) | RawError::RecordCount { .. })));
+        assert!(matches!(
+            decode(&out),
+            Err(RawError::Archive(_) | RawError::RecordCount { .. })
+        ));
     }
 
     #[tokio::test]
@@ -357,10 +370,17 @@ mod tests {
         let store = MemoryBlobStore::new();
         store.create_container("raw").await.unwrap();
         store
-            .put("raw", "ingest/p0000/x.hfr", Bytes::from_static(b"junk"), PutCondition::None)
+            .put(
+                "raw",
+                "ingest/p0000/x.hfr",
+                Bytes::from_static(b"junk"),
+                PutCondition::None,
+            )
             .await
             .unwrap();
-        let moved = quarantine(&store, "raw", "ingest/p0000/x.hfr", "bad magic").await.unwrap();
+        let moved = quarantine(&store, "raw", "ingest/p0000/x.hfr", "bad magic")
+            .await
+            .unwrap();
         assert_eq!(moved, "_quarantine/ingest/p0000/x.hfr");
         assert_eq!(
             store.names("raw"),
@@ -369,7 +389,9 @@ mod tests {
                 "_quarantine/ingest/p0000/x.hfr.reason.json".to_string()
             ]
         );
-        let again = quarantine(&store, "raw", "ingest/p0000/x.hfr", "bad magic").await.unwrap();
+        let again = quarantine(&store, "raw", "ingest/p0000/x.hfr", "bad magic")
+            .await
+            .unwrap();
         assert_eq!(again, moved);
     }
 }

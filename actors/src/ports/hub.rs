@@ -18,7 +18,11 @@ pub enum HubError {
     #[error("hub {hub}: partition {partition} does not exist")]
     NoSuchPartition { hub: String, partition: u32 },
     #[error("hub {hub}: batch of {size} bytes exceeds the limit of {limit} bytes")]
-    BatchTooLarge { hub: String, size: usize, limit: usize },
+    BatchTooLarge {
+        hub: String,
+        size: usize,
+        limit: usize,
+    },
     /// Worth retrying (throttling, a dropped link, a busy database).
     #[error("hub {hub}: transient error: {message}")]
     Transient { hub: String, message: String },
@@ -72,7 +76,10 @@ pub enum StartPosition {
     Earliest,
     Latest,
     /// The event with this sequence number (inclusive) or the one after it.
-    SequenceNumber { value: i64, inclusive: bool },
+    SequenceNumber {
+        value: i64,
+        inclusive: bool,
+    },
 }
 
 impl StartPosition {
@@ -125,8 +132,7 @@ pub trait Hub: Send + Sync + 'static {
     async fn partition_ids(&self) -> Result<Vec<u32>, HubError>;
 
     /// Publish a batch atomically: either every event is appended or none is.
-    async fn publish(&self, target: PublishTarget, events: Vec<EventData>)
-    -> Result<(), HubError>;
+    async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError>;
 
     async fn open_receiver(
         &self,

@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 
 use super::blob::{BlobError, BlobProperties, BlobStore, ETag, PutCondition, validate_blob_name};
 use super::hub::{
-    EventData, Hub, HubError, PartitionProperties, PartitionReceiver, PublishTarget,
-    ReceivedEvent, StartPosition, partition_for_key,
+    EventData, Hub, HubError, PartitionProperties, PartitionReceiver, PublishTarget, ReceivedEvent,
+    StartPosition, partition_for_key,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -277,11 +277,7 @@ impl Hub for MemoryHub {
         Ok((0..lock(&self.state).partitions.len() as u32).collect())
     }
 
-    async fn publish(
-        &self,
-        target: PublishTarget,
-        events: Vec<EventData>,
-    ) -> Result<(), HubError> {
+    async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError> {
         {
             let mut state = lock(&self.state);
             let count = state.partitions.len() as u32;
@@ -411,43 +407,87 @@ mod tests {
         let store = MemoryBlobStore::new();
         store.create_container("c").await.unwrap();
         let first = store
-            .put("c", "a/b", Bytes::from_static(b"1"), PutCondition::IfNoneMatch)
+            .put(
+                "c",
+                "a/b",
+                Bytes::from_static(b"1"),
+                PutCondition::IfNoneMatch,
+            )
             .await
             .unwrap();
         let again = store
-            .put("c", "a/b", Bytes::from_static(b"2"), PutCondition::IfNoneMatch)
+            .put(
+                "c",
+                "a/b",
+                Bytes::from_static(b"2"),
+                PutCondition::IfNoneMatch,
+            )
             .await;
         assert!(matches!(again, Err(BlobError::AlreadyExists { .. })));
         let second = store
-            .put("c", "a/b", Bytes::from_static(b"2"), PutCondition::IfMatch(first.etag.clone()))
+            .put(
+                "c",
+                "a/b",
+                Bytes::from_static(b"2"),
+                PutCondition::IfMatch(first.etag.clone()),
+            )
             .await
             .unwrap();
         assert_ne!(first.etag, second.etag);
         let stale = store
-            .put("c", "a/b", Bytes::from_static(b"3"), PutCondition::IfMatch(first.etag))
+            .put(
+                "c",
+                "a/b",
+                Bytes::from_static(b"3"),
+                PutCondition::IfMatch(first.etag),
+            )
             .await;
         assert!(matches!(stale, Err(BlobError::PreconditionFailed { .. })));
         assert_eq!(store.get_range("c", "a/b", 0..10).await.unwrap(), "2");
         store.fail_next_puts(1);
-        assert!(store.put("c", "x", Bytes::new(), PutCondition::None).await.is_err());
-        assert!(store.put("c", "x", Bytes::new(), PutCondition::None).await.is_ok());
+        assert!(
+            store
+                .put("c", "x", Bytes::new(), PutCondition::None)
+                .await
+                .is_err()
+        );
+        assert!(
+            store
+                .put("c", "x", Bytes::new(), PutCondition::None)
+                .await
+                .is_ok()
+        );
         assert_eq!(store.names("c"), vec!["a/b".to_string(), "x".to_string()]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn receiver_waits_then_sees_new_events() {
         let hub = MemoryHub::new("h", 2);
-        let mut rx = hub.open_receiver("cg", 1, StartPosition::Latest).await.unwrap();
-        assert!(rx.receive(10, Duration::from_millis(50)).await.unwrap().is_empty());
-        hub.publish(PublishTarget::Partition(1), vec![EventData::new("a"), EventData::new("b")])
+        let mut rx = hub
+            .open_receiver("cg", 1, StartPosition::Latest)
             .await
             .unwrap();
+        assert!(
+            rx.receive(10, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        hub.publish(
+            PublishTarget::Partition(1),
+            vec![EventData::new("a"), EventData::new("b")],
+        )
+        .await
+        .unwrap();
         let got = rx.receive(1, Duration::from_secs(1)).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].sequence_number, 0);
         let got = rx.receive(10, Duration::from_secs(1)).await.unwrap();
         assert_eq!(got[0].sequence_number, 1);
-        let mut from = hub.open_receiver("cg", 1, StartPosition::after(0)).await.unwrap();
+        let mut from = hub
+            .open_receiver("cg", 1, StartPosition::after(0))
+            .await
+            .unwrap();
         assert_eq!(from.receive(10, Duration::ZERO).await.unwrap()[0].body, "b");
     }
 }

@@ -59,7 +59,10 @@ pub enum SourceError {
     BadResponse(Box<DeadLetter>, Option<SourceCursor>),
     /// Will not get better by retrying (a 4xx other than 429, bad config).
     #[error("source {source_name}: {message}")]
-    Fatal { source_name: String, message: String },
+    Fatal {
+        source_name: String,
+        message: String,
+    },
 }
 
 #[async_trait]
