@@ -306,7 +306,12 @@ async fn start_child(
         Err(spawn_error) => {
             let path = slot.status.path();
             warn!(path, error = %spawn_error, "child failed to start");
-            child_exited(myself, state, i, ExitReason::Failed(format!("start failed: {spawn_error}")))
+            child_exited(
+                myself,
+                state,
+                i,
+                ExitReason::Failed(format!("start failed: {spawn_error}")),
+            )
         }
     }
 }
@@ -373,7 +378,10 @@ fn child_exited(
     let window = state.spec.intensity.window;
     let recent = &mut state.slots[i].recent_restarts;
     recent.push_back(now);
-    while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
         recent.pop_front();
     }
     if recent.len() > state.spec.intensity.max_restarts as usize {
@@ -391,7 +399,10 @@ fn child_exited(
     for &j in &affected {
         let other = &mut state.slots[j];
         if let Some(cell) = other.cell.take() {
-            info!(path = other.status.path(), "stopping dependent child for restart");
+            info!(
+                path = other.status.path(),
+                "stopping dependent child for restart"
+            );
             cell.kill();
             other.status.exited(None, true);
         }
@@ -420,7 +431,11 @@ fn child_exited(
     Ok(())
 }
 
-fn escalate(state: &mut SupervisorState, i: usize, error: String) -> Result<(), ActorProcessingErr> {
+fn escalate(
+    state: &mut SupervisorState,
+    i: usize,
+    error: String,
+) -> Result<(), ActorProcessingErr> {
     let path = state.slots[i].status.path();
     let message = format!(
         "{path}: more than {} restarts in {:?} (last error: {error})",

@@ -178,7 +178,10 @@ async fn rest_for_one_restarts_the_child_and_those_after_it() {
     send(&root, "root/b", WorkerMsg::Fail);
     until(&root, "c restarted", running_gen("root/c", 2)).await;
     until(&root, "b restarted", running_gen("root/b", 2)).await;
-    assert_eq!(generations(&root, &["root/a", "root/b", "root/c"]), vec![1, 2, 2]);
+    assert_eq!(
+        generations(&root, &["root/a", "root/b", "root/c"]),
+        vec![1, 2, 2]
+    );
     root.shutdown().await;
 }
 
@@ -216,10 +219,18 @@ async fn restart_policies() {
     .await;
     // ...a temporary child that fails is forgotten...
     send(&root, "root/temporary", WorkerMsg::Fail);
-    until(&root, "temporary removed", |s| s.find("root/temporary").is_none()).await;
+    until(&root, "temporary removed", |s| {
+        s.find("root/temporary").is_none()
+    })
+    .await;
     // ...and a permanent child that completes is started again.
     send(&root, "root/permanent", WorkerMsg::Finish);
-    until(&root, "permanent restarted", running_gen("root/permanent", 2)).await;
+    until(
+        &root,
+        "permanent restarted",
+        running_gen("root/permanent", 2),
+    )
+    .await;
     root.shutdown().await;
 }
 
@@ -247,7 +258,8 @@ async fn backoff_delays_grow_and_the_handler_never_sleeps() {
     for generation in 2..=5u64 {
         send(&root, "root/a", WorkerMsg::Fail);
         until(&root, "a backing off", |s| {
-            s.find("root/a").is_some_and(|n| n.state == NodeState::BackingOff)
+            s.find("root/a")
+                .is_some_and(|n| n.state == NodeState::BackingOff)
         })
         .await;
         let started = tokio::time::Instant::now();
@@ -255,14 +267,18 @@ async fn backoff_delays_grow_and_the_handler_never_sleeps() {
         let children = ractor::call!(root.actor(), SupervisorMsg::Children).unwrap();
         assert_eq!(children, vec!["a".to_string(), "b".to_string()]);
         until(&root, "a restarted", |s| {
-            s.find("root/a").is_some_and(|n| n.generation == generation && n.state == NodeState::Running)
+            s.find("root/a")
+                .is_some_and(|n| n.generation == generation && n.state == NodeState::Running)
         })
         .await;
         delays.push(started.elapsed());
     }
     for (n, d) in delays.iter().enumerate() {
         let cap = backoff.ceiling(n as u32 + 1);
-        assert!(*d >= cap / 2 && *d <= cap + Duration::from_millis(50), "restart {n}: {d:?} vs cap {cap:?}");
+        assert!(
+            *d >= cap / 2 && *d <= cap + Duration::from_millis(50),
+            "restart {n}: {d:?} vs cap {cap:?}"
+        );
     }
     root.shutdown().await;
 }
@@ -276,7 +292,11 @@ async fn poison_escalates_and_the_root_reports_failure_while_others_run() {
             window: Duration::from_secs(60),
         })
         // Fails in pre_start on every attempt.
-        .child(worker_failing_starts("poison", Restart::Permanent, u32::MAX));
+        .child(worker_failing_starts(
+            "poison",
+            Restart::Permanent,
+            u32::MAX,
+        ));
     let root = start_root(
         quick("root", Strategy::OneForOne)
             .intensity(Intensity {
@@ -289,12 +309,19 @@ async fn poison_escalates_and_the_root_reports_failure_while_others_run() {
     .await
     .unwrap();
     until(&root, "ingest failed", |s| {
-        s.find("root/ingest").is_some_and(|n| n.state == NodeState::Failed)
+        s.find("root/ingest")
+            .is_some_and(|n| n.state == NodeState::Failed)
     })
     .await;
     let snapshot = root.snapshot();
     assert_eq!(snapshot.state, NodeState::Failed);
-    assert!(snapshot.last_error.as_deref().unwrap_or("").contains("root/ingest"));
+    assert!(
+        snapshot
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("root/ingest")
+    );
     let healthy = snapshot.find("root/healthy").unwrap();
     assert_eq!((healthy.state, healthy.generation), (NodeState::Running, 1));
     // The healthy child still works and is still supervised.
@@ -306,7 +333,11 @@ async fn poison_escalates_and_the_root_reports_failure_while_others_run() {
 #[tokio::test]
 async fn a_pre_start_panic_is_retried_like_any_failure() {
     let root = start_root(
-        quick("root", Strategy::OneForOne).child(worker_failing_starts("flaky", Restart::Permanent, 2)),
+        quick("root", Strategy::OneForOne).child(worker_failing_starts(
+            "flaky",
+            Restart::Permanent,
+            2,
+        )),
     )
     .await
     .unwrap();
@@ -317,15 +348,18 @@ async fn a_pre_start_panic_is_retried_like_any_failure() {
 
 #[tokio::test]
 async fn a_stalled_child_is_killed_and_replaced() {
-    let root = start_root(
-        quick("root", Strategy::OneForOne)
-            .child(worker("stuck", Restart::Permanent).with_stall_timeout(Duration::from_millis(200))),
-    )
-    .await
-    .unwrap();
+    let root =
+        start_root(quick("root", Strategy::OneForOne).child(
+            worker("stuck", Restart::Permanent).with_stall_timeout(Duration::from_millis(200)),
+        ))
+        .await
+        .unwrap();
     send(&root, "root/stuck", WorkerMsg::Hang);
     until(&root, "stuck replaced", running_gen("root/stuck", 2)).await;
-    assert_eq!(node(&root, "root/stuck").last_error.as_deref(), Some("stalled"));
+    assert_eq!(
+        node(&root, "root/stuck").last_error.as_deref(),
+        Some("stalled")
+    );
     root.shutdown().await;
 }
 
@@ -346,9 +380,17 @@ async fn killing_a_nested_supervisor_rebuilds_its_subtree() {
 
 #[tokio::test]
 async fn children_can_be_added_and_removed_at_run_time() {
-    let root = start_root(quick("root", Strategy::OneForOne)).await.unwrap();
-    root.add_child("root", worker("p0", Restart::Permanent)).await.unwrap();
-    assert!(root.add_child("root", worker("p0", Restart::Permanent)).await.is_err());
+    let root = start_root(quick("root", Strategy::OneForOne))
+        .await
+        .unwrap();
+    root.add_child("root", worker("p0", Restart::Permanent))
+        .await
+        .unwrap();
+    assert!(
+        root.add_child("root", worker("p0", Restart::Permanent))
+            .await
+            .is_err()
+    );
     until(&root, "p0 running", running_gen("root/p0", 1)).await;
     assert!(root.remove_child("root", "p0").await.unwrap());
     assert!(root.snapshot().find("root/p0").is_none());
