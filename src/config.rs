@@ -221,7 +221,7 @@ pub struct DemoSection {
     pub enabled: bool,
     /// Records the API will ever have.
     pub total: u64,
-    /// Records appear at this rate from start; absent: all at once.
+    /// Records appear at this rate from start; absent or 0: all at once.
     pub rate_per_sec: Option<f64>,
     pub default_page_size: u64,
     pub max_page_size: u64,
@@ -248,7 +248,7 @@ impl DemoSection {
     pub fn api(&self) -> DemoConfig {
         DemoConfig {
             total: self.total,
-            rate_per_sec: self.rate_per_sec,
+            rate_per_sec: self.rate_per_sec.filter(|r| *r > 0.0),
             default_page_size: self.default_page_size,
             max_page_size: self.max_page_size,
             faults: self.faults.clone(),

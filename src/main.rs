@@ -61,6 +61,10 @@ enum Command {
         faults: bool,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the first N records as NDJSON on stdout and exit (the same
+        /// input for comparisons with other tools).
+        #[arg(long, value_name = "N")]
+        ndjson: Option<u64>,
     },
     /// Run SQL over the curated container (one table per source).
     Query {
@@ -126,7 +130,17 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             rate,
             faults,
             seed,
+            ndjson,
         } => {
+            if let Some(n) = ndjson {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for i in 0..n {
+                    serde_json::to_writer(&mut out, &demo::demo_record(i))?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
+                std::io::Write::flush(&mut out)?;
+                return Ok(());
+            }
             let config = DemoConfig {
                 total,
                 rate_per_sec: rate,
@@ -151,11 +165,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             format,
         } => {
             let settings = settings(config.as_deref())?;
-            let dir = settings
-                .data_dir()
-                .join("blobs")
-                .join(&settings.config.storage.curated_container);
-            let batches = query::query_dir(&dir, &sql).await?;
+            let batches = service::query(&settings, &sql).await?;
             let format = match format {
                 Format::Table => OutputFormat::Table,
                 Format::Csv => OutputFormat::Csv,

@@ -148,3 +148,39 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// `hubflow query`: SQL over the curated container, each source's table
+/// typed by its schema registry record (the union of every file's schema).
+pub async fn query(
+    settings: &Settings,
+    sql: &str,
+) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
+    let store = crate::embedded::FsBlobStore::new(settings.data_dir().join("blobs"))?;
+    let curated = store.container_path(&settings.config.storage.curated_container);
+    let state = hubflow_actors::ports::StateStore::new(
+        Arc::new(store),
+        settings.config.storage.state_container.clone(),
+    );
+    let mut schemas = std::collections::BTreeMap::new();
+    let names = match state.list_names("schemas/").await {
+        Ok(names) => names,
+        // No state container yet: nothing was curated; the query layer says so.
+        Err(error) => {
+            warn!(%error, "cannot read the schema registry; inferring schemas");
+            Vec::new()
+        }
+    };
+    for name in names {
+        let Some(record) = state
+            .load::<hubflow_actors::transformer::SchemaRecord>(&name)
+            .await?
+        else {
+            continue;
+        };
+        let schema = hubflow_actors::formats::curated::schema_from_json(&record.value.schema)
+            .with_context(|| format!("schema registry record {name}"))?;
+        let source = name.trim_start_matches("schemas/").to_string();
+        schemas.insert(source, Arc::new(schema));
+    }
+    Ok(crate::query::query_dir_with_schemas(&curated, sql, &schemas).await?)
+}

@@ -113,7 +113,7 @@ async fn one_round(seed: u64, total: u64, kills: usize) {
         );
     }
     let settings = common::settings(&data, &demo.url);
-    let counts = common::counts(&common::curated_dir(&settings)).await;
+    let counts = common::counts(&settings).await;
     assert_eq!(counts, (total, total), "seed {seed}: {killed} kills");
     eprintln!("seed {seed}: {killed} kills, {total} records exact");
     demo.stop().await;

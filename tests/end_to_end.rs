@@ -37,13 +37,12 @@ async fn one_hundred_thousand_records_end_to_end() {
         .expect("pipeline did not finish in 10 minutes")
         .expect("pipeline failed");
 
-    let curated = common::curated_dir(&settings);
-    let (rows, distinct) = common::counts(&curated).await;
+    let (rows, distinct) = common::counts(&settings).await;
     assert_eq!((rows, distinct), (total, total));
 
     // A sample, field by field against the source's own record function.
     let sample: Vec<u64> = (0..total).step_by(9973).collect();
-    let rows = common::rows_by_id(&curated, &sample).await;
+    let rows = common::rows_by_id(&settings, &sample).await;
     assert_eq!(rows.len(), sample.len());
     for i in sample {
         let expected = demo_record(i);

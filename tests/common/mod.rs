@@ -4,11 +4,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hubflow::config::{Config, Settings};
 use hubflow::demo::{self, DemoConfig};
 use hubflow::query::{self, OutputFormat};
+
 use serde_json::Value;
 
 pub struct DemoServer {
@@ -70,23 +71,17 @@ pub fn settings(data_dir: &Path, url: &str) -> Settings {
         .unwrap()
 }
 
-pub fn curated_dir(settings: &Settings) -> PathBuf {
-    settings
-        .data_dir()
-        .join("blobs")
-        .join(&settings.config.storage.curated_container)
-}
-
-async fn json_rows(curated: &Path, sql: &str) -> Vec<Value> {
-    let batches = query::query_dir(curated, sql).await.unwrap();
+/// Rows of `sql` through `hubflow query`'s path (registry-typed tables).
+pub async fn json_rows(settings: &Settings, sql: &str) -> Vec<Value> {
+    let batches = hubflow::service::query(settings, sql).await.unwrap();
     let text = query::format_batches(&batches, OutputFormat::Json).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// `count(*)` and `count(DISTINCT id)` over the demo table.
-pub async fn counts(curated: &Path) -> (u64, u64) {
+pub async fn counts(settings: &Settings) -> (u64, u64) {
     let rows = json_rows(
-        curated,
+        settings,
         "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
     )
     .await;
@@ -97,7 +92,7 @@ pub async fn counts(curated: &Path) -> (u64, u64) {
 }
 
 /// Selected columns of the records with these demo indexes, by id.
-pub async fn rows_by_id(curated: &Path, indexes: &[u64]) -> BTreeMap<String, Value> {
+pub async fn rows_by_id(settings: &Settings, indexes: &[u64]) -> BTreeMap<String, Value> {
     let ids: Vec<String> = indexes.iter().map(|i| format!("'evt-{i:08}'")).collect();
     let sql = format!(
         "SELECT id, created_at, updated_at, \"type\", amount, tags, \
@@ -105,7 +100,7 @@ pub async fn rows_by_id(curated: &Path, indexes: &[u64]) -> BTreeMap<String, Val
          _hub_partition FROM demo WHERE id IN ({})",
         ids.join(", ")
     );
-    json_rows(curated, &sql)
+    json_rows(settings, &sql)
         .await
         .into_iter()
         .map(|r| (r["id"].as_str().unwrap().to_string(), r))
