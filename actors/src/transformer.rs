@@ -273,7 +273,9 @@ async fn find_next_blob(
         return Ok(Some(overlapping.clone()));
     }
     let later = candidates.into_iter().min_by_key(|n| n.first_seq);
-    if let Some(name) = &later {
+    // A blob starting exactly at `next` that landed between the two listings
+    // is the normal case, not a gap.
+    if let Some(name) = later.as_ref().filter(|n| n.first_seq > next) {
         warn!(
             partition = params.partition,
             missing_from = next,
