@@ -73,6 +73,20 @@ impl Backends {
             .await
             .context("opening the embedded hub")?;
         let store = FsBlobStore::new(dir.join("blobs")).context("opening the blob store")?;
+        // Temp files of writes a crash interrupted; younger ones may belong
+        // to another live process sharing the store.
+        let s = &settings.config.storage;
+        for container in [&s.raw_container, &s.curated_container, &s.state_container] {
+            match store
+                .remove_stale_temp_files(container, Duration::from_secs(600))
+                .await
+            {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(container, removed, "removed stale temp files"),
+                Err(hubflow_actors::ports::BlobError::ContainerNotFound { .. }) => {}
+                Err(error) => tracing::warn!(container, %error, "cannot clean temp files"),
+            }
+        }
         let curated_dir = Some(store.container_path(&settings.config.storage.curated_container));
         Ok(Backends {
             ingest: Arc::new(ingest),

@@ -77,17 +77,27 @@ async fn run_child(name: &str, role: &str, path: &Path, tag: &str) -> tokio::pro
         .env(CHILD_ROLE, role)
         .env(CHILD_PATH, path)
         .env(CHILD_TAG, tag)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn child {name}: {e}"))
 }
 
-async fn wait_child(child: tokio::process::Child, what: &str) -> std::process::ExitStatus {
+/// Wait for a child; panics unless it exits with `code`, showing its output.
+async fn wait_child(child: tokio::process::Child, what: &str, code: i32) {
     let output = tokio::time::timeout(CHILD_TIMEOUT, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{what}: child did not finish within {CHILD_TIMEOUT:?}"))
         .unwrap_or_else(|e| panic!("{what}: cannot wait for child: {e}"));
-    output.status
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}: child exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
 }
 
 /// The child's parameters, when this process is a child in `role`.
@@ -246,8 +256,7 @@ async fn cas_counter_is_exact_across_processes_and_handles() {
         tokio::spawn(cas_worker(FsBlobStore::new(&root).expect("open store"))),
     ];
     for child in children {
-        let status = wait_child(child, "blob cas child").await;
-        assert!(status.success(), "blob cas child failed: {status}");
+        wait_child(child, "blob cas child", 0).await;
     }
     let mut conflicts = 0;
     for task in local {
@@ -422,8 +431,7 @@ async fn hub_sequence_numbers_are_gap_free_across_processes() {
         tokio::spawn(async move { publish_batches(&b2, "handle-b").await }),
     ];
     for child in children {
-        let status = wait_child(child, "hub publisher child").await;
-        assert!(status.success(), "hub publisher child failed: {status}");
+        wait_child(child, "hub publisher child", 0).await;
     }
     for task in local {
         task.await.expect("local publisher");
@@ -506,16 +514,13 @@ async fn published_events_survive_reopen_and_crash() {
         let hub = open_hub(&path, "durable", 1);
         publish_batches(&hub, "before-drop").await;
     }
-    let status = wait_child(
+    // The child publishes, then exits without any cleanup.
+    wait_child(
         run_child("child_hub_crasher", "hub-crash", &path, "crashed").await,
         "crashing publisher",
+        CRASH_EXIT_CODE,
     )
     .await;
-    assert_eq!(
-        status.code(),
-        Some(CRASH_EXIT_CODE),
-        "the crasher child must publish, then exit without cleanup"
-    );
 
     let hub = open_hub(&path, "durable", 1);
     let total = 2 * HUB_BATCHES * HUB_BATCH_EVENTS;
@@ -636,32 +641,34 @@ async fn hub_keys_batch_limit_and_atomicity() {
         "key {key} must land in partition {p}"
     );
 
+    // A partition the key did not touch.
+    let unkeyed = (p + 1) % 4;
     let big = vec![
         EventData::new(vec![0u8; 600]),
         EventData::new(vec![1u8; 600]),
     ];
-    match hub.publish(PublishTarget::Partition(0), big).await {
+    match hub.publish(PublishTarget::Partition(unkeyed), big).await {
         Err(HubError::BatchTooLarge { size, limit, .. }) => {
             assert!(size >= 1200);
             assert_eq!(limit, 1000);
         }
         other => panic!("expected BatchTooLarge, got {other:?}"),
     }
-    let props = hub.partition_properties(0).await.expect("properties");
+    let props = hub.partition_properties(unkeyed).await.expect("properties");
     assert!(props.is_empty, "a refused batch appends nothing: {props:?}");
 
-    hub.publish(PublishTarget::Partition(0), Vec::new())
+    hub.publish(PublishTarget::Partition(unkeyed), Vec::new())
         .await
         .expect("an empty publish is a no-op");
     assert!(
-        hub.partition_properties(0)
+        hub.partition_properties(unkeyed)
             .await
             .expect("properties")
             .is_empty
     );
 
     let mut receiver = hub
-        .open_receiver("$Default", 0, StartPosition::Earliest)
+        .open_receiver("$Default", unkeyed, StartPosition::Earliest)
         .await
         .expect("receiver");
     assert!(

@@ -381,4 +381,87 @@ mod tests {
         }
         assert_eq!(probe.take_exit(), Some(ExitReason::DownstreamClosed));
     }
+
+    /// A writer that takes 50 ms per batch and records the largest batch.
+    struct SlowWriter;
+
+    impl Actor for SlowWriter {
+        type Msg = WriterMsg;
+        type State = Arc<std::sync::Mutex<(usize, i64)>>;
+        type Arguments = Arc<std::sync::Mutex<(usize, i64)>>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            seen: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(seen)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            seen: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            match msg {
+                WriterMsg::ResumePoint(reply) => {
+                    let _ = reply.send(0);
+                }
+                WriterMsg::Write(events, reply) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let next = events.last().map_or(0, |e| e.sequence_number + 1);
+                    {
+                        let mut s = seen.lock().unwrap();
+                        s.0 = s.0.max(events.len());
+                        s.1 = next;
+                    }
+                    let _ = reply.send(Ok(next));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_writer_bounds_what_the_consumer_holds() {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        publish(&hub, 0, 0..20_000).await;
+        let seen = Arc::new(std::sync::Mutex::new((0usize, 0i64)));
+        let (writer, _) = Actor::spawn(None, SlowWriter, seen.clone()).await.unwrap();
+        let probe = ActorProbe::new();
+        let limits = BatchLimits {
+            max_records: 500,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        };
+        let (consumer, _) = Actor::spawn(
+            None,
+            PartitionConsumer,
+            ConsumerParams {
+                hub: hub.clone(),
+                consumer_group: "$default".into(),
+                partition: 0,
+                writer,
+                limits,
+                max_wait: Duration::from_millis(200),
+                probe: probe.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        // Sample while the writer is the bottleneck: the consumer never holds
+        // more than one batch, however far behind the writer is.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let s: ConsumerStatus = serde_json::from_value(probe.state()).unwrap_or_default();
+            assert!(s.pending_records <= limits.max_records, "{s:?}");
+            assert!(probe.queue_depth() <= limits.max_records as u64);
+        }
+        wait_for_position(&probe, 20_000).await;
+        let (largest, next) = *seen.lock().unwrap();
+        assert!(largest <= limits.max_records, "batch of {largest}");
+        assert_eq!(next, 20_000);
+        consumer.stop(None);
+    }
 }
