@@ -165,6 +165,9 @@ pub async fn query(
     let names = match state.list_names("schemas/").await {
         Ok(names) => names,
         // No state container yet: nothing was curated; the query layer says so.
+        Err(hubflow_actors::ports::StateError::Blob(
+            hubflow_actors::ports::BlobError::ContainerNotFound { .. },
+        )) => Vec::new(),
         Err(error) => {
             warn!(%error, "cannot read the schema registry; inferring schemas");
             Vec::new()

@@ -1,0 +1,84 @@
+//! The `hubflow` binary's non-running commands: `config check` explains
+//! errors with the field path, `query` refuses clearly when there is no data,
+//! `demo-source --ndjson` prints the demo records.
+
+use std::process::Command;
+
+fn hubflow(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        .args(args)
+        .env("HUBFLOW_LOG", "warn")
+        .output()
+        .expect("running hubflow");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_names_the_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[hub]\npartitions = 8\n\n[[sources]]\nname = \"orders\"\nurl = \"https://api.example.com/v1/orders\"\nrecords = \"data\"\npagination = { type = \"link_header\" }\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = hubflow(&["config", "check", good.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 source(s), 8 partitions"), "{stdout}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[batch]\nmax_records = \"lots\"\n").unwrap();
+    let (ok, _, stderr) = hubflow(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("batch.max_records"), "{stderr}");
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[transform]\nzstd = 3\n").unwrap();
+    let (ok, _, stderr) = hubflow(&["config", "check", unknown.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("zstd") && stderr.contains("transform"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = hubflow(&["config", "check", "/nonexistent/hubflow.toml"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot read /nonexistent/hubflow.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn query_without_data_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ndata_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = hubflow(&["query", "--config", config.to_str().unwrap(), "SELECT 1"]);
+    assert!(!ok);
+    assert!(stderr.contains("error: no curated data in"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn demo_source_prints_its_records_as_ndjson() {
+    let (ok, stdout, stderr) = hubflow(&["demo-source", "--ndjson", "3"]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2], hubflow::demo::demo_record(2));
+}
