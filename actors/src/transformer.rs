@@ -24,7 +24,7 @@
 //! transformer leaves raw blobs waiting in the raw container (the durable
 //! buffer), it never queues them in memory.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +109,8 @@ pub struct TransformerState {
     trigger: Box<dyn PartitionReceiver>,
     etag: Option<ETag>,
     window: DedupeWindow,
-    schemas: BTreeMap<String, (SchemaRef, u64, ETag)>,
+    /// The registry schema per source, as last read or written.
+    schemas: BTreeMap<String, SchemaRef>,
     status: TransformerStatus,
 }
 
@@ -317,11 +318,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     let batch = state.window.filter(batch);
     let dropped = (before - batch.records.len()) as u64;
 
-    let known: BTreeMap<String, SchemaRef> = state
-        .schemas
-        .iter()
-        .map(|(k, (s, _, _))| (k.clone(), s.clone()))
-        .collect();
+    let known = state.schemas.clone();
     let options = params.options.clone();
     let stem = name.stem();
     let raw_blob = format!("{}/{}", params.raw_container, blob);
@@ -339,9 +336,18 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
                 payload: &r.payload,
             })
             .collect();
-        curated::curate(&inputs, &raw_blob, &stem, &known, &options)
+        let output = curated::curate(&inputs, &raw_blob, &stem, &known, &options)?;
+        // The payloads of rejected records, for their dead letters.
+        let rejected: BTreeSet<&str> = output.rejected.iter().map(|r| r.id.as_str()).collect();
+        let bodies: BTreeMap<String, Bytes> = inputs
+            .iter()
+            .filter(|i| rejected.contains(i.id))
+            .map(|i| (i.id.to_string(), Bytes::copy_from_slice(i.payload)))
+            .collect();
+        Ok::<_, anyhow::Error>((output, bodies))
     })
     .await??;
+    let (output, rejected_bodies) = output;
 
     register_schemas(state, &output).await?;
     for file in &output.files {
@@ -362,8 +368,9 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
             "source": rejected.source,
         });
         let key = format!("{}-{index:06}", name.stem());
-        let body = batch_payload(&params, &blob, &rejected.id)
-            .await
+        let body = rejected_bodies
+            .get(&rejected.id)
+            .cloned()
             .unwrap_or_default();
         write_dead_letter_at(
             params.dead_letters.as_ref(),
@@ -404,17 +411,6 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     commit(state, name.last_seq + 1).await
 }
 
-/// The payload of one record, re-read for its dead letter (rare path).
-async fn batch_payload(params: &TransformerParams, blob: &str, id: &str) -> Option<Bytes> {
-    let (bytes, _) = params.raw.get(&params.raw_container, blob).await.ok()?;
-    let batch = raw::decode(&bytes).ok()?;
-    batch
-        .records
-        .into_iter()
-        .find(|r| r.id == id)
-        .map(|r| Bytes::from(r.payload))
-}
-
 /// Merge each source's batch schema into the registry before any file that
 /// uses it is written, so readers always find a schema covering every file.
 async fn register_schemas(
@@ -422,7 +418,7 @@ async fn register_schemas(
     output: &CuratedOutput,
 ) -> anyhow::Result<()> {
     for (source, schema) in &output.schemas {
-        if let Some((known, _, _)) = state.schemas.get(source)
+        if let Some(known) = state.schemas.get(source)
             && known == schema
         {
             continue;
@@ -435,10 +431,7 @@ async fn register_schemas(
                     let stored = curated::schema_from_json(&v.value.schema)?;
                     let (merged, _) = curated::merge_schemas(&stored, schema);
                     if merged == stored {
-                        state.schemas.insert(
-                            source.clone(),
-                            (Arc::new(merged), v.value.version, v.etag.clone()),
-                        );
+                        state.schemas.insert(source.clone(), Arc::new(merged));
                         break;
                     }
                     (merged, v.value.version + 1, Some(&v.etag))
@@ -456,11 +449,9 @@ async fn register_schemas(
                 .compare_and_swap(&name, &record, etag)
                 .await
             {
-                Ok(new_etag) => {
+                Ok(_) => {
                     info!(source, version, "schema registry updated");
-                    state
-                        .schemas
-                        .insert(source.clone(), (Arc::new(merged), version, new_etag));
+                    state.schemas.insert(source.clone(), Arc::new(merged));
                     break;
                 }
                 Err(e) if e.is_conflict() => continue,
