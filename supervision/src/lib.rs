@@ -15,7 +15,10 @@
 //! - [`supervisor`]: the [`Supervisor`] actor that applies them.
 //! - [`status`]: the live status tree and its serializable snapshot.
 //! - [`root`]: [`start_root`] and the [`RootHandle`] operators and tests
-//!   drive (snapshot, kill by path, shutdown).
+//!   drive: snapshot, kill or panic by path, add/remove children, and actor
+//!   groups: drain (graceful stop that stays stopped), restart, and replace
+//!   with a new version that is rolled back automatically when it fails
+//!   its probation (the mechanism of hot swap and of moving partitions).
 
 pub mod probe;
 pub mod root;
@@ -24,9 +27,9 @@ pub mod status;
 pub mod supervisor;
 
 pub use probe::{ActorProbe, ExitReason};
-pub use root::{RootHandle, start_root};
+pub use root::{RootHandle, TreeError, start_root};
 pub use spec::{
     Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, Strategy, SupervisorSpec,
 };
 pub use status::{NodeKind, NodeState, StatusHandle, StatusNode};
-pub use supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+pub use supervisor::{ReplaceOutcome, Supervisor, SupervisorArgs, SupervisorMsg};

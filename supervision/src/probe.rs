@@ -48,6 +48,8 @@ struct ProbeInner {
     last_progress: Mutex<Instant>,
     state: Mutex<serde_json::Value>,
     exit: Mutex<Option<ExitReason>>,
+    /// Fault injection: panic at the next progress or busy mark.
+    panic_requested: AtomicBool,
 }
 
 /// A cheap, cloneable handle shared between an actor and whoever watches it.
@@ -72,12 +74,14 @@ impl ActorProbe {
                 last_progress: Mutex::new(Instant::now()),
                 state: Mutex::new(serde_json::Value::Null),
                 exit: Mutex::new(None),
+                panic_requested: AtomicBool::new(false),
             }),
         }
     }
 
     /// Record that the actor completed a unit of work.
     pub fn tick(&self) {
+        self.panic_if_requested();
         self.inner.progress.fetch_add(1, Ordering::Relaxed);
         *lock(&self.inner.last_progress) = Instant::now();
     }
@@ -85,6 +89,9 @@ impl ActorProbe {
     /// Mark whether the actor currently holds work it is expected to finish.
     /// Only a busy actor can be judged stalled.
     pub fn set_busy(&self, busy: bool) {
+        if busy {
+            self.panic_if_requested();
+        }
         if busy && !self.inner.busy.swap(true, Ordering::Relaxed) {
             // Becoming busy starts the stall clock afresh.
             *lock(&self.inner.last_progress) = Instant::now();
@@ -110,6 +117,19 @@ impl ActorProbe {
 
     pub fn take_exit(&self) -> Option<ExitReason> {
         lock(&self.inner.exit).take()
+    }
+
+    /// Fault injection (chaos tests, `hubflow ctl panic`): the actor panics
+    /// the next time it takes work or records progress, that is inside its
+    /// own handler, exactly where a bug would panic.
+    pub fn request_panic(&self) {
+        self.inner.panic_requested.store(true, Ordering::Relaxed);
+    }
+
+    fn panic_if_requested(&self) {
+        if self.inner.panic_requested.swap(false, Ordering::Relaxed) {
+            panic!("injected panic");
+        }
     }
 
     pub fn progress(&self) -> u64 {
@@ -159,6 +179,18 @@ mod tests {
         probe.set_busy(false);
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(probe.stalled_for(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_requested_panic_fires_once_on_the_next_busy_mark() {
+        let probe = ActorProbe::new();
+        probe.set_busy(false);
+        probe.request_panic();
+        probe.set_busy(false);
+        let fired = std::panic::catch_unwind(|| probe.set_busy(true));
+        assert!(fired.is_err());
+        probe.set_busy(true);
+        probe.tick();
     }
 
     #[test]

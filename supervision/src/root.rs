@@ -1,11 +1,13 @@
 //! Starting a supervision tree and driving it from outside.
 
+use std::time::Duration;
+
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::spec::{ChildSpec, SupervisorSpec};
 use crate::status::{NodeKind, StatusHandle, StatusNode};
-use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::supervisor::{ReplaceOutcome, Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// The running root of a tree.
 pub struct RootHandle {
@@ -81,6 +83,94 @@ impl RootHandle {
         let sup = self.supervisor_at(parent)?;
         ractor::call!(sup, SupervisorMsg::RemoveChild, name.to_string())
             .map_err(|e| TreeError::Unreachable(e.to_string()))
+    }
+
+    /// Drain the actor or group at `path`: stop it gracefully (in-flight
+    /// work finishes and checkpoints) within `deadline`, then kill it. It
+    /// stays drained (not restarted) until [`RootHandle::restart`].
+    pub async fn drain(&self, path: &str, deadline: Duration) -> Result<(), TreeError> {
+        let (sup, name) = self.parent_of(path)?;
+        ractor::call!(sup, |reply| SupervisorMsg::Drain {
+            name,
+            deadline,
+            reply
+        })
+        .map_err(|e| TreeError::Unreachable(e.to_string()))?
+        .map_err(TreeError::Rejected)
+    }
+
+    /// Start the actor or group at `path` afresh (after a drain, a failure,
+    /// or while running: then it is stopped gracefully first).
+    pub async fn restart(&self, path: &str) -> Result<(), TreeError> {
+        let (sup, name) = self.parent_of(path)?;
+        ractor::call!(sup, |reply| SupervisorMsg::Restart { name, reply })
+            .map_err(|e| TreeError::Unreachable(e.to_string()))?
+            .map_err(TreeError::Rejected)
+    }
+
+    /// Replace the child at `parent/<spec.name>` with `spec`: drain the
+    /// running one within `deadline`, start the new one, and roll back to
+    /// the previous spec if the new one exits abnormally within
+    /// `probation`. Returns once promoted or rolled back.
+    pub async fn replace(
+        &self,
+        parent: &str,
+        spec: ChildSpec,
+        deadline: Duration,
+        probation: Duration,
+    ) -> Result<ReplaceOutcome, TreeError> {
+        let sup = self.supervisor_at(parent)?;
+        ractor::call!(sup, |reply| SupervisorMsg::Replace {
+            spec,
+            deadline,
+            probation,
+            reply
+        })
+        .map_err(|e| TreeError::Unreachable(e.to_string()))?
+        .map_err(TreeError::Rejected)
+    }
+
+    /// Fault injection: the actor at `path` panics inside its handler the
+    /// next time it takes work (a supervisor panics at once). The root
+    /// cannot be panicked; stop it with [`RootHandle::shutdown`].
+    pub fn inject_panic(&self, path: &str) -> Result<(), TreeError> {
+        let node = self
+            .status
+            .find(path)
+            .ok_or_else(|| TreeError::UnknownPath(path.to_string()))?;
+        if path == self.status.path() {
+            return Err(TreeError::Rejected("the root cannot be panicked".into()));
+        }
+        match node.snapshot().kind {
+            NodeKind::Worker => {
+                node.probe()
+                    .filter(|_| node.cell().is_some())
+                    .ok_or_else(|| TreeError::NotRunning(path.to_string()))?
+                    .request_panic();
+            }
+            NodeKind::Supervisor => {
+                let cell = node
+                    .cell()
+                    .ok_or_else(|| TreeError::NotRunning(path.to_string()))?;
+                ActorRef::<SupervisorMsg>::from(cell)
+                    .send_message(SupervisorMsg::Panic)
+                    .map_err(|e| TreeError::Unreachable(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The supervisor owning `path` and the child's name in it.
+    fn parent_of(&self, path: &str) -> Result<(ActorRef<SupervisorMsg>, String), TreeError> {
+        if self.status.find(path).is_none() {
+            return Err(TreeError::UnknownPath(path.to_string()));
+        }
+        let Some((parent, name)) = path.rsplit_once('/') else {
+            return Err(TreeError::Rejected(
+                "the root cannot be drained or restarted; shut the service down".into(),
+            ));
+        };
+        Ok((self.supervisor_at(parent)?, name.to_string()))
     }
 
     fn supervisor_at(&self, path: &str) -> Result<ActorRef<SupervisorMsg>, TreeError> {

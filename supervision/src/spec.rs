@@ -143,6 +143,9 @@ pub struct ChildSpec {
     /// Kill the child when it is busy and makes no progress for this long.
     pub stall_timeout: Option<Duration>,
     pub factory: Arc<dyn ChildFactory>,
+    /// A label for what this child runs (a transform spec version, say);
+    /// shown in the status tree, and what a replace reports.
+    pub version: Option<String>,
     nested: bool,
 }
 
@@ -152,6 +155,7 @@ impl std::fmt::Debug for ChildSpec {
             .field("name", &self.name)
             .field("restart", &self.restart)
             .field("stall_timeout", &self.stall_timeout)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -163,8 +167,14 @@ impl ChildSpec {
             restart,
             stall_timeout: None,
             factory,
+            version: None,
             nested: false,
         }
+    }
+
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
     }
 
     /// True for a nested supervisor.
@@ -229,6 +239,7 @@ impl SupervisorSpec {
             restart: Restart::Permanent,
             stall_timeout: None,
             factory: Arc::new(crate::supervisor::NestedFactory(self)),
+            version: None,
             nested: true,
         }
     }

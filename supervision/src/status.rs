@@ -30,6 +30,8 @@ pub enum NodeState {
     Stopped,
     /// Gave up: restart intensity exceeded (on the root: the pipeline failed).
     Failed,
+    /// Stopped on request (drain); not restarted until asked to.
+    Drained,
 }
 
 /// A serializable snapshot of one node and its subtree.
@@ -44,6 +46,12 @@ pub struct StatusNode {
     pub last_error: Option<String>,
     /// When the state last changed (ms since the epoch).
     pub since_ms: i64,
+    /// The version label of what runs here (see `ChildSpec::with_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Recent lifecycle events (drain, replace, promote, roll back), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
     pub busy: bool,
     pub queue_depth: u64,
     /// How long a busy actor has gone without progress.
@@ -77,10 +85,15 @@ struct Node {
     restarts: u64,
     last_error: Option<String>,
     since_ms: i64,
+    version: Option<String>,
+    history: std::collections::VecDeque<String>,
     probe: Option<ActorProbe>,
     cell: Option<ActorCell>,
     children: Vec<StatusHandle>,
 }
+
+/// How many lifecycle events a node keeps.
+pub const HISTORY_LEN: usize = 32;
 
 /// A shared, live node of the status tree.
 #[derive(Clone)]
@@ -110,6 +123,8 @@ impl StatusHandle {
             restarts: 0,
             last_error: None,
             since_ms: now_ms(),
+            version: None,
+            history: Default::default(),
             probe: None,
             cell: None,
             children: Vec::new(),
@@ -185,6 +200,23 @@ impl StatusHandle {
         self.lock().children = children;
     }
 
+    pub fn version(&self) -> Option<String> {
+        self.lock().version.clone()
+    }
+
+    pub(crate) fn set_version(&self, version: Option<String>) {
+        self.lock().version = version;
+    }
+
+    /// Append a lifecycle event (the last [`HISTORY_LEN`] are kept).
+    pub(crate) fn record(&self, event: String) {
+        let mut n = self.lock();
+        if n.history.len() == HISTORY_LEN {
+            n.history.pop_front();
+        }
+        n.history.push_back(event);
+    }
+
     pub(crate) fn set_error(&self, error: String) {
         self.lock().last_error = Some(error);
     }
@@ -235,6 +267,8 @@ impl StatusHandle {
                     restarts: n.restarts,
                     last_error: n.last_error.clone(),
                     since_ms: n.since_ms,
+                    version: n.version.clone(),
+                    history: n.history.iter().cloned().collect(),
                     busy,
                     queue_depth,
                     stalled_ms,

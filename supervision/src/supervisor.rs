@@ -52,6 +52,56 @@ pub enum SupervisorMsg {
     RemoveChild(String, RpcReplyPort<bool>),
     /// Names of the current children, in start order.
     Children(RpcReplyPort<Vec<String>>),
+    /// Stop a child gracefully (its in-flight message finishes and
+    /// checkpoints) within `deadline`, then kill it; it stays
+    /// [`NodeState::Drained`] until [`SupervisorMsg::Restart`].
+    Drain {
+        name: String,
+        deadline: Duration,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Start a drained, failed or running child afresh (a running one is
+    /// stopped gracefully first); forgets its failure history.
+    Restart {
+        name: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Drain the child named `spec.name` and start `spec` in its place. If
+    /// the new child exits abnormally (fails to start, crashes, stalls)
+    /// within `probation`, the previous spec is started again (rolled back).
+    /// The reply comes once the outcome is known.
+    Replace {
+        spec: ChildSpec,
+        deadline: Duration,
+        probation: Duration,
+        reply: RpcReplyPort<Result<ReplaceOutcome, String>>,
+    },
+    /// A replacement's probation ended.
+    ProbationDue { name: String, generation: u64 },
+    /// Fault injection: the supervisor itself panics (its parent restarts
+    /// the subtree).
+    Panic,
+}
+
+/// How a [`SupervisorMsg::Replace`] ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReplaceOutcome {
+    /// The new version ran through its probation and is active.
+    Promoted { version: Option<String> },
+    /// The new version failed; the previous one runs again.
+    RolledBack {
+        version: Option<String>,
+        restored: Option<String>,
+        error: String,
+    },
+}
+
+/// A replacement on probation: what to roll back to, and who to tell.
+struct Probation {
+    previous: ChildSpec,
+    probation: Duration,
+    reply: Option<RpcReplyPort<Result<ReplaceOutcome, String>>>,
 }
 
 /// Arguments of a supervisor actor.
@@ -75,6 +125,9 @@ struct Slot {
     awaiting: Option<u64>,
     /// Restarts of this child inside the intensity window.
     recent_restarts: VecDeque<Instant>,
+    /// Stopped on request; not restarted until asked.
+    drained: bool,
+    probation: Option<Probation>,
 }
 
 pub struct SupervisorState {
@@ -146,6 +199,14 @@ impl Actor for Supervisor {
                     {
                         state.slots[i].awaiting = None;
                         start_child(&myself, state, i).await?;
+                        let slot = &state.slots[i];
+                        if let (Some(p), Some(_)) = (&slot.probation, &slot.cell) {
+                            let msg = SupervisorMsg::ProbationDue {
+                                name: slot.spec.name.clone(),
+                                generation: slot.generation,
+                            };
+                            myself.send_after(p.probation, move || msg);
+                        }
                     }
                 }
             }
@@ -178,6 +239,104 @@ impl Actor for Supervisor {
             SupervisorMsg::Children(reply) => {
                 let _ = reply.send(state.slots.iter().map(|s| s.spec.name.clone()).collect());
             }
+            SupervisorMsg::Drain {
+                name,
+                deadline,
+                reply,
+            } => {
+                let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else {
+                    let _ = reply.send(Err(format!("no child {name}")));
+                    return Ok(());
+                };
+                let slot = &mut state.slots[i];
+                slot.awaiting = None;
+                slot.drained = true;
+                slot.status
+                    .record(format!("drained {}", version_label(&slot.spec)));
+                info!(path = slot.status.path(), "draining child");
+                let status = slot.status.clone();
+                let cell = slot.cell.take();
+                tokio::spawn(async move {
+                    if let Some(cell) = cell {
+                        stop_within(cell, deadline).await;
+                    }
+                    status.exited(None, false);
+                    status.set_state(NodeState::Drained);
+                    let _ = reply.send(Ok(()));
+                });
+            }
+            SupervisorMsg::Restart { name, reply } => {
+                let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else {
+                    let _ = reply.send(Err(format!("no child {name}")));
+                    return Ok(());
+                };
+                let slot = &mut state.slots[i];
+                slot.drained = false;
+                slot.failures = 0;
+                slot.recent_restarts.clear();
+                slot.status
+                    .record(format!("restarted {}", version_label(&slot.spec)));
+                state.epoch += 1;
+                restart_after_stop(&myself, &mut state.slots[i], state.epoch, STOP_GRACE);
+                let _ = reply.send(Ok(()));
+            }
+            SupervisorMsg::Replace {
+                spec,
+                deadline,
+                probation,
+                reply,
+            } => {
+                let Some(i) = state.slots.iter().position(|s| s.spec.name == spec.name) else {
+                    let _ = reply.send(Err(format!("no child {}", spec.name)));
+                    return Ok(());
+                };
+                let slot = &mut state.slots[i];
+                if slot.probation.is_some() {
+                    let _ = reply.send(Err(format!(
+                        "{} is already being replaced",
+                        slot.status.path()
+                    )));
+                    return Ok(());
+                }
+                info!(
+                    path = slot.status.path(),
+                    from = ?slot.spec.version,
+                    to = ?spec.version,
+                    "replacing child"
+                );
+                slot.status.record(format!(
+                    "replacing {} with {}",
+                    version_label(&slot.spec),
+                    version_label(&spec)
+                ));
+                let previous = std::mem::replace(&mut slot.spec, spec);
+                slot.probation = Some(Probation {
+                    previous,
+                    probation,
+                    reply: Some(reply),
+                });
+                slot.drained = false;
+                slot.failures = 0;
+                slot.recent_restarts.clear();
+                state.epoch += 1;
+                restart_after_stop(&myself, &mut state.slots[i], state.epoch, deadline);
+            }
+            SupervisorMsg::ProbationDue { name, generation } => {
+                if let Some(slot) = state.slots.iter_mut().find(|s| s.spec.name == name)
+                    && slot.generation == generation
+                    && slot.cell.is_some()
+                    && let Some(mut p) = slot.probation.take()
+                {
+                    let version = slot.spec.version.clone();
+                    info!(path = slot.status.path(), ?version, "replacement promoted");
+                    slot.status
+                        .record(format!("promoted {}", version_label(&slot.spec)));
+                    if let Some(reply) = p.reply.take() {
+                        let _ = reply.send(Ok(ReplaceOutcome::Promoted { version }));
+                    }
+                }
+            }
+            SupervisorMsg::Panic => panic!("injected panic in supervisor {}", state.status.path()),
         }
         Ok(())
     }
@@ -239,14 +398,48 @@ impl Actor for Supervisor {
 }
 
 async fn stop_gracefully(cell: ActorCell) {
+    stop_within(cell, STOP_GRACE).await
+}
+
+/// Stop `cell` (its current message finishes), killing it after `deadline`.
+async fn stop_within(cell: ActorCell, deadline: Duration) {
     if cell
-        .stop_and_wait(Some("shutdown".to_string()), Some(STOP_GRACE))
+        .stop_and_wait(Some("shutdown".to_string()), Some(deadline))
         .await
         .is_err()
     {
         warn!(actor = ?cell.get_name(), "child did not stop in time, killing it");
         cell.kill();
     }
+}
+
+/// Stop the slot's child gracefully (if running) off the supervisor's
+/// handler, then have it started again (with whatever spec the slot holds
+/// by then) through [`SupervisorMsg::RestartDue`].
+fn restart_after_stop(
+    myself: &ActorRef<SupervisorMsg>,
+    slot: &mut Slot,
+    epoch: u64,
+    deadline: Duration,
+) {
+    slot.awaiting = Some(epoch);
+    slot.status.set_state(NodeState::Starting);
+    let cell = slot.cell.take();
+    let msg = SupervisorMsg::RestartDue {
+        names: vec![slot.spec.name.clone()],
+        epoch,
+    };
+    let me = myself.clone();
+    tokio::spawn(async move {
+        if let Some(cell) = cell {
+            stop_within(cell, deadline).await;
+        }
+        let _ = me.send_message(msg);
+    });
+}
+
+fn version_label(spec: &ChildSpec) -> String {
+    spec.version.clone().unwrap_or_else(|| "unversioned".into())
 }
 
 fn new_slot(parent: &str, spec: ChildSpec) -> Slot {
@@ -265,6 +458,8 @@ fn new_slot(parent: &str, spec: ChildSpec) -> Slot {
         started_at: Instant::now(),
         awaiting: None,
         recent_restarts: VecDeque::new(),
+        drained: false,
+        probation: None,
     }
 }
 
@@ -300,6 +495,7 @@ async fn start_child(
             slot.started_at = Instant::now();
             slot.status
                 .started(cell.clone(), slot.probe.clone(), slot.generation);
+            slot.status.set_version(slot.spec.version.clone());
             slot.cell = Some(cell);
             Ok(())
         }
@@ -345,6 +541,9 @@ fn child_exited(
     slot.cell = None;
     let path = slot.status.path();
     let abnormal = exit.is_abnormal();
+    if slot.probation.is_some() && abnormal {
+        return roll_back(myself, state, i, exit);
+    }
     let restart = match slot.spec.restart {
         Restart::Permanent => true,
         Restart::Transient => abnormal,
@@ -394,6 +593,11 @@ fn child_exited(
         Strategy::RestForOne => (i..state.slots.len()).collect(),
         Strategy::OneForAll => (0..state.slots.len()).collect(),
     };
+    // A drained sibling stays drained.
+    let affected: Vec<usize> = affected
+        .into_iter()
+        .filter(|&j| j == i || !state.slots[j].drained)
+        .collect();
     state.epoch += 1;
     let epoch = state.epoch;
     for &j in &affected {
@@ -428,6 +632,49 @@ fn child_exited(
     } else {
         myself.send_after(delay, move || msg);
     }
+    Ok(())
+}
+
+/// A replacement failed its probation: start the previous spec again at
+/// once (no backoff, no intensity charge: the old version was healthy).
+fn roll_back(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    i: usize,
+    exit: ExitReason,
+) -> Result<(), ActorProcessingErr> {
+    let slot = &mut state.slots[i];
+    let Some(mut probation) = slot.probation.take() else {
+        return Ok(());
+    };
+    let error = match &exit {
+        ExitReason::Failed(e) => e.clone(),
+        other => format!("{other:?}"),
+    };
+    let failed = std::mem::replace(&mut slot.spec, probation.previous);
+    let path = slot.status.path();
+    error!(path, version = ?failed.version, %error, "replacement failed, rolling back");
+    slot.status.exited(Some(error.clone()), true);
+    slot.status.record(format!(
+        "rolled back {} to {}: {error}",
+        version_label(&failed),
+        version_label(&slot.spec)
+    ));
+    if let Some(reply) = probation.reply.take() {
+        let _ = reply.send(Ok(ReplaceOutcome::RolledBack {
+            version: failed.version,
+            restored: slot.spec.version.clone(),
+            error,
+        }));
+    }
+    state.epoch += 1;
+    let epoch = state.epoch;
+    slot.awaiting = Some(epoch);
+    slot.status.set_state(NodeState::BackingOff);
+    myself.send_message(SupervisorMsg::RestartDue {
+        names: vec![slot.spec.name.clone()],
+        epoch,
+    })?;
     Ok(())
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hubflow_supervision::{
     ActorProbe, Backoff, ChildContext, ChildFactory, ChildSpec, ExitReason, Intensity, NodeState,
-    Restart, RootHandle, StatusNode, Strategy, SupervisorMsg, SupervisorSpec, start_root,
+    ReplaceOutcome, Restart, RootHandle, StatusNode, Strategy, SupervisorMsg, SupervisorSpec,
+    start_root,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 
@@ -20,6 +21,8 @@ enum WorkerMsg {
     Hang,
     /// Stop normally.
     Finish,
+    /// Work for a while, then count the work as done.
+    Slow(Arc<AtomicU32>),
 }
 
 struct Worker;
@@ -65,6 +68,13 @@ impl Actor for Worker {
             WorkerMsg::Finish => {
                 probe.set_exit(ExitReason::Completed);
                 myself.stop(None);
+            }
+            WorkerMsg::Slow(done) => {
+                probe.set_busy(true);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                probe.tick();
+                probe.set_busy(false);
             }
         }
         Ok(())
@@ -394,5 +404,209 @@ async fn children_can_be_added_and_removed_at_run_time() {
     until(&root, "p0 running", running_gen("root/p0", 1)).await;
     assert!(root.remove_child("root", "p0").await.unwrap());
     assert!(root.snapshot().find("root/p0").is_none());
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drained_child_finishes_its_work_and_stays_stopped_until_restarted() {
+    let root = start_root(
+        quick("root", Strategy::RestForOne)
+            .child(worker("a", Restart::Permanent))
+            .child(worker("b", Restart::Permanent)),
+    )
+    .await
+    .unwrap();
+    let done = Arc::new(AtomicU32::new(0));
+    send(&root, "root/b", WorkerMsg::Slow(done.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    root.drain("root/b", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), 1, "in-flight work finished");
+    assert_eq!(node(&root, "root/b").state, NodeState::Drained);
+    // A failure of `a` restarts `a` (rest_for_one) but not the drained `b`.
+    send(&root, "root/a", WorkerMsg::Fail);
+    until(&root, "a restarted", running_gen("root/a", 2)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(node(&root, "root/b").state, NodeState::Drained);
+    root.restart("root/b").await.unwrap();
+    until(&root, "b back", running_gen("root/b", 2)).await;
+    assert!(
+        node(&root, "root/b")
+            .history
+            .iter()
+            .any(|h| h.starts_with("drained"))
+    );
+    assert!(root.drain("root", Duration::from_secs(1)).await.is_err());
+    assert!(
+        root.drain("root/nope", Duration::from_secs(1))
+            .await
+            .is_err()
+    );
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_past_its_deadline_kills() {
+    let root =
+        start_root(quick("root", Strategy::OneForOne).child(worker("h", Restart::Permanent)))
+            .await
+            .unwrap();
+    send(&root, "root/h", WorkerMsg::Hang);
+    root.drain("root/h", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(node(&root, "root/h").state, NodeState::Drained);
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_healthy_replacement_is_promoted() {
+    let root = start_root(
+        quick("root", Strategy::OneForOne)
+            .child(worker("t", Restart::Permanent).with_version("v1")),
+    )
+    .await
+    .unwrap();
+    let done = Arc::new(AtomicU32::new(0));
+    send(&root, "root/t", WorkerMsg::Slow(done.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let outcome = root
+        .replace(
+            "root",
+            worker("t", Restart::Permanent).with_version("v2"),
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ReplaceOutcome::Promoted {
+            version: Some("v2".into())
+        }
+    );
+    assert_eq!(done.load(Ordering::SeqCst), 1, "v1 finished its work first");
+    let t = node(&root, "root/t");
+    assert_eq!(
+        (t.state, t.version.as_deref()),
+        (NodeState::Running, Some("v2"))
+    );
+    assert_eq!(
+        t.history,
+        vec![
+            "replacing v1 with v2".to_string(),
+            "promoted v2".to_string()
+        ]
+    );
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replacement_that_cannot_start_is_rolled_back() {
+    let root = start_root(
+        quick("root", Strategy::OneForOne)
+            .child(worker("t", Restart::Permanent).with_version("v1")),
+    )
+    .await
+    .unwrap();
+    let outcome = root
+        .replace(
+            "root",
+            worker_failing_starts("t", Restart::Permanent, 1_000).with_version("v2"),
+            Duration::from_secs(5),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    match outcome {
+        ReplaceOutcome::RolledBack {
+            version,
+            restored,
+            error,
+        } => {
+            assert_eq!(version.as_deref(), Some("v2"));
+            assert_eq!(restored.as_deref(), Some("v1"));
+            assert!(error.contains("start failed"), "{error}");
+        }
+        other => panic!("expected a roll back, got {other:?}"),
+    }
+    until(&root, "v1 running again", |s| {
+        s.find("root/t")
+            .is_some_and(|n| n.state == NodeState::Running && n.version.as_deref() == Some("v1"))
+    })
+    .await;
+    assert!(
+        node(&root, "root/t")
+            .history
+            .iter()
+            .any(|h| h.starts_with("rolled back v2 to v1"))
+    );
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replacement_that_crashes_during_probation_is_rolled_back() {
+    let root = Arc::new(
+        start_root(
+            quick("root", Strategy::OneForOne)
+                .child(worker("t", Restart::Permanent).with_version("v1")),
+        )
+        .await
+        .unwrap(),
+    );
+    let swapping = {
+        let root = root.clone();
+        tokio::spawn(async move {
+            root.replace(
+                "root",
+                worker("t", Restart::Permanent).with_version("v2"),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    };
+    until(&root, "v2 running", |s| {
+        s.find("root/t")
+            .is_some_and(|n| n.state == NodeState::Running && n.version.as_deref() == Some("v2"))
+    })
+    .await;
+    send(&root, "root/t", WorkerMsg::Panic);
+    let outcome = swapping.await.unwrap().unwrap();
+    assert!(
+        matches!(&outcome, ReplaceOutcome::RolledBack { error, .. } if error.contains("asked to panic")),
+        "{outcome:?}"
+    );
+    until(&root, "v1 running again", |s| {
+        s.find("root/t")
+            .is_some_and(|n| n.state == NodeState::Running && n.version.as_deref() == Some("v1"))
+    })
+    .await;
+    Arc::into_inner(root).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_panics_restart_workers_and_supervisors() {
+    let inner = quick("group", Strategy::OneForOne).child(worker("x", Restart::Permanent));
+    let root = start_root(quick("root", Strategy::OneForOne).child(inner.into_child()))
+        .await
+        .unwrap();
+    root.inject_panic("root/group/x").unwrap();
+    // The panic fires when the worker next takes work.
+    send(
+        &root,
+        "root/group/x",
+        WorkerMsg::Slow(Arc::new(AtomicU32::new(0))),
+    );
+    until(&root, "x restarted", running_gen("root/group/x", 2)).await;
+    assert!(
+        node(&root, "root/group/x")
+            .last_error
+            .is_some_and(|e| e.contains("injected panic"))
+    );
+    root.inject_panic("root/group").unwrap();
+    until(&root, "group restarted", running_gen("root/group", 2)).await;
+    until(&root, "x rebuilt", running_gen("root/group/x", 1)).await;
+    assert!(root.inject_panic("root").is_err());
+    assert!(root.inject_panic("root/none").is_err());
     root.shutdown().await;
 }
