@@ -197,6 +197,10 @@ pub struct SupervisorSpec {
     pub intensity: Intensity,
     /// How often children's probes are checked for stalls.
     pub health_interval: Duration,
+    /// When a child exceeds its restart intensity: `true` (the default)
+    /// escalates to the parent; `false` marks only that child failed and
+    /// keeps its siblings running (per-partition isolation).
+    pub escalate: bool,
     pub children: Vec<ChildSpec>,
 }
 
@@ -208,6 +212,7 @@ impl SupervisorSpec {
             backoff: Backoff::default(),
             intensity: Intensity::default(),
             health_interval: Duration::from_secs(1),
+            escalate: true,
             children: Vec::new(),
         }
     }
@@ -224,6 +229,14 @@ impl SupervisorSpec {
 
     pub fn health_interval(mut self, every: Duration) -> Self {
         self.health_interval = every;
+        self
+    }
+
+    /// Contain a child that exceeds its restart intensity: mark it failed
+    /// (visible in the status tree, restartable by an operator) instead of
+    /// escalating, so one poisoned partition never stops its siblings.
+    pub fn isolate_failures(mut self) -> Self {
+        self.escalate = false;
         self
     }
 

@@ -147,6 +147,10 @@ impl StatusHandle {
         self.lock().state
     }
 
+    pub fn kind(&self) -> NodeKind {
+        self.lock().kind
+    }
+
     pub fn cell(&self) -> Option<ActorCell> {
         self.lock().cell.clone()
     }

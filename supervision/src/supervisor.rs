@@ -14,7 +14,8 @@
 //!    of that child within `window` escalates: a nested
 //!    supervisor kills its children and fails (its parent decides); the root
 //!    marks the child and itself failed and stops restarting it, so the
-//!    status tree shows the pipeline failed instead of a hot loop.
+//!    status tree shows the pipeline failed instead of a hot loop; a
+//!    supervisor built with `isolate_failures` marks only that child failed.
 //! 4. Strategy: the set of children to restart (one, the rest, all); the
 //!    others in the set are killed, since their in-flight work is recovered
 //!    from checkpoints anyway.
@@ -210,7 +211,10 @@ impl Actor for Supervisor {
                     }
                 }
             }
-            SupervisorMsg::HealthCheck => check_health(state),
+            SupervisorMsg::HealthCheck => {
+                check_health(state);
+                check_probations(&myself, state)?;
+            }
             SupervisorMsg::AddChild(spec, reply) => {
                 if state.slots.iter().any(|s| s.spec.name == spec.name) {
                     let _ = reply.send(Err(format!("child {} already exists", spec.name)));
@@ -322,6 +326,7 @@ impl Actor for Supervisor {
                 restart_after_stop(&myself, &mut state.slots[i], state.epoch, deadline);
             }
             SupervisorMsg::ProbationDue { name, generation } => {
+                check_probations(&myself, state)?;
                 if let Some(slot) = state.slots.iter_mut().find(|s| s.spec.name == name)
                     && slot.generation == generation
                     && slot.cell.is_some()
@@ -643,13 +648,24 @@ fn roll_back(
     i: usize,
     exit: ExitReason,
 ) -> Result<(), ActorProcessingErr> {
-    let slot = &mut state.slots[i];
-    let Some(mut probation) = slot.probation.take() else {
-        return Ok(());
-    };
     let error = match &exit {
         ExitReason::Failed(e) => e.clone(),
         other => format!("{other:?}"),
+    };
+    roll_back_with(myself, state, i, error)
+}
+
+/// Roll back slot `i` to its previous spec, stopping the failed version
+/// first if it still runs.
+fn roll_back_with(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    i: usize,
+    error: String,
+) -> Result<(), ActorProcessingErr> {
+    let slot = &mut state.slots[i];
+    let Some(mut probation) = slot.probation.take() else {
+        return Ok(());
     };
     let failed = std::mem::replace(&mut slot.spec, probation.previous);
     let path = slot.status.path();
@@ -668,13 +684,47 @@ fn roll_back(
         }));
     }
     state.epoch += 1;
-    let epoch = state.epoch;
-    slot.awaiting = Some(epoch);
-    slot.status.set_state(NodeState::BackingOff);
-    myself.send_message(SupervisorMsg::RestartDue {
-        names: vec![slot.spec.name.clone()],
-        epoch,
-    })?;
+    restart_after_stop(myself, &mut state.slots[i], state.epoch, STOP_GRACE);
+    Ok(())
+}
+
+/// The first sign of trouble below a child on probation: a descendant that
+/// restarted or failed since the new version started (a group's own
+/// supervisor contains its children's failures, so its exit alone would
+/// not tell).
+fn probation_trouble(slot: &Slot) -> Option<String> {
+    slot.status.children().iter().find_map(|c| {
+        c.snapshot().walk().into_iter().find_map(|n| {
+            (n.restarts > 0 || n.state == NodeState::Failed).then(|| {
+                format!(
+                    "{} {} ({})",
+                    n.path,
+                    if n.state == NodeState::Failed {
+                        "failed"
+                    } else {
+                        "restarted"
+                    },
+                    n.last_error.clone().unwrap_or_default()
+                )
+            })
+        })
+    })
+}
+
+/// Roll back every child on probation whose subtree is in trouble.
+fn check_probations(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+) -> Result<(), ActorProcessingErr> {
+    for i in 0..state.slots.len() {
+        let slot = &state.slots[i];
+        if slot.probation.is_none() || slot.cell.is_none() {
+            continue;
+        }
+        if let Some(trouble) = probation_trouble(slot) {
+            roll_back_with(myself, state, i, trouble)?;
+        }
+    }
     Ok(())
 }
 
@@ -690,10 +740,13 @@ fn escalate(
     );
     state.slots[i].status.set_state(NodeState::Failed);
     state.status.set_error(message.clone());
-    if state.root {
-        // Keep the rest of the pipeline running; report the failure.
+    if state.root || !state.spec.escalate {
+        // Keep the rest running; report the failure. The root reports the
+        // pipeline failed; an isolating supervisor only its child.
         error!(path, "restart intensity exceeded, giving up on this child");
-        state.status.set_state(NodeState::Failed);
+        if state.root {
+            state.status.set_state(NodeState::Failed);
+        }
         return Ok(());
     }
     error!(path, "restart intensity exceeded, escalating");

@@ -610,3 +610,101 @@ async fn injected_panics_restart_workers_and_supervisors() {
     assert!(root.inject_panic("root/none").is_err());
     root.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_isolating_supervisor_fails_only_the_poisoned_child() {
+    let fails = Arc::new(AtomicU32::new(u32::MAX));
+    let poison = ChildSpec::new(
+        "p1",
+        Restart::Permanent,
+        Arc::new(WorkerFactory {
+            fail_starts: fails.clone(),
+        }),
+    );
+    let ingest = quick("ingest", Strategy::OneForOne)
+        .intensity(Intensity {
+            max_restarts: 3,
+            window: Duration::from_secs(60),
+        })
+        .isolate_failures()
+        .child(worker("p0", Restart::Permanent))
+        .child(poison);
+    let root = start_root(quick("root", Strategy::OneForOne).child(ingest.into_child()))
+        .await
+        .unwrap();
+    until(&root, "p1 failed", |s| {
+        s.find("root/ingest/p1")
+            .is_some_and(|n| n.state == NodeState::Failed)
+    })
+    .await;
+    let snapshot = root.snapshot();
+    assert_eq!(snapshot.state, NodeState::Running, "the pipeline runs on");
+    let ingest = snapshot.find("root/ingest").unwrap();
+    assert_eq!((ingest.state, ingest.generation), (NodeState::Running, 1));
+    assert!(
+        ingest
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("root/ingest/p1")
+    );
+    assert_eq!(node(&root, "root/ingest/p0").state, NodeState::Running);
+    // Fixed: an operator restarts it by path.
+    fails.store(0, Ordering::SeqCst);
+    root.restart("root/ingest/p1").await.unwrap();
+    until(&root, "p1 back", |s| {
+        s.find("root/ingest/p1")
+            .is_some_and(|n| n.state == NodeState::Running)
+    })
+    .await;
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_group_whose_children_fail_during_probation_is_rolled_back() {
+    let group = |version: &str| {
+        quick("group", Strategy::OneForOne)
+            .isolate_failures()
+            .child(worker("w", Restart::Permanent))
+            .into_child()
+            .with_version(version)
+    };
+    let root = Arc::new(
+        start_root(quick("root", Strategy::OneForOne).child(group("v1")))
+            .await
+            .unwrap(),
+    );
+    let swapping = {
+        let root = root.clone();
+        tokio::spawn(async move {
+            root.replace(
+                "root",
+                group("v2"),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    };
+    until(&root, "v2 running", |s| {
+        s.find("root/group")
+            .is_some_and(|n| n.state == NodeState::Running && n.version.as_deref() == Some("v2"))
+            && s.find("root/group/w")
+                .is_some_and(|n| n.state == NodeState::Running)
+    })
+    .await;
+    // The group contains its child's failure; the probation still sees it.
+    send(&root, "root/group/w", WorkerMsg::Fail);
+    let outcome = swapping.await.unwrap().unwrap();
+    assert!(
+        matches!(&outcome, ReplaceOutcome::RolledBack { error, .. }
+            if error.contains("root/group/w restarted") && error.contains("asked to fail")),
+        "{outcome:?}"
+    );
+    until(&root, "v1 back", |s| {
+        s.find("root/group")
+            .is_some_and(|n| n.state == NodeState::Running && n.version.as_deref() == Some("v1"))
+    })
+    .await;
+    Arc::into_inner(root).unwrap().shutdown().await;
+}
