@@ -14,11 +14,14 @@
 //!   blob-writers and transformers, and progress read from durable state.
 //! - [`service`]: `hubflow run` (status line, signals, exit when idle).
 //! - [`query`]: SQL (DataFusion) over the curated container.
+//! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
+//!   used by the chaos tests and the chaos throughput benchmark.
 //! - [`testkit`]: the port contract suites every backend must pass.
 //!
 //! The Azure adapters (Blob Storage, Event Hubs) are not built yet; the
 //! ports they will implement are in `hubflow_actors::ports`.
 
+pub mod chaos;
 pub mod config;
 pub mod demo;
 pub mod embedded;

@@ -182,7 +182,10 @@ pub async fn tree(
     let state = backends.state(settings);
     let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
 
-    let mut source_sup = supervisor("sources", Strategy::OneForOne, settings);
+    // Sources, partitions and transformers are isolated from each other: one
+    // that keeps failing is marked failed (an operator restarts it by path)
+    // while the others run on.
+    let mut source_sup = supervisor("sources", Strategy::OneForOne, settings).isolate_failures();
     for source in sources {
         let params = FetcherParams {
             hub: backends.ingest.clone(),
@@ -211,8 +214,9 @@ pub async fn tree(
         .partition_ids()
         .await
         .context("listing ingest partitions")?;
-    let mut ingest_sup = supervisor("ingest", Strategy::OneForOne, settings);
-    let mut transform_sup = supervisor("transform", Strategy::OneForOne, settings);
+    let mut ingest_sup = supervisor("ingest", Strategy::OneForOne, settings).isolate_failures();
+    let mut transform_sup =
+        supervisor("transform", Strategy::OneForOne, settings).isolate_failures();
     for partition in partitions {
         let writer = WriterParams {
             namespace: cfg.pipeline.namespace.clone(),

@@ -47,6 +47,9 @@ pub enum ConsumerMsg {
     Resume,
 }
 
+/// How long a starting consumer waits for its writer's resume point.
+pub const RESUME_POINT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct ConsumerParams {
     pub hub: Arc<dyn Hub>,
@@ -92,7 +95,13 @@ impl Actor for PartitionConsumer {
         myself: ActorRef<Self::Msg>,
         params: ConsumerParams,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let resume = ractor::call!(params.writer, WriterMsg::ResumePoint)?;
+        // Bounded: a writer stuck in a hung write must not hang our start
+        // (and with it our supervisor); failing here is retried with backoff.
+        let resume = ractor::call_t!(
+            params.writer,
+            WriterMsg::ResumePoint,
+            RESUME_POINT_TIMEOUT.as_millis() as u64
+        )?;
         let receiver = params
             .hub
             .open_receiver(
@@ -211,7 +220,12 @@ async fn flush(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
     let count = batch.len() as u64;
     state.pending_bytes = 0;
     state.batch_started = None;
+    // Waiting for the writer is back-pressure, not a stall of ours: the
+    // writer is judged on its own progress, so a hung write kills the
+    // writer (and, rest_for_one, us after it), not just us.
+    state.params.probe.set_busy(false);
     let reply = ractor::call!(state.params.writer, WriterMsg::Write, batch);
+    state.params.probe.set_busy(true);
     match reply {
         Ok(Ok(next)) => {
             state.status.position = next;
