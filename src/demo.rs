@@ -13,10 +13,17 @@
 //! Faults (500s, 429 with `Retry-After: 1`, slow answers, bodies cut
 //! mid-JSON, garbage) are drawn from `(seed, request number)`, so a run is
 //! reproducible; a faulty answer never changes what a correct retry returns.
+//!
+//! For incremental polling: `updated_since=<RFC 3339>` keeps the records
+//! whose `updated_at` is at or after it (positions then count from the first
+//! of those); pages carry an `ETag` and answer `If-None-Match` with `304`;
+//! with `faults.rate_limit_per_sec` every answer carries `X-RateLimit-Limit`,
+//! `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds), and
+//! requests over the limit in one wall-clock second get `429`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,10 +37,11 @@ use chrono::{DateTime, SecondsFormat};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::source::{HttpSourceConfig, PaginationConfig};
+use crate::source::{HttpSourceConfig, PaginationConfig, WatermarkConfig};
 
 /// What the demo API serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +91,10 @@ pub struct FaultConfig {
     pub truncate_rate: f64,
     /// `200` with a body that is not the page (HTML, noise, wrong shape).
     pub garbage_rate: f64,
+    /// Server-side rate limit: requests allowed per wall-clock second (the
+    /// rest get `429`); absent: no limit and no rate-limit headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_sec: Option<u32>,
 }
 
 impl FaultConfig {
@@ -96,6 +108,7 @@ impl FaultConfig {
             slow_ms: 300,
             truncate_rate: 0.02,
             garbage_rate: 0.01,
+            rate_limit_per_sec: None,
         }
     }
 
@@ -131,6 +144,9 @@ impl DemoConfig {
         if sum > 1.0 + 1e-9 {
             return Err("fault rates add up to more than 1.0".into());
         }
+        if self.faults.rate_limit_per_sec == Some(0) {
+            return Err("faults.rate_limit_per_sec must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -138,27 +154,35 @@ impl DemoConfig {
 /// The HTTP source config that reads the demo API at `base_url`
 /// (`http://127.0.0.1:8081`): cursor pagination, 100 records a page.
 pub fn demo_source_config(base_url: &str) -> HttpSourceConfig {
-    HttpSourceConfig {
-        name: "demo".into(),
-        url: format!("{}/v1/events", base_url.trim_end_matches('/')),
-        query: [("limit".to_string(), "100".to_string())]
-            .into_iter()
-            .collect(),
-        headers: Default::default(),
-        auth: Default::default(),
-        format: Default::default(),
-        records: "data".into(),
-        id_field: Some("id".into()),
-        pagination: PaginationConfig::Cursor {
-            param: "cursor".into(),
-            from: "next_cursor".into(),
-        },
-        last_page_flag: None,
-        has_more_flag: None,
-        timeout_ms: 10_000,
-        max_response_bytes: 8 * 1024 * 1024,
-        max_pages_per_poll: None,
-    }
+    let mut config = HttpSourceConfig::new(
+        "demo",
+        format!("{}/v1/events", base_url.trim_end_matches('/')),
+    );
+    config.query.insert("limit".to_string(), "100".to_string());
+    config.records = "data".into();
+    config.id_field = Some("id".into());
+    config.pagination = PaginationConfig::Cursor {
+        param: "cursor".into(),
+        from: "next_cursor".into(),
+    };
+    config.timeout_ms = 10_000;
+    config.max_response_bytes = 8 * 1024 * 1024;
+    config
+}
+
+/// [`demo_source_config`] polling incrementally: each poll sends
+/// `updated_since` = the largest `updated_at` delivered so far (the demo
+/// filters inclusively, so the record at the watermark comes again and the
+/// transformer drops it).
+pub fn demo_incremental_source_config(base_url: &str) -> HttpSourceConfig {
+    let mut config = demo_source_config(base_url);
+    config.watermark = Some(WatermarkConfig {
+        field: Some("updated_at".into()),
+        from: None,
+        param: "updated_since".into(),
+        initial: None,
+    });
+    config
 }
 
 /// Serves the demo API on `listener` until `shutdown` completes.
@@ -186,6 +210,7 @@ pub fn router(config: DemoConfig) -> Router {
         config,
         started: Instant::now(),
         requests: AtomicU64::new(0),
+        window: Mutex::new((0, 0)),
     });
     Router::new()
         .route("/v1/events", get(events))
@@ -197,6 +222,8 @@ struct Demo {
     config: DemoConfig,
     started: Instant,
     requests: AtomicU64,
+    /// Rate limit window: (Unix second, requests in it).
+    window: Mutex<(i64, u32)>,
 }
 
 impl Demo {
@@ -257,6 +284,41 @@ async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    let Some(limit) = demo.config.faults.rate_limit_per_sec else {
+        return answer(&demo, query, headers).await;
+    };
+    let now = chrono::Utc::now();
+    let second = now.timestamp();
+    let used = {
+        let mut window = demo.window.lock().unwrap_or_else(|p| p.into_inner());
+        if window.0 != second {
+            *window = (second, 0);
+        }
+        window.1 = window.1.saturating_add(1);
+        window.1
+    };
+    let mut response = if used > limit {
+        metrics::counter!("hubflow_demo_requests_total", "outcome" => "rate_limited").increment(1);
+        let mut response = error_body(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    } else {
+        answer(&demo, query, headers).await
+    };
+    let h = response.headers_mut();
+    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    h.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(limit.saturating_sub(used)),
+    );
+    h.insert("x-ratelimit-reset", HeaderValue::from(second + 1));
+    response
+}
+
+/// The answer to one request, without rate limiting.
+async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Response {
     let n = demo.requests.fetch_add(1, Ordering::Relaxed);
     let (fault, bits) = fault_for(demo.config.seed, n, &demo.config.faults);
     let label = match fault {
@@ -294,21 +356,39 @@ async fn events(
         Err(message) => return error_body(StatusCode::BAD_REQUEST, &message),
     };
     let available = demo.available();
-    let end = request.start.saturating_add(request.limit).min(available);
-    let data: Vec<Value> = (request.start.min(end)..end).map(demo_record).collect();
+    // Positions count from the first record at or after `updated_since`.
+    let first = request
+        .since
+        .map_or(0, |since| first_updated_at_or_after(since, available));
+    let start = first.saturating_add(request.start).min(available);
+    let end = start.saturating_add(request.limit).min(available);
+    let data: Vec<Value> = (start..end).map(demo_record).collect();
     let more = end < available;
-    let next_path = more.then(|| request.next_path(end));
+    let next_path = more.then(|| request.next_path(end - first));
     let body = json!({
         "data": data,
-        "next_cursor": more.then(|| end.to_string()),
+        "next_cursor": more.then(|| (end - first).to_string()),
         "has_more": more,
         "next_url": next_path,
     });
     let body = Bytes::from(body.to_string());
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..20]);
+    let garbage = fault == Some(Fault::Garbage);
+    if !garbage && if_none_match(&headers, &etag) {
+        metrics::counter!("hubflow_demo_requests_total", "outcome" => "not_modified").increment(1);
+        return Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .header(header::ETAG, etag)
+            .body(Body::empty())
+            .unwrap_or_else(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
+    }
 
     let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json");
+    if !garbage {
+        builder = builder.header(header::ETAG, etag);
+    }
     if let Some(path) = &next_path {
         let host = headers
             .get(header::HOST)
@@ -365,12 +445,50 @@ async fn events(
     response.unwrap_or_else(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
 }
 
+/// Whether `If-None-Match` names `etag` (or is `*`).
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+/// `updated_at` of record `i` in Unix seconds: strictly increasing in `i`.
+fn updated_secs(i: u64) -> i64 {
+    let h = splitmix64(i);
+    created_secs(i, h) + ((h >> 16) % 7) as i64
+}
+
+fn created_secs(i: u64, h: u64) -> i64 {
+    EPOCH + (i as i64).saturating_mul(37) + (h % 30) as i64
+}
+
+/// The first record index below `available` updated at or after `since`
+/// (`available` when none is).
+fn first_updated_at_or_after(since: i64, available: u64) -> u64 {
+    let (mut lo, mut hi) = (0u64, available);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if updated_secs(mid) < since {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// A parsed `/v1/events` query.
 struct PageRequest {
     start: u64,
     limit: u64,
     /// The request used page numbers (`page`, `per_page`).
     paged: bool,
+    /// `updated_since`, in Unix seconds.
+    since: Option<i64>,
 }
 
 impl PageRequest {
@@ -378,6 +496,7 @@ impl PageRequest {
         let mut cursor = None;
         let mut limit = None;
         let mut page = None;
+        let mut since = None;
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let number = || {
                 value
@@ -388,6 +507,11 @@ impl PageRequest {
                 "cursor" | "offset" => cursor = Some(number()?),
                 "limit" | "per_page" => limit = Some(number()?),
                 "page" => page = Some(number()?),
+                "updated_since" => {
+                    let t = DateTime::parse_from_rfc3339(&value)
+                        .map_err(|_| "`updated_since` must be an RFC 3339 timestamp".to_string())?;
+                    since = Some(t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0));
+                }
                 _ => {}
             }
         }
@@ -401,17 +525,19 @@ impl PageRequest {
                 start: (p - 1).saturating_mul(limit),
                 limit,
                 paged: true,
+                since,
             }),
             (None, c) => Ok(PageRequest {
                 start: c.unwrap_or(0),
                 limit,
                 paged: false,
+                since,
             }),
         }
     }
 
     fn next_path(&self, end: u64) -> String {
-        if self.paged {
+        let mut path = if self.paged {
             format!(
                 "/v1/events?page={}&per_page={}",
                 end / self.limit + 1,
@@ -419,7 +545,16 @@ impl PageRequest {
             )
         } else {
             format!("/v1/events?cursor={end}&limit={}", self.limit)
+        };
+        if let Some(since) = self.since.and_then(|s| DateTime::from_timestamp(s, 0)) {
+            path.push_str("&updated_since=");
+            path.push_str(
+                &since
+                    .to_rfc3339_opts(SecondsFormat::Secs, true)
+                    .replace('+', "%2B"),
+            );
         }
+        path
     }
 }
 
@@ -472,7 +607,7 @@ fn rfc3339(secs: i64) -> Value {
 pub fn demo_record(i: u64) -> Value {
     let h = splitmix64(i);
     let g = splitmix64(h);
-    let created = EPOCH + (i as i64).saturating_mul(37) + (h % 30) as i64;
+    let created = created_secs(i, h);
     let kind = pick(EVENT_TYPES, h >> 3);
     let user = (h >> 8) % 500;
     let amount = match kind {
@@ -502,7 +637,7 @@ pub fn demo_record(i: u64) -> Value {
     json!({
         "id": format!("evt-{i:08}"),
         "created_at": rfc3339(created),
-        "updated_at": if (h >> 12).is_multiple_of(11) { Value::Null } else { rfc3339(created + ((h >> 16) % 3600) as i64) },
+        "updated_at": rfc3339(updated_secs(i)),
         "type": kind,
         "user": {
             "id": format!("usr-{user:04}"),
@@ -542,8 +677,20 @@ mod tests {
             "some float amounts"
         );
         assert!(
-            sample.iter().any(|r| r["updated_at"].is_null()),
+            sample.iter().any(|r| r["user"]["country"].is_null()),
             "some null fields"
+        );
+        let updated: Vec<i64> = sample
+            .iter()
+            .map(|r| {
+                DateTime::parse_from_rfc3339(r["updated_at"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp()
+            })
+            .collect();
+        assert!(
+            updated.windows(2).all(|w| w[0] < w[1]),
+            "updated_at strictly increases"
         );
         assert!(
             sample
@@ -626,5 +773,24 @@ mod tests {
         assert_eq!(PageRequest::parse("limit=100000", &c).unwrap().limit, 1000);
         assert!(PageRequest::parse("cursor=abc", &c).is_err());
         assert!(PageRequest::parse("page=0", &c).is_err());
+        let r =
+            PageRequest::parse("cursor=5&limit=10&updated_since=2024-01-01T01:00:00Z", &c).unwrap();
+        assert_eq!(r.since, Some(EPOCH + 3600));
+        assert_eq!(
+            r.next_path(15),
+            "/v1/events?cursor=15&limit=10&updated_since=2024-01-01T01:00:00Z"
+        );
+        assert!(PageRequest::parse("updated_since=yesterday", &c).is_err());
+    }
+
+    #[test]
+    fn updated_since_finds_the_first_record_at_or_after() {
+        for i in [0u64, 1, 2, 77, 999] {
+            let at = updated_secs(i);
+            assert_eq!(first_updated_at_or_after(at, 1000), i);
+            assert_eq!(first_updated_at_or_after(at + 1, 1000), i + 1);
+        }
+        assert_eq!(first_updated_at_or_after(i64::MAX, 1000), 1000);
+        assert_eq!(first_updated_at_or_after(0, 1000), 0);
     }
 }

@@ -2,7 +2,7 @@
 //! faults, small handlers for each pagination style and each way a response
 //! can go wrong, authentication, and secret redaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,22 +85,12 @@ impl Drop for TestServer {
 }
 
 fn config(name: &str, url: String, pagination: PaginationConfig) -> HttpSourceConfig {
-    HttpSourceConfig {
-        name: name.into(),
-        url,
-        query: BTreeMap::new(),
-        headers: BTreeMap::new(),
-        auth: AuthConfig::None,
-        format: BodyFormat::Json,
-        records: "$".into(),
-        id_field: Some("id".into()),
-        pagination,
-        last_page_flag: None,
-        has_more_flag: None,
-        timeout_ms: 5_000,
-        max_response_bytes: 1024 * 1024,
-        max_pages_per_poll: None,
-    }
+    let mut config = HttpSourceConfig::new(name, url);
+    config.id_field = Some("id".into());
+    config.pagination = pagination;
+    config.timeout_ms = 5_000;
+    config.max_response_bytes = 1024 * 1024;
+    config
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +172,7 @@ async fn demo_api_with_faults_delivers_every_record_once_in_order() {
             slow_ms: 20,
             truncate_rate: 0.08,
             garbage_rate: 0.06,
+            rate_limit_per_sec: None,
         },
         seed: 42,
         ..DemoConfig::default()

@@ -8,6 +8,11 @@
 //!
 //! A crash between 2 and 3 re-publishes the page on restart; the transformer's
 //! dedupe window removes those duplicates. A crash before 2 loses nothing.
+//!
+//! Transient errors (and unusable responses that cannot be skipped) are
+//! retried in place after [`RetryDelay`]; once a failure streak exhausts the
+//! [`RetryBudget`] the fetcher fails with the last error, and its supervisor
+//! restarts it with backoff from the stored cursor.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use crate::ports::{
     StateStore, partition_for_key,
 };
 use crate::record::{PROP_FETCHED_MS, PROP_ID, PROP_SOURCE};
-use crate::retry::RetryDelay;
+use crate::retry::{RetryBudget, RetryDelay};
 use crate::{now_ms, write_dead_letter};
 
 /// Messages the fetcher understands.
@@ -51,6 +56,8 @@ pub struct FetcherParams {
     /// Events per publish call (the hub also bounds bytes).
     pub max_publish_events: usize,
     pub retry: RetryDelay,
+    /// When to stop retrying in place and fail (the supervisor restarts).
+    pub retry_budget: RetryBudget,
     pub probe: ActorProbe,
     /// Start paused (operators resume through the admin port).
     pub start_paused: bool,
@@ -90,6 +97,8 @@ pub struct FetcherState {
     etag: Option<ETag>,
     status: FetcherStatus,
     poll_scheduled: bool,
+    /// When the current failure streak began.
+    failing_since: Option<tokio::time::Instant>,
 }
 
 pub struct Fetcher;
@@ -135,6 +144,7 @@ impl Actor for Fetcher {
             etag,
             status,
             poll_scheduled: false,
+            failing_since: None,
             params,
         };
         if !state.status.paused {
@@ -157,7 +167,10 @@ impl Actor for Fetcher {
                     return Ok(());
                 }
                 state.params.probe.set_busy(true);
-                let delay = poll_once(state).await?;
+                let outcome = poll_once(state).await;
+                // Publish the last error even when it fails the actor.
+                state.params.probe.publish(&state.status);
+                let delay = outcome?;
                 state.params.probe.tick();
                 state.params.probe.set_busy(false);
                 schedule(&myself, state, delay);
@@ -224,6 +237,7 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
             state.status.records_total = state.cursor.records;
             state.status.consecutive_errors = 0;
             state.status.last_error = None;
+            state.failing_since = None;
             let source_label = state.status.source.clone();
             metrics::counter!("hubflow_fetcher_pages_total", "source" => source_label.clone())
                 .increment(1);
@@ -243,6 +257,7 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
             ..
         }) => {
             let delay = note_error(state, "transient", &message);
+            check_budget(state)?;
             Ok(retry_after.map_or(delay, |r| r.max(delay)))
         }
         Err(SourceError::BadResponse(letter, skip_to)) => {
@@ -255,6 +270,7 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
                 commit_cursor(state).await?;
                 return Ok(Duration::ZERO);
             }
+            check_budget(state)?;
             Ok(delay)
         }
         Err(SourceError::Fatal { message, .. }) => {
@@ -269,12 +285,43 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
 }
 
 fn note_error(state: &mut FetcherState, kind: &'static str, message: &str) -> Duration {
+    state
+        .failing_since
+        .get_or_insert_with(tokio::time::Instant::now);
     state.status.consecutive_errors = state.status.consecutive_errors.saturating_add(1);
     state.status.last_error = Some(message.to_string());
     metrics::counter!("hubflow_fetcher_errors_total", "source" => state.status.source.clone(), "kind" => kind)
         .increment(1);
     warn!(source = %state.status.source, kind, error = %message, attempt = state.status.consecutive_errors, "fetch failed");
     state.params.retry.delay(state.status.consecutive_errors)
+}
+
+/// Fails the fetcher once the failure streak has used up the retry budget.
+fn check_budget(state: &mut FetcherState) -> Result<(), ActorProcessingErr> {
+    let failures = state.status.consecutive_errors;
+    let elapsed = state
+        .failing_since
+        .map_or(Duration::ZERO, |since| since.elapsed());
+    if !state.params.retry_budget.exhausted(failures, elapsed) {
+        return Ok(());
+    }
+    let last = state
+        .status
+        .last_error
+        .as_deref()
+        .unwrap_or("unknown error");
+    let message = format!(
+        "retry budget exhausted after {failures} consecutive failures in {:.1}s; last error: {last}",
+        elapsed.as_secs_f64()
+    );
+    metrics::counter!("hubflow_fetcher_retry_budget_exhausted_total", "source" => state.status.source.clone())
+        .increment(1);
+    warn!(source = %state.status.source, failures, elapsed_ms = elapsed.as_millis() as u64, error = %last, "retry budget exhausted, fetcher fails");
+    state
+        .params
+        .probe
+        .set_exit(ExitReason::Failed(message.clone()));
+    Err(message.into())
 }
 
 async fn dead_letter(
@@ -408,6 +455,7 @@ mod tests {
             poll_interval: Duration::from_secs(60),
             max_publish_events: 7,
             retry: RetryDelay::new(Duration::from_millis(10), Duration::from_millis(100)),
+            retry_budget: RetryBudget::UNLIMITED,
             probe: ActorProbe::new(),
             start_paused: false,
         }
@@ -540,6 +588,104 @@ mod tests {
         let letters = store.list("dead-letters", "source/orders/").await.unwrap();
         assert_eq!(letters.len(), 2, "body and reason: {letters:?}");
         assert_eq!(all_ids(&hub).await.len(), 10);
+    }
+
+    struct Factory(FetcherParams);
+
+    #[async_trait]
+    impl hubflow_supervision::ChildFactory for Factory {
+        async fn spawn(
+            &self,
+            ctx: hubflow_supervision::ChildContext,
+        ) -> Result<ractor::ActorCell, ractor::SpawnErr> {
+            let params = FetcherParams {
+                probe: ctx.probe,
+                ..self.0.clone()
+            };
+            let (actor, _) = Actor::spawn_linked(None, Fetcher, params, ctx.supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_retry_budget_fails_and_the_supervisor_restarts_from_the_cursor() {
+        use hubflow_supervision::{
+            Backoff, ChildSpec, NodeState, Restart, Strategy, SupervisorSpec, start_root,
+        };
+        let hub = Arc::new(MemoryHub::new("ingest", 2));
+        let store = blobs();
+        store.create_container("state").await.unwrap();
+        store.create_container("dead-letters").await.unwrap();
+        let unavailable = || SourceError::Transient {
+            source_name: "orders".into(),
+            message: "http 503 Service Unavailable for GET http://api.test/records?api_key=***"
+                .into(),
+            retry_after: None,
+        };
+        // Two pages, then three failures in a row, then healthy again.
+        let source = Arc::new(Scripted {
+            total: 20,
+            page: 5,
+            calls: Mutex::new(0),
+            fail_on: vec![(3, unavailable), (4, unavailable), (5, unavailable)],
+        });
+        let mut p = params(source.clone(), hub.clone(), store.clone());
+        p.retry_budget = RetryBudget {
+            max_failures: Some(3),
+            max_elapsed: None,
+        };
+        let spec = SupervisorSpec::new("root", Strategy::OneForOne)
+            .backoff(Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_secs(1),
+                multiplier: 2.0,
+                reset_after: Duration::from_secs(60),
+            })
+            .child(ChildSpec::new(
+                "fetcher",
+                Restart::Permanent,
+                Arc::new(Factory(p)),
+            ));
+        let root = start_root(spec).await.unwrap();
+        let mut saw_backing_off = false;
+        let mut done = None;
+        for _ in 0..20_000 {
+            let snapshot = root.snapshot();
+            let node = snapshot.find("root/fetcher").expect("fetcher node").clone();
+            saw_backing_off |= node.state == NodeState::BackingOff;
+            let status: FetcherStatus =
+                serde_json::from_value(node.observed.clone()).unwrap_or_default();
+            if node.restarts >= 1 && status.caught_up && status.records_total == 20 {
+                done = Some(node);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let node = done.expect("fetcher restarted and caught up");
+        assert_eq!(node.restarts, 1, "{node:?}");
+        assert_eq!(node.state, NodeState::Running);
+        assert!(
+            saw_backing_off,
+            "the supervisor backed off before the restart"
+        );
+        let error = node.last_error.clone().unwrap_or_default();
+        assert!(
+            error.contains("retry budget exhausted after 3 consecutive failures")
+                && error.contains("http 503")
+                && error.contains("http://api.test/records"),
+            "{error}"
+        );
+        // Resumed from the stored cursor (10): every record exactly once.
+        let ids = all_ids(&hub).await;
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!((ids.len(), unique.len()), (20, 20), "{ids:?}");
+        assert_eq!(
+            *source.calls.lock().unwrap(),
+            7,
+            "2 pages, 3 failures, 2 pages"
+        );
+        root.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]

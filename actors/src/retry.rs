@@ -1,5 +1,7 @@
-//! Delays for retrying an operation inside an actor: exponential with full
-//! jitter, capped. (Restarting a whole actor is the supervisor's business.)
+//! Retrying an operation inside an actor: [`RetryDelay`] (exponential with
+//! jitter, capped) says how long to wait, [`RetryBudget`] how long to keep
+//! trying before the actor gives up and fails, so its supervisor restarts it
+//! with backoff (restarting a whole actor is the supervisor's business).
 
 use std::time::Duration;
 
@@ -37,9 +39,53 @@ impl Default for RetryDelay {
     }
 }
 
+/// How many consecutive failures (or how long a failure streak) an actor
+/// absorbs with in-place retries before it fails. `None` limits are off;
+/// [`RetryBudget::default`] never runs out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Give up at this many consecutive failures.
+    pub max_failures: Option<u32>,
+    /// Give up once failures have lasted this long (from the first failure
+    /// of the streak to the latest one).
+    pub max_elapsed: Option<Duration>,
+}
+
+impl RetryBudget {
+    /// Never runs out: retry forever.
+    pub const UNLIMITED: RetryBudget = RetryBudget {
+        max_failures: None,
+        max_elapsed: None,
+    };
+
+    /// Whether a streak of `failures` consecutive failures lasting `elapsed`
+    /// has used the budget up.
+    pub fn exhausted(&self, failures: u32, elapsed: Duration) -> bool {
+        self.max_failures.is_some_and(|max| failures >= max)
+            || self.max_elapsed.is_some_and(|max| elapsed >= max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budgets_run_out_by_count_or_time() {
+        assert!(!RetryBudget::UNLIMITED.exhausted(u32::MAX, Duration::MAX));
+        let count = RetryBudget {
+            max_failures: Some(3),
+            max_elapsed: None,
+        };
+        assert!(!count.exhausted(2, Duration::from_secs(3600)));
+        assert!(count.exhausted(3, Duration::ZERO));
+        let time = RetryBudget {
+            max_failures: None,
+            max_elapsed: Some(Duration::from_secs(10)),
+        };
+        assert!(!time.exhausted(1000, Duration::from_secs(9)));
+        assert!(time.exhausted(1, Duration::from_secs(10)));
+    }
 
     #[test]
     fn delays_grow_and_are_capped() {

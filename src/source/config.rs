@@ -10,12 +10,16 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine;
+use hubflow_actors::retry::RetryBudget;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::extract::{JsonPath, redact_url};
+use super::oauth::{ClientAuth, DEFAULT_REFRESH_MARGIN_SECS, OAuth2Settings};
+use super::ratelimit::{RateLimit, RateLimitConfig};
 use super::secret::{Secret, SecretString};
+use super::watermark::{Watermark, WatermarkConfig, WatermarkSource};
 
 /// Default request timeout (whole request, body included).
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -52,6 +56,9 @@ impl ConfigError {
 /// records = "data.items"
 /// id_field = "id"
 /// pagination = { type = "cursor", param = "cursor", from = "meta.next_cursor" }
+/// watermark = { field = "updated_at", param = "updated_since" }
+/// rate_limit = { requests_per_sec = 5.0 }
+/// retry_budget = { max_failures = 10 }
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +112,95 @@ pub struct HttpSourceConfig {
     /// anyway so the fetcher pauses for its poll interval (spreads load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pages_per_poll: Option<u32>,
+    /// Incremental sync: a watermark sent as a query parameter on every
+    /// request of a poll (see [`super::watermark`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkConfig>,
+    /// Conditional GET: remember the `ETag` / `Last-Modified` of the page a
+    /// poll starts from and send `If-None-Match` / `If-Modified-Since` when
+    /// asking for it again; `304 Not Modified` means nothing new.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub conditional_get: bool,
+    /// Client-side request rate and the server's rate-limit headers (see
+    /// [`super::ratelimit`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rate_limit: RateLimitConfig,
+    /// When the fetcher stops retrying in place and fails, so its supervisor
+    /// restarts it with backoff.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub retry_budget: RetryBudgetConfig,
+}
+
+impl HttpSourceConfig {
+    /// A source with every option at its default.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        HttpSourceConfig {
+            name: name.into(),
+            url: url.into(),
+            query: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            auth: AuthConfig::None,
+            format: BodyFormat::Json,
+            records: default_records(),
+            id_field: None,
+            pagination: PaginationConfig::None,
+            last_page_flag: None,
+            has_more_flag: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_pages_per_poll: None,
+            watermark: None,
+            conditional_get: true,
+            rate_limit: RateLimitConfig::default(),
+            retry_budget: RetryBudgetConfig::default(),
+        }
+    }
+}
+
+/// Default consecutive failures a fetcher absorbs before it fails.
+pub const DEFAULT_RETRY_MAX_FAILURES: u32 = 10;
+
+/// The `retry_budget` table: the first limit reached ends the fetcher's
+/// in-place retries (0 turns a limit off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Consecutive failed fetches.
+    pub max_failures: u32,
+    /// Length of a failure streak, in milliseconds.
+    pub max_elapsed_ms: u64,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            max_failures: DEFAULT_RETRY_MAX_FAILURES,
+            max_elapsed_ms: 0,
+        }
+    }
+}
+
+impl RetryBudgetConfig {
+    pub fn budget(&self) -> RetryBudget {
+        RetryBudget {
+            max_failures: (self.max_failures > 0).then_some(self.max_failures),
+            max_elapsed: (self.max_elapsed_ms > 0)
+                .then(|| Duration::from_millis(self.max_elapsed_ms)),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn default_refresh_margin_secs() -> u64 {
+    DEFAULT_REFRESH_MARGIN_SECS
 }
 
 fn default_records() -> String {
@@ -147,6 +243,23 @@ pub enum AuthConfig {
     Basic {
         username: String,
         password: SecretString,
+    },
+    /// OAuth 2.0 client credentials: `Authorization: Bearer <token>` with a
+    /// token from `token_url`, cached and refreshed (see [`super::oauth`]).
+    #[serde(rename = "oauth2")]
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: SecretString,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        /// `basic` (default) or `body`: how the client authenticates to
+        /// the token endpoint.
+        #[serde(default)]
+        client_auth: ClientAuth,
+        /// Replace the token this long before it expires.
+        #[serde(default = "default_refresh_margin_secs")]
+        refresh_margin_secs: u64,
     },
 }
 
@@ -266,6 +379,11 @@ pub struct HttpSourceSettings {
     pub(crate) timeout: Duration,
     pub(crate) max_response_bytes: u64,
     pub(crate) max_pages_per_poll: Option<u32>,
+    pub(crate) oauth: Option<OAuth2Settings>,
+    pub(crate) watermark: Option<Watermark>,
+    pub(crate) conditional_get: bool,
+    pub(crate) rate_limit: RateLimit,
+    pub(crate) retry_budget: RetryBudget,
 }
 
 impl HttpSourceSettings {
@@ -284,6 +402,19 @@ impl HttpSourceSettings {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The fetcher's retry budget for this source.
+    pub fn retry_budget(&self) -> RetryBudget {
+        self.retry_budget
+    }
+
+    pub fn watermark(&self) -> Option<&Watermark> {
+        self.watermark.as_ref()
+    }
+
+    pub fn rate_limit(&self) -> &RateLimit {
+        &self.rate_limit
     }
 }
 
@@ -306,6 +437,11 @@ impl fmt::Debug for HttpSourceSettings {
             .field("timeout", &self.timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_pages_per_poll", &self.max_pages_per_poll)
+            .field("oauth", &self.oauth)
+            .field("watermark", &self.watermark)
+            .field("conditional_get", &self.conditional_get)
+            .field("rate_limit", &self.rate_limit)
+            .field("retry_budget", &self.retry_budget)
             .finish()
     }
 }
@@ -382,6 +518,7 @@ impl HttpSourceConfig {
         }
 
         let mut query_key = None;
+        let mut oauth = None;
         match &self.auth {
             AuthConfig::None => {}
             AuthConfig::Bearer { token } => {
@@ -432,6 +569,23 @@ impl HttpSourceConfig {
                     header::AUTHORIZATION,
                     sensitive("auth.password", &format!("Basic {encoded}"))?,
                 );
+            }
+            AuthConfig::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                client_auth,
+                refresh_margin_secs,
+            } => {
+                oauth = Some(OAuth2Settings::validate(
+                    token_url,
+                    client_id,
+                    client_secret,
+                    scope.as_deref(),
+                    *client_auth,
+                    *refresh_margin_secs,
+                )?);
             }
         }
 
@@ -555,6 +709,43 @@ impl HttpSourceConfig {
             ));
         }
 
+        let watermark = self
+            .watermark
+            .as_ref()
+            .map(WatermarkConfig::validate)
+            .transpose()?;
+        if let Some(w) = &watermark {
+            if self.format == BodyFormat::Ndjson && matches!(w.source, WatermarkSource::Body(_)) {
+                return Err(ConfigError::invalid(
+                    "watermark.from",
+                    "reads the body, which format = \"ndjson\" does not allow; use `field`",
+                ));
+            }
+            let taken: Vec<&str> = match &pagination {
+                Pagination::PageNumber {
+                    param, size_param, ..
+                } => std::iter::once(param.as_str())
+                    .chain(size_param.as_deref())
+                    .collect(),
+                Pagination::OffsetLimit {
+                    offset_param,
+                    limit_param,
+                    ..
+                } => vec![offset_param, limit_param],
+                Pagination::Cursor { param, .. } => vec![param],
+                _ => Vec::new(),
+            };
+            if taken.contains(&w.param.as_str())
+                || query_key.as_ref().is_some_and(|(k, _)| *k == w.param)
+            {
+                return Err(ConfigError::invalid(
+                    "watermark.param",
+                    format!("`{}` is already a pagination or api key parameter", w.param),
+                ));
+            }
+        }
+        let rate_limit = self.rate_limit.validate()?;
+
         if self.timeout_ms == 0 {
             return Err(ConfigError::invalid("timeout_ms", "must be at least 1"));
         }
@@ -585,6 +776,11 @@ impl HttpSourceConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             max_response_bytes: self.max_response_bytes,
             max_pages_per_poll: self.max_pages_per_poll,
+            oauth,
+            watermark,
+            conditional_get: self.conditional_get,
+            rate_limit,
+            retry_budget: self.retry_budget.budget(),
         })
     }
 }
@@ -697,6 +893,33 @@ mod tests {
                 pagination = { type = "next_url", from = "next" }"#,
                 "pagination.type:",
             ),
+            (
+                r#"auth = { type = "oauth2", token_url = "nope", client_id = "c", client_secret = "s" }"#,
+                "auth.token_url:",
+            ),
+            (
+                r#"auth = { type = "oauth2", token_url = "https://t/x", client_id = "c", client_secret = { env = "HUBFLOW_TEST_UNSET_SECRET" } }"#,
+                "auth.client_secret:",
+            ),
+            (
+                r#"watermark = { field = "updated_at", from = "x", param = "since" }"#,
+                "watermark:",
+            ),
+            (
+                r#"pagination = { type = "cursor", param = "since", from = "next" }
+                watermark = { field = "updated_at", param = "since" }"#,
+                "watermark.param:",
+            ),
+            (
+                r#"format = "ndjson"
+                watermark = { from = "sync", param = "since" }"#,
+                "watermark.from:",
+            ),
+            (
+                "rate_limit = { requests_per_sec = -1.0 }",
+                "rate_limit.requests_per_sec:",
+            ),
+            ("rate_limit = { burst = 0 }", "rate_limit.burst:"),
         ];
         for (extra, field) in cases {
             let err = parse(&format!("{MINIMAL}\n{extra}"))
@@ -714,6 +937,68 @@ mod tests {
         cfg.url = "https://x/y".into();
         cfg.name = "has space".into();
         assert!(cfg.validate().unwrap_err().to_string().starts_with("name:"));
+    }
+
+    #[test]
+    fn incremental_options_parse_with_defaults() {
+        let settings = parse(MINIMAL).validate().unwrap();
+        assert!(settings.conditional_get);
+        assert_eq!(settings.watermark, None);
+        assert_eq!(settings.rate_limit.requests_per_sec, None);
+        assert!(settings.rate_limit.honor_headers);
+        assert_eq!(
+            settings.retry_budget,
+            RetryBudget {
+                max_failures: Some(DEFAULT_RETRY_MAX_FAILURES),
+                max_elapsed: None
+            }
+        );
+        let cfg = parse(&format!(
+            r#"{MINIMAL}
+            auth = {{ type = "oauth2", token_url = "https://login.example.com/t", client_id = "hubflow", client_secret = "oauth-s3cret", scope = "read", client_auth = "body" }}
+            watermark = {{ field = "meta.updated_at", param = "updated_since", initial = "2024-01-01T00:00:00Z" }}
+            conditional_get = false
+            rate_limit = {{ requests_per_sec = 2.5, burst = 3, honor_headers = false, max_wait_ms = 1000 }}
+            retry_budget = {{ max_failures = 0, max_elapsed_ms = 60000 }}
+            "#
+        ));
+        let settings = cfg.validate().unwrap();
+        assert!(!settings.conditional_get);
+        let w = settings.watermark.as_ref().unwrap();
+        assert_eq!(
+            (w.param.as_str(), w.initial.as_deref()),
+            ("updated_since", Some("2024-01-01T00:00:00Z"))
+        );
+        assert_eq!(settings.rate_limit.requests_per_sec, Some(2.5));
+        assert_eq!(settings.rate_limit.burst, 3);
+        assert_eq!(
+            settings.retry_budget,
+            RetryBudget {
+                max_failures: None,
+                max_elapsed: Some(Duration::from_secs(60))
+            }
+        );
+        let oauth = settings.oauth.as_ref().unwrap();
+        assert_eq!(oauth.client_auth, ClientAuth::Body);
+        assert_eq!(oauth.scope.as_deref(), Some("read"));
+        assert_eq!(
+            oauth.refresh_margin,
+            Duration::from_secs(DEFAULT_REFRESH_MARGIN_SECS)
+        );
+        for shown in [format!("{cfg:?}"), format!("{settings:?}")] {
+            assert!(!shown.contains("oauth-s3cret"), "{shown}");
+        }
+        // The wire form round-trips (secrets as `***`, defaults left out).
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(
+            !text.contains("oauth-s3cret") && !text.contains("conditional_get = true"),
+            "{text}"
+        );
+        let text = toml::to_string(&parse(MINIMAL)).unwrap();
+        assert!(
+            !text.contains("rate_limit") && !text.contains("retry_budget"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! [`HttpSource`]: one GET per `fetch`, classified into a page or a
 //! [`SourceError`]. Retries, backoff and cursor storage are the fetcher's.
+//!
+//! Around the GET: the rate limiter's wait, the OAuth2 token (one retry with
+//! a fresh token on a 401), the watermark parameter, and conditional
+//! headers for a page asked for again (a 304 is an empty, caught-up page).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -10,9 +14,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use hubflow_actors::ports::{DeadLetter, Page, Source, SourceCursor, SourceError, SourceRecord};
 use reqwest::StatusCode;
-use reqwest::header::{self, HeaderMap};
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, warn};
 use url::Url;
 
 use super::config::{BodyFormat, ConfigError, HttpSourceConfig, HttpSourceSettings, Pagination};
@@ -20,7 +24,9 @@ use super::extract::{
     content_id, content_type_ok, link_next, page_digest, parse_retry_after, redact_url,
     scalar_text, with_query_param, without_query_param,
 };
-use super::paging::{CursorState, Observed, Step, advance, skip_unreadable};
+use super::oauth::{TokenError, TokenSource};
+use super::paging::{CursorState, Observed, Step, Validators, advance, skip_unreadable};
+use super::ratelimit::RateLimiter;
 
 /// Connecting gives up after this long even when the request timeout is longer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +37,9 @@ pub struct HttpSource {
     client: reqwest::Client,
     /// Pages returned in a row without catching up (for `max_pages_per_poll`).
     pages_in_poll: AtomicU32,
+    /// OAuth2 client credentials, when configured.
+    tokens: Option<TokenSource>,
+    limiter: RateLimiter,
 }
 
 impl fmt::Debug for HttpSource {
@@ -89,10 +98,17 @@ impl HttpSource {
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
             .map_err(|e| ConfigError::Client(error_chain(&e.without_url())))?;
+        let tokens = settings
+            .oauth
+            .clone()
+            .map(|oauth| TokenSource::new(&settings.name, oauth, client.clone()));
+        let limiter = RateLimiter::new(settings.rate_limit);
         Ok(HttpSource {
             settings,
             client,
             pages_in_poll: AtomicU32::new(0),
+            tokens,
+            limiter,
         })
     }
 
@@ -109,9 +125,22 @@ impl HttpSource {
         self.settings.query_key.as_ref().map(|(n, _)| n.as_str())
     }
 
+    /// The watermark the requests at `state` carry.
+    fn watermark_of(&self, state: &CursorState) -> Option<String> {
+        let w = self.settings.watermark.as_ref()?;
+        state.watermark.clone().or_else(|| w.initial.clone())
+    }
+
     /// The URL of the page at `state`, without the API key.
     fn position_url(&self, state: &CursorState) -> Result<Url, Failure> {
-        let base = &self.settings.url;
+        let watermarked;
+        let base = match (&self.settings.watermark, self.watermark_of(state)) {
+            (Some(w), Some(value)) => {
+                watermarked = with_query_param(&self.settings.url, &w.param, &value);
+                &watermarked
+            }
+            _ => &self.settings.url,
+        };
         Ok(match &self.settings.pagination {
             Pagination::None => base.clone(),
             Pagination::PageNumber {
@@ -183,14 +212,42 @@ impl HttpSource {
             None => position.clone(),
         };
         *shown = redact_url(&request_url, self.key_name());
+        let conditional = state
+            .validators
+            .as_ref()
+            .filter(|v| self.settings.conditional_get && v.url == position.as_str());
 
-        let response = self
-            .client
-            .get(request_url)
-            .headers(self.settings.headers.clone())
-            .send()
-            .await
-            .map_err(|e| {
+        let mut token_refreshed = false;
+        let response = loop {
+            if let Some((wait, reason)) = self.limiter.acquire().await {
+                metrics::histogram!("hubflow_source_rate_limit_wait_seconds", "source" => self.settings.name.clone(), "reason" => reason.label())
+                    .record(wait.as_secs_f64());
+                debug!(source = %self.settings.name, wait_ms = wait.as_millis() as u64, reason = reason.label(), "rate limit wait");
+            }
+            let mut request = self
+                .client
+                .get(request_url.clone())
+                .headers(self.settings.headers.clone());
+            if let Some(v) = conditional {
+                for (name, value) in [
+                    (header::IF_NONE_MATCH, &v.etag),
+                    (header::IF_MODIFIED_SINCE, &v.last_modified),
+                ] {
+                    if let Some(value) =
+                        value.as_deref().and_then(|t| HeaderValue::from_str(t).ok())
+                    {
+                        request = request.header(name, value);
+                    }
+                }
+            }
+            let authorization = match &self.tokens {
+                Some(tokens) => Some(tokens.authorization().await.map_err(token_failure)?),
+                None => None,
+            };
+            if let Some(value) = &authorization {
+                request = request.header(header::AUTHORIZATION, value.clone());
+            }
+            let response = request.send().await.map_err(|e| {
                 let builder = e.is_builder();
                 let message = format!("GET {shown}: {}", error_chain(&e.without_url()));
                 if builder {
@@ -202,9 +259,40 @@ impl HttpSource {
                     }
                 }
             })?;
+            if let Some(wait) = self.limiter.observe(response.headers(), chrono::Utc::now()) {
+                debug!(source = %self.settings.name, wait_ms = wait.as_millis() as u64, "server rate limit exhausted, next request waits for its reset");
+            }
+            if response.status() == StatusCode::UNAUTHORIZED
+                && !token_refreshed
+                && let (Some(tokens), Some(used)) = (&self.tokens, &authorization)
+            {
+                debug!(source = %self.settings.name, "api refused the oauth2 token, fetching a new one");
+                tokens.reject(used).await;
+                token_refreshed = true;
+                continue;
+            }
+            break response;
+        };
 
         let status = response.status();
         let headers = response.headers().clone();
+        if status == StatusCode::NOT_MODIFIED {
+            if conditional.is_none() {
+                return Err(Failure::bad(
+                    "304 Not Modified to a request that was not conditional",
+                    Bytes::new(),
+                ));
+            }
+            metrics::counter!("hubflow_source_not_modified_total", "source" => self.settings.name.clone())
+                .increment(1);
+            self.pages_in_poll.store(0, Ordering::Relaxed);
+            debug!(source = %self.settings.name, url = %shown, "not modified");
+            return Ok(Page {
+                records: Vec::new(),
+                next: SourceCursor(state.encode()),
+                caught_up: true,
+            });
+        }
         if !status.is_success() {
             return Err(self.status_failure(status, &headers, shown, response).await);
         }
@@ -346,7 +434,7 @@ impl HttpSource {
             last_page,
             next_token,
         };
-        let (next, skip, mut caught_up) =
+        let (mut next, skip, mut caught_up) =
             match advance(pagination, &state, &observed, current_token.as_deref()) {
                 Step::Page {
                     next,
@@ -360,6 +448,43 @@ impl HttpSource {
                     return Err(Failure::bad("next position equals the requested one", body));
                 }
             };
+        if let Some(w) = &self.settings.watermark {
+            let (high, odd) = w.observe(state.high.clone(), document.as_ref(), &values);
+            if let Some(first) = odd.first() {
+                warn!(source = %self.settings.name, ignored = odd.len(), value = %first, "watermark values of another kind ignored");
+            }
+            let current = self.watermark_of(&state);
+            next = if caught_up {
+                // The poll is over: the next one starts from the beginning
+                // with the raised watermark.
+                CursorState {
+                    watermark: w.next(current.as_deref(), high),
+                    ..Default::default()
+                }
+            } else {
+                CursorState {
+                    watermark: current,
+                    high,
+                    ..next
+                }
+            };
+        }
+        if self.settings.conditional_get && self.position_url(&next)? == position {
+            let text = |name| {
+                headers
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let (etag, last_modified) = (text(header::ETAG), text(header::LAST_MODIFIED));
+            if etag.is_some() || last_modified.is_some() {
+                next.validators = Some(Box::new(Validators {
+                    url: position.to_string(),
+                    etag,
+                    last_modified,
+                }));
+            }
+        }
         if caught_up {
             self.pages_in_poll.store(0, Ordering::Relaxed);
         } else if let Some(max) = self.settings.max_pages_per_poll {
@@ -521,8 +646,21 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+fn token_failure(error: TokenError) -> Failure {
+    match error {
+        TokenError::Transient {
+            message,
+            retry_after,
+        } => Failure::Transient {
+            message,
+            retry_after,
+        },
+        TokenError::Fatal(message) => Failure::Fatal(message),
+    }
+}
+
 /// An error and its sources on one line. Callers strip URLs first.
-fn error_chain(error: &dyn StdError) -> String {
+pub(crate) fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

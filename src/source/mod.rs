@@ -10,7 +10,14 @@
 //! - `BadResponse` (dead-lettered) for wrong content types, malformed or
 //!   truncated bodies, bodies over `max_response_bytes`, records missing at
 //!   the configured path, a page identical to the previous one and a cursor
-//!   that did not advance.
+//!   that did not advance;
+//! - an empty caught-up page for `304 Not Modified` to a conditional GET.
+//!
+//! Incremental polling: an optional watermark parameter (the maximum of a
+//! record field, or a server cursor), conditional GETs, a client-side rate
+//! limit plus the server's rate-limit headers, and OAuth2 client
+//! credentials. The fetcher's retry budget comes from the source's
+//! `retry_budget` ([`retry_budget_for`]).
 //!
 //! Files:
 //! - [`config`]: the wire config [`HttpSourceConfig`] and its validated form
@@ -18,18 +25,41 @@
 //! - [`secret`]: [`SecretString`] (literal, `{ env = .. }`, `{ file = .. }`);
 //! - [`paging`]: the cursor JSON and how each pagination style advances;
 //! - [`extract`]: body paths, ids, `Link`/`Retry-After` parsing, redaction;
+//! - [`oauth`]: client credentials tokens ([`oauth::TokenSource`]);
+//! - [`ratelimit`]: token bucket and rate-limit headers;
+//! - [`watermark`]: incremental sync values and their ordering;
 //! - [`http`]: [`HttpSource`] itself.
 
 pub mod config;
 pub mod extract;
 pub mod http;
+pub mod oauth;
 pub mod paging;
+pub mod ratelimit;
 pub mod secret;
+pub mod watermark;
 
 pub use config::{
     AuthConfig, BodyFormat, ConfigError, HttpSourceConfig, HttpSourceSettings, Pagination,
-    PaginationConfig,
+    PaginationConfig, RetryBudgetConfig,
 };
 pub use extract::JsonPath;
 pub use http::HttpSource;
+pub use oauth::ClientAuth;
+pub use ratelimit::RateLimitConfig;
 pub use secret::{Secret, SecretString};
+pub use watermark::WatermarkConfig;
+
+/// The retry budget of the fetcher of source `name`: its configured
+/// `retry_budget`, or unlimited for a source that is not an HTTP source.
+pub fn retry_budget_for(
+    sources: &[HttpSourceSettings],
+    name: &str,
+) -> hubflow_actors::retry::RetryBudget {
+    sources
+        .iter()
+        .find(|s| s.name() == name)
+        .map_or(hubflow_actors::retry::RetryBudget::UNLIMITED, |s| {
+            s.retry_budget()
+        })
+}

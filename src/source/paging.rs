@@ -7,6 +7,11 @@
 //! missed, and the first `seen` are dropped) and `prev` (a digest of the
 //! page delivered just before this position, to notice a server that
 //! returns the same page again). URLs in cursors never hold the API key.
+//!
+//! Beside the position: `watermark` and `high` of an incremental sync (see
+//! [`super::watermark`]) and `validators`, the `ETag` / `Last-Modified` of
+//! the page at this position for a conditional GET. [`advance`] decides the
+//! position only; the HTTP source fills in the rest.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +33,28 @@ pub struct CursorState {
     pub seen: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<String>,
+    /// Watermark sent on every request of this poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
+    /// Highest watermark value seen so far in this poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high: Option<String>,
+    /// Validators of the page at this position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validators: Option<Box<Validators>>,
+}
+
+/// What a server said identifies a page's content, to ask for it
+/// conditionally next time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validators {
+    /// The URL (without the API key) the validators belong to.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -386,6 +413,17 @@ mod tests {
         let s = CursorState::decode(&json!({"offset": 20, "prev": "ab"}), &p).unwrap();
         assert_eq!(s.offset, Some(20));
         assert_eq!(CursorState::decode(&s.encode(), &p).unwrap(), s);
+        let full = CursorState::decode(
+            &json!({"offset": 20, "watermark": "5", "high": "9",
+                    "validators": {"url": "http://x/?offset=20", "etag": "\"v1\""}}),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(
+            (full.watermark.as_deref(), full.high.as_deref()),
+            (Some("5"), Some("9"))
+        );
+        assert_eq!(CursorState::decode(&full.encode(), &p).unwrap(), full);
         assert!(CursorState::decode(&json!({"page": 2}), &p).is_err());
         assert!(CursorState::decode(&json!(17), &p).is_err());
         assert!(CursorState::decode(&json!({"bogus": 1}), &p).is_err());

@@ -1,0 +1,178 @@
+//! Restarts through the whole pipeline, for every pagination style: the
+//! pipeline is stopped after some pages, started again on the same data
+//! directory, its fetcher killed while a (slow) page is in flight, stopped and
+//! started once more; curated then holds every source record exactly once.
+//! One more run polls incrementally (cursor pagination under a watermark).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hubflow::config::Settings;
+use hubflow::demo::{DemoConfig, FaultConfig, demo_incremental_source_config, demo_source_config};
+use hubflow::pipeline::{Backends, Pipeline, Progress};
+use hubflow::source::{HttpSource, HttpSourceConfig, PaginationConfig, RateLimitConfig};
+use hubflow_actors::ports::Source;
+
+const TOTAL: u64 = 2_000;
+const FETCHER: &str = "pipeline/sources/fetcher-demo";
+
+fn style(url: &str, kind: &str) -> HttpSourceConfig {
+    let mut cfg = demo_source_config(url);
+    match kind {
+        "cursor" => {}
+        "cursor_watermark" => {
+            cfg = demo_incremental_source_config(url);
+        }
+        "offset_limit" => {
+            cfg.query.clear();
+            cfg.pagination = PaginationConfig::OffsetLimit {
+                offset_param: "offset".into(),
+                limit_param: "limit".into(),
+                limit: 100,
+            };
+        }
+        "page_number" => {
+            cfg.query.clear();
+            cfg.pagination = PaginationConfig::PageNumber {
+                param: "page".into(),
+                start: 1,
+                size_param: Some("per_page".into()),
+                size: 100,
+            };
+        }
+        "next_url" => {
+            cfg.pagination = PaginationConfig::NextUrl {
+                from: "next_url".into(),
+            };
+        }
+        "link_header" => cfg.pagination = PaginationConfig::LinkHeader,
+        other => panic!("unknown style {other}"),
+    }
+    // 20 pages take at least a second: the stops land mid-walk.
+    cfg.rate_limit = RateLimitConfig {
+        requests_per_sec: Some(20.0),
+        ..RateLimitConfig::default()
+    };
+    cfg
+}
+
+async fn start(settings: &Settings) -> Pipeline {
+    let source: Arc<dyn Source> = Arc::new(HttpSource::new(settings.sources[0].clone()).unwrap());
+    let backends = Backends::embedded(settings).await.unwrap();
+    Pipeline::start(settings.clone(), backends, vec![source])
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `done` holds for the pipeline's progress.
+async fn wait_for(pipeline: &Pipeline, what: &str, done: impl Fn(&Progress) -> bool) -> Progress {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let progress = pipeline.progress().await.unwrap();
+        if done(&progress) {
+            return progress;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: timed out at {progress:?}\n{:#?}",
+            pipeline.root.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn restarts_lose_and_duplicate_nothing(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total: TOTAL,
+        faults: FaultConfig {
+            slow_rate: 0.5,
+            slow_ms: 150,
+            ..FaultConfig::default()
+        },
+        seed: 11,
+        ..DemoConfig::default()
+    })
+    .await;
+    let mut config = common::config(dir.path(), &demo.url);
+    config.sources = vec![style(&demo.url, kind)];
+    let settings = config.validate().unwrap();
+
+    // 1. Stop between pages, a few pages in.
+    let pipeline = start(&settings).await;
+    let first = wait_for(&pipeline, "first pages", |p| p.fetched >= 300).await;
+    pipeline.shutdown().await;
+    assert!(first.fetched < TOTAL, "{kind}: stopped too late: {first:?}");
+
+    // 2. Start on the same data; kill the fetcher while a page is in flight,
+    //    then stop everything.
+    let pipeline = start(&settings).await;
+    wait_for(&pipeline, "more pages", |p| p.fetched >= 900).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = pipeline.root.snapshot();
+        let fetcher = snapshot.find(FETCHER).expect("fetcher node");
+        if fetcher.busy {
+            pipeline.root.kill(FETCHER).unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "{kind}: fetcher never busy");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let killed = pipeline.progress().await.unwrap();
+    pipeline.shutdown().await;
+    assert!(
+        killed.fetched < TOTAL,
+        "{kind}: killed too late: {killed:?}"
+    );
+
+    // 3. Start again and run until everything is curated.
+    let pipeline = start(&settings).await;
+    let end = wait_for(&pipeline, "all curated", |p| {
+        p.fetched >= TOTAL && p.idle(1)
+    })
+    .await;
+    pipeline.shutdown().await;
+    // Each restart resumed from the stored cursor: at most the page in
+    // flight at each stop went to the hub twice (a walk from the start
+    // would add hundreds).
+    assert!(
+        (TOTAL..=TOTAL + 200).contains(&end.in_hub),
+        "{kind}: {end:?}"
+    );
+
+    assert_eq!(common::counts(&settings).await, (TOTAL, TOTAL), "{kind}");
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_cursor_pagination() {
+    restarts_lose_and_duplicate_nothing("cursor").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_offset_limit_pagination() {
+    restarts_lose_and_duplicate_nothing("offset_limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_page_number_pagination() {
+    restarts_lose_and_duplicate_nothing("page_number").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_next_url_pagination() {
+    restarts_lose_and_duplicate_nothing("next_url").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_link_header_pagination() {
+    restarts_lose_and_duplicate_nothing("link_header").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_cursor_pagination_and_a_watermark() {
+    restarts_lose_and_duplicate_nothing("cursor_watermark").await;
+}
