@@ -1,4 +1,4 @@
-//! The `hubflow` command line: `run`, `demo-source`, `query`, `config check`.
+//! The `hubflow` command line: `run`, `ctl`, `demo-source`, `query`, `config check`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hubflow::config::{Config, Settings};
+use hubflow::ctl::{self, CtlArgs};
 use hubflow::demo::{self, DemoConfig, FaultConfig};
 use hubflow::query::{self, OutputFormat};
-use hubflow::service::{self, RunOptions};
-use tracing_subscriber::EnvFilter;
+use hubflow::service::{self, Hooks, RunOptions, ServiceError};
+use hubflow::telemetry::{self, LogControl};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,9 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Talk to a running node's admin port (status, pause/resume, drain,
+    /// kill/panic/restart, replay, dead letters, log level).
+    Ctl(CtlArgs),
     /// Serve the built-in third-party API simulator on its own.
     DemoSource {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -94,23 +98,18 @@ enum Format {
     Json,
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("HUBFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.compact().init(),
-        LogFormat::Json => builder.json().init(),
-    }
+fn init_logs(format: LogFormat) -> LogControl {
+    telemetry::init_logs(match format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    })
 }
 
 fn settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
     Ok(Config::load(config)?.validate()?)
 }
 
-async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+async fn main_inner(cli: Cli, logs: LogControl) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             config,
@@ -122,8 +121,13 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 exit_when_idle,
                 status_every: (!quiet).then_some(Duration::from_secs(1)),
             };
-            service::run(settings, options).await
+            let hooks = Hooks {
+                logs: Some(logs),
+                ..Hooks::default()
+            };
+            service::run_with(settings, options, hooks).await
         }
+        Command::Ctl(args) => ctl::run(args).await,
         Command::DemoSource {
             addr,
             total,
@@ -178,12 +182,26 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { file },
         } => {
             let settings = settings(Some(&file))?;
+            let admin = settings.config.admin.validate()?;
             println!(
-                "{}: ok ({} source(s), {} partitions, data in {})",
+                "{}: ok ({} source(s), {} partitions, data in {}, admin {})",
                 file.display(),
                 settings.sources.len(),
                 settings.config.hub.partitions,
-                settings.data_dir().display()
+                settings.data_dir().display(),
+                if admin.enabled {
+                    format!(
+                        "on {}{}",
+                        admin.listen,
+                        if admin.token.is_some() {
+                            " with a token"
+                        } else {
+                            ", no token"
+                        }
+                    )
+                } else {
+                    "off".to_string()
+                }
             );
             Ok(())
         }
@@ -192,7 +210,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let logs = init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -203,11 +221,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main_inner(cli)) {
+    let result = runtime.block_on(main_inner(cli, logs));
+    // Do not wait for tasks a second signal left behind: every write is
+    // temp + rename, so stopping mid-way corrupts nothing.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<ServiceError>() {
+                Some(ServiceError::Interrupted) => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

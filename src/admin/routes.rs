@@ -1,0 +1,854 @@
+//! The admin API's route table and handlers.
+//!
+//! [`routes`] is the single list of endpoints: the router and the OpenAPI
+//! document are both built from it, so adding an endpoint is one line there
+//! (`Route::post(path, access, summary, handler).body(schema)`) and it is
+//! served, guarded and documented at once.
+//!
+//! Errors are JSON (`{"error": {"code", "message"}}`) with a 4xx status for
+//! bad input; a refused call changes nothing.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::{Json, Router};
+use hubflow_actors::consumer::ConsumerMsg;
+use hubflow_actors::fetcher::FetcherMsg;
+use hubflow_supervision::root::TreeError;
+use hubflow_supervision::{NodeKind, NodeState, StatusNode};
+use ractor::{ActorRef, Message};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::auth::AuthError;
+use super::openapi;
+use super::state::AdminState;
+use crate::dlq::{Dlq, DlqError, ListFilter};
+use crate::replay::{ReplayError, ReplayRequest};
+use crate::telemetry::{self, LogError};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Open on a loopback address; needs the token on any other.
+    Read,
+    /// Always needs the token (changes the running state).
+    Control,
+}
+
+/// One endpoint: how it is served and how it is documented.
+pub struct Route {
+    pub method: Method,
+    /// axum path syntax (`/replay/{id}`, `/dlq/{*id}`).
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+    /// JSON Schema of the request body, for routes that take one.
+    pub body: Option<fn() -> Value>,
+    /// Status of a successful answer.
+    pub success: StatusCode,
+    handler: MethodRouter<AdminState>,
+}
+
+impl Route {
+    pub fn get<H, T>(path: &'static str, access: Access, summary: &'static str, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, AdminState>,
+        T: 'static,
+    {
+        Route {
+            method: Method::GET,
+            path,
+            access,
+            summary,
+            body: None,
+            success: StatusCode::OK,
+            handler: axum::routing::get(handler),
+        }
+    }
+
+    pub fn post<H, T>(path: &'static str, access: Access, summary: &'static str, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, AdminState>,
+        T: 'static,
+    {
+        Route {
+            method: Method::POST,
+            path,
+            access,
+            summary,
+            body: None,
+            success: StatusCode::OK,
+            handler: axum::routing::post(handler),
+        }
+    }
+
+    /// The request body's JSON Schema.
+    pub fn body(mut self, schema: fn() -> Value) -> Self {
+        self.body = Some(schema);
+        self
+    }
+
+    /// A success status other than 200 (e.g. 202 for background work).
+    pub fn success(mut self, status: StatusCode) -> Self {
+        self.success = status;
+        self
+    }
+}
+
+/// Every endpoint of the admin API.
+pub fn routes() -> Vec<Route> {
+    use Access::{Control, Read};
+    vec![
+        Route::get("/healthz", Read, "The process is alive", healthz),
+        Route::get("/readyz", Read, "The pipeline is started and its root supervisor has not failed (503 otherwise)", readyz),
+        Route::get("/metrics", Read, "Prometheus text exposition of every metric", metrics),
+        Route::get("/status", Read, "Supervision status tree, progress from durable state, versions and replay jobs", status),
+        Route::get("/openapi.json", Read, "This document", openapi_json),
+        Route::post("/pause", Control, "Pause one source's fetcher or all ingest (every partition consumer)", pause).body(schemas::pause),
+        Route::post("/resume", Control, "Resume one source's fetcher or all ingest", resume).body(schemas::pause),
+        Route::post("/drain", Control, "Drain a group or actor by path (it stays stopped until restarted); without a path, drain the node and exit", drain).body(schemas::drain),
+        Route::post("/actors/kill", Control, "Kill the actor or subtree at a path, as a crash would (it is restarted per its policy)", kill).body(schemas::actor),
+        Route::post("/actors/restart", Control, "Start the actor or group at a path afresh (after a drain or failure, or gracefully while running)", restart).body(schemas::actor),
+        Route::post("/actors/panic", Control, "Fault injection: the actor at a path panics on its next message", panic_actor).body(schemas::actor),
+        Route::get("/log-level", Read, "The log filter in effect", get_log_level),
+        Route::post("/log-level", Control, "Replace the log filter (EnvFilter directives)", set_log_level).body(schemas::log_level),
+        Route::post("/replay", Control, "Start a background replay of raw blobs of one partition into curated", start_replay).body(schemas::replay).success(StatusCode::ACCEPTED),
+        Route::get("/replay", Read, "Every replay job and its progress", list_replays),
+        Route::get("/replay/{id}", Read, "One replay job's progress", get_replay),
+        Route::get("/dlq", Read, "List dead letters (query: stage, pending_only, limit)", list_dlq),
+        Route::get("/dlq/{*id}", Read, "Inspect one dead letter (id = <stage>/<key>)", get_dlq),
+        Route::get("/transform", Read, "The transformation spec in effect, the previous one, and every swap attempt", get_transform),
+        Route::post("/transform", Control, "Hot-swap the transformation spec: validate, dry-run on the newest raw blob, drain and replace the transform group, roll back if it fails its probation", swap_transform).body(schemas::transform),
+        Route::post("/dlq/redrive", Control, "Republish a transform dead letter to hub ingest (optionally with a corrected payload) and mark it redriven", redrive_dlq).body(schemas::redrive),
+    ]
+}
+
+/// The admin router. `require_token_everywhere` is set on non-loopback
+/// addresses: then read routes need the token too.
+pub fn router(state: AdminState, require_token_everywhere: bool) -> Router {
+    let mut router = Router::new();
+    for route in routes() {
+        let mut handler = route.handler;
+        if route.access == Access::Control || require_token_everywhere {
+            handler =
+                handler.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        }
+        router = router.route(route.path, handler);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------
+// Errors, auth and body parsing
+// ---------------------------------------------------------------------------
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<TreeError> for ApiError {
+    fn from(e: TreeError) -> Self {
+        match &e {
+            TreeError::UnknownPath(_) => ApiError::not_found(e.to_string()),
+            TreeError::NotRunning(_) | TreeError::Rejected(_) => ApiError::conflict(e.to_string()),
+            TreeError::Unreachable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unreachable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<DlqError> for ApiError {
+    fn from(e: DlqError) -> Self {
+        match &e {
+            DlqError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DlqError::InvalidId(_) => ApiError::bad_request(e.to_string()),
+            DlqError::NotRedrivable { .. } | DlqError::AlreadyRedriven { .. } => {
+                ApiError::conflict(e.to_string())
+            }
+            DlqError::InvalidPayload(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_payload",
+                e.to_string(),
+            ),
+            DlqError::Publish(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hub_unavailable",
+                e.to_string(),
+            ),
+            DlqError::Damaged { .. } | DlqError::Blob(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> Self {
+        match &e {
+            ReplayError::UnknownPartition { .. } | ReplayError::InvalidRange(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            ReplayError::UnknownJob(_) => ApiError::not_found(e.to_string()),
+            ReplayError::Failed(error) => ApiError::internal(format!("{error:#}")),
+        }
+    }
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    match state.auth().check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            let status = match error {
+                AuthError::NoTokenConfigured => StatusCode::FORBIDDEN,
+                AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
+            };
+            warn!(method = %request.method(), path = request.uri().path(), reason = %error, "admin call refused");
+            ApiError::new(status, "unauthorized", error.to_string()).into_response()
+        }
+    }
+}
+
+/// `Json<T>` whose rejection is a JSON [`ApiError`] (400/415/422 with the
+/// parser's message).
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(ApiError::new(
+                rejection.status(),
+                "invalid_body",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {method} {}; see GET /openapi.json",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; see GET /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Read endpoints
+// ---------------------------------------------------------------------------
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let root = state.pipeline().root.snapshot();
+    let reason = if !state.is_started() {
+        Some("the pipeline is not started (or is shutting down)".to_string())
+    } else if root.state == NodeState::Failed {
+        Some(format!(
+            "the root supervisor failed: {}",
+            root.last_error.as_deref().unwrap_or("no error recorded")
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => Json(json!({ "ready": true })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let pipeline = state.pipeline();
+    let tree = pipeline.root.snapshot();
+    {
+        let mut computed = state.pipeline_metrics().lock().await;
+        let refresh = computed.refresh(&pipeline.settings, &pipeline.backends, &tree);
+        match tokio::time::timeout(Duration::from_secs(5), refresh).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(error = %format!("{error:#}"), "cannot refresh pipeline metrics")
+            }
+            Err(_) => warn!("refreshing pipeline metrics timed out"),
+        }
+    }
+    let text = telemetry::render_metrics(state.metrics_handle());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Value> {
+    let pipeline = state.pipeline();
+    let tree = pipeline.root.snapshot();
+    let (progress, progress_error) = match pipeline.progress().await {
+        Ok(p) => (serde_json::to_value(p).unwrap_or(Value::Null), None),
+        Err(error) => (Value::Null, Some(format!("{error:#}"))),
+    };
+    Json(json!({
+        "ready": state.is_started() && tree.state != NodeState::Failed,
+        "started_ms": state.started_ms(),
+        "versions": state.versions(),
+        "progress": progress,
+        "progress_error": progress_error,
+        "replays": state.replays().list(),
+        "tree": tree,
+    }))
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(openapi::document(&routes()))
+}
+
+// ---------------------------------------------------------------------------
+// Control: pause / resume
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// A source name (its fetcher is `fetcher-<name>`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Every partition consumer.
+    #[serde(default)]
+    pub ingest: bool,
+}
+
+fn running_workers<'a>(tree: &'a StatusNode, name: &dyn Fn(&str) -> bool) -> Vec<&'a StatusNode> {
+    tree.walk()
+        .into_iter()
+        .filter(|n| n.kind == NodeKind::Worker && name(&n.name))
+        .collect()
+}
+
+fn send<M: Message>(state: &AdminState, path: &str, msg: M) -> Result<(), ApiError> {
+    let cell = state
+        .pipeline()
+        .root
+        .status()
+        .find(path)
+        .and_then(|h| h.cell())
+        .ok_or_else(|| ApiError::conflict(format!("actor at {path} is not running")))?;
+    ActorRef::<M>::from(cell)
+        .send_message(msg)
+        .map_err(|e| ApiError::conflict(format!("actor at {path} did not take the message: {e}")))
+}
+
+fn pause_or_resume(
+    state: &AdminState,
+    req: PauseRequest,
+    pause: bool,
+) -> Result<Json<Value>, ApiError> {
+    let verb = if pause { "paused" } else { "resumed" };
+    let tree = state.pipeline().root.snapshot();
+    let paths: Vec<String> = match (req.source, req.ingest) {
+        (Some(_), true) | (None, false) => {
+            return Err(ApiError::bad_request(
+                "give exactly one of \"source\" (a source name) or \"ingest\": true",
+            ));
+        }
+        (Some(source), false) => {
+            let wanted = format!("fetcher-{source}");
+            let found = running_workers(&tree, &|n| n == wanted);
+            let Some(node) = found.first() else {
+                let known: Vec<String> = running_workers(&tree, &|n| n.starts_with("fetcher-"))
+                    .iter()
+                    .map(|n| n.name.trim_start_matches("fetcher-").to_string())
+                    .collect();
+                return Err(ApiError::not_found(format!(
+                    "no source named {source:?} (sources: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            };
+            send(
+                state,
+                &node.path,
+                if pause {
+                    FetcherMsg::Pause
+                } else {
+                    FetcherMsg::Resume
+                },
+            )?;
+            vec![node.path.clone()]
+        }
+        (None, true) => {
+            let consumers = running_workers(&tree, &|n| n == "consumer");
+            let mut done = Vec::new();
+            for node in consumers.iter().filter(|n| n.state == NodeState::Running) {
+                let msg = if pause {
+                    ConsumerMsg::Pause
+                } else {
+                    ConsumerMsg::Resume
+                };
+                match send(state, &node.path, msg) {
+                    Ok(()) => done.push(node.path.clone()),
+                    // Restarting right now: it starts unpaused; report it.
+                    Err(error) => warn!(
+                        path = node.path,
+                        error = error.message,
+                        "consumer not reached"
+                    ),
+                }
+            }
+            if done.is_empty() {
+                return Err(ApiError::conflict(
+                    "no partition consumer is running on this node",
+                ));
+            }
+            done
+        }
+    };
+    info!(?paths, verb, "admin pause/resume");
+    Ok(Json(json!({ verb: paths })))
+}
+
+async fn pause(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<PauseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    pause_or_resume(&state, req, true)
+}
+
+async fn resume(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<PauseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    pause_or_resume(&state, req, false)
+}
+
+// ---------------------------------------------------------------------------
+// Control: drain, kill, restart, panic
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Path of the group or actor; absent: the whole node.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+}
+
+async fn drain(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<DrainRequest>,
+) -> Result<Response, ApiError> {
+    let deadline = match req.deadline_secs {
+        Some(0) => return Err(ApiError::bad_request("deadline_secs must be at least 1")),
+        Some(s) if s > 3_600 => {
+            return Err(ApiError::bad_request("deadline_secs must be at most 3600"));
+        }
+        Some(s) => Duration::from_secs(s),
+        None => state.drain_deadline(),
+    };
+    match req.path {
+        None => {
+            info!("admin: node drain requested");
+            state.request_node_drain();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "draining": "node" }))).into_response())
+        }
+        Some(path) => {
+            info!(path, ?deadline, "admin: drain");
+            state.pipeline().root.drain(&path, deadline).await?;
+            Ok(Json(json!({ "drained": path })).into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorRequest {
+    pub path: String,
+}
+
+async fn kill(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<ActorRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let root = &state.pipeline().root;
+    if req.path == root.status().path() {
+        return Err(ApiError::conflict(
+            "the root cannot be killed; drain the node (POST /drain without a path)",
+        ));
+    }
+    root.kill(&req.path)?;
+    info!(path = req.path, "admin: killed");
+    Ok(Json(json!({ "killed": req.path })))
+}
+
+async fn restart(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<ActorRequest>,
+) -> Result<Json<Value>, ApiError> {
+    state.pipeline().root.restart(&req.path).await?;
+    info!(path = req.path, "admin: restarted");
+    Ok(Json(json!({ "restarted": req.path })))
+}
+
+async fn panic_actor(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<ActorRequest>,
+) -> Result<Json<Value>, ApiError> {
+    state.pipeline().root.inject_panic(&req.path)?;
+    info!(path = req.path, "admin: panic injected");
+    Ok(Json(json!({ "panic_injected": req.path })))
+}
+
+// ---------------------------------------------------------------------------
+// Control: transformation spec (hot swap)
+// ---------------------------------------------------------------------------
+
+async fn get_transform(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!(state.pipeline().settings.transform.status()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapRequest {
+    pub version: String,
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Seconds the new version must stay healthy (default 10).
+    #[serde(default)]
+    pub probation_secs: Option<u64>,
+}
+
+async fn swap_transform(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<SwapRequest>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::transform::{SwapOptions, TransformError};
+    let mut options = SwapOptions::default();
+    if let Some(secs) = req.probation_secs {
+        if !(1..=3_600).contains(&secs) {
+            return Err(ApiError::bad_request("probation_secs must be 1..=3600"));
+        }
+        options.probation = Duration::from_secs(secs);
+    }
+    options.drain_deadline = state.drain_deadline();
+    let spec = crate::transform::TransformSpec {
+        version: req.version,
+        sql: req.sql,
+    };
+    match crate::transform::swap(state.pipeline(), spec, options).await {
+        Ok(outcome) => {
+            if let crate::transform::SwapOutcome::Promoted { version, .. } = &outcome {
+                state.set_version("transform", version);
+            }
+            Ok(Json(json!(outcome)))
+        }
+        Err(e @ (TransformError::Invalid(_) | TransformError::DryRun { .. })) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_transform",
+                e.to_string(),
+            ))
+        }
+        Err(e @ TransformError::Busy) => Err(ApiError::conflict(e.to_string())),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Control: log level
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLevelRequest {
+    pub filter: String,
+}
+
+fn log_control(state: &AdminState) -> Result<&telemetry::LogControl, ApiError> {
+    state.logs().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this process has no reloadable log filter",
+        )
+    })
+}
+
+async fn get_log_level(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "filter": log_control(&state)?.current() })))
+}
+
+async fn set_log_level(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<LogLevelRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let logs = log_control(&state)?;
+    logs.set(&req.filter).map_err(|e| match e {
+        LogError::InvalidFilter { .. } => ApiError::bad_request(e.to_string()),
+        LogError::Unavailable(_) => ApiError::internal(e.to_string()),
+    })?;
+    Ok(Json(json!({ "filter": logs.current() })))
+}
+
+// ---------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------
+
+async fn start_replay(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<ReplayRequest>,
+) -> Result<Response, ApiError> {
+    let partitions = state
+        .pipeline()
+        .backends
+        .ingest
+        .partition_ids()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hub_unavailable",
+                e.to_string(),
+            )
+        })?
+        .len();
+    let id = state
+        .replays()
+        .start(state.replay_context(), partitions, req)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "url": format!("/replay/{id}") })),
+    )
+        .into_response())
+}
+
+async fn list_replays(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({ "replays": state.replays().list() }))
+}
+
+async fn get_replay(
+    State(state): State<AdminState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) =
+        id.map_err(|e| ApiError::bad_request(format!("replay id: {}", e.body_text())))?;
+    let progress = state.replays().get(id)?;
+    Ok(Json(serde_json::to_value(progress).unwrap_or(Value::Null)))
+}
+
+// ---------------------------------------------------------------------------
+// Dead letters
+// ---------------------------------------------------------------------------
+
+fn dlq(state: &AdminState) -> Dlq {
+    let p = state.pipeline();
+    Dlq {
+        store: p.backends.blobs.clone(),
+        container: p.settings.config.storage.dead_letter_container.clone(),
+        ingest: p.backends.ingest.clone(),
+    }
+}
+
+async fn list_dlq(
+    State(state): State<AdminState>,
+    filter: Result<Query<ListFilter>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(filter) = filter.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let letters = dlq(&state).list(&filter).await?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+async fn get_dlq(
+    State(state): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let detail = dlq(&state).inspect(&id).await?;
+    Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    pub id: String,
+    /// A corrected payload (a JSON object) to publish instead of the stored one.
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+async fn redrive_dlq(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<RedriveRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = dlq(&state).redrive(&req.id, req.payload.as_ref()).await?;
+    Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))
+}
+
+/// JSON Schemas of the request bodies (for the OpenAPI document).
+pub mod schemas {
+    use serde_json::{Value, json};
+
+    pub fn pause() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Exactly one of source or ingest.",
+            "properties": {
+                "source": { "type": "string", "description": "source name" },
+                "ingest": { "type": "boolean", "description": "every partition consumer" }
+            }
+        })
+    }
+
+    pub fn drain() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "path": { "type": "string", "description": "group or actor path; absent: the node" },
+                "deadline_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
+            }
+        })
+    }
+
+    pub fn actor() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["path"],
+            "properties": { "path": { "type": "string", "example": "pipeline/ingest/p0000/consumer" } }
+        })
+    }
+
+    pub fn transform() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["version"],
+            "properties": {
+                "version": { "type": "string", "example": "v2" },
+                "sql": { "type": "string", "example": "SELECT *, amount * 100 AS amount_cents FROM batch" },
+                "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
+            }
+        })
+    }
+
+    pub fn log_level() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["filter"],
+            "properties": { "filter": { "type": "string", "example": "info,hubflow_actors::transformer=debug" } }
+        })
+    }
+
+    pub fn replay() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["partition"],
+            "properties": {
+                "partition": { "type": "integer", "minimum": 0 },
+                "from_sequence": { "type": "integer", "minimum": 0 },
+                "to_sequence": { "type": "integer", "minimum": 0 },
+                "from_time": { "type": "string", "format": "date-time" },
+                "to_time": { "type": "string", "format": "date-time" }
+            }
+        })
+    }
+
+    pub fn redrive() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["id"],
+            "properties": {
+                "id": { "type": "string", "example": "transform/ingest-p0001-00000000000000000000-00000000000000000999-000003" },
+                "payload": { "type": "object", "description": "corrected payload to publish instead of the stored one" }
+            }
+        })
+    }
+}

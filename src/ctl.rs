@@ -1,0 +1,666 @@
+//! `hubflow ctl`: the admin port's command-line client.
+//!
+//! The address and token come from `--addr`/`--token` or the environment
+//! (`HUBFLOW_ADMIN_ADDR`, `HUBFLOW_ADMIN_TOKEN`). Output is readable text, or
+//! the server's JSON with `--json`. `ctl replay` follows the job it started
+//! with a progress line (rewritten in place on a terminal, plain lines
+//! otherwise) unless `--no-wait`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Default address (the server's default listen address).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+
+/// No `Debug`: it holds the token.
+#[derive(Args)]
+pub struct CtlArgs {
+    /// Admin address (`host:port` or `http://host:port`).
+    #[arg(long, env = "HUBFLOW_ADMIN_ADDR", default_value = DEFAULT_ADDR, global = true)]
+    pub addr: String,
+    /// Bearer token for control calls.
+    #[arg(
+        long,
+        env = "HUBFLOW_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Request timeout in seconds.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub timeout_secs: u64,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// The status tree, progress and versions.
+    Status,
+    /// Pause a source (`--source NAME`) or all ingest (`--ingest`).
+    Pause(Target),
+    /// Resume a source or all ingest.
+    Resume(Target),
+    /// Drain a group or actor by path; without a path, drain the node (it exits).
+    Drain {
+        path: Option<String>,
+        #[arg(long)]
+        deadline_secs: Option<u64>,
+    },
+    /// Kill the actor or subtree at PATH, as a crash would.
+    Kill { path: String },
+    /// Make the actor at PATH panic on its next message.
+    Panic { path: String },
+    /// Start the actor or group at PATH afresh.
+    Restart { path: String },
+    /// Replay raw blobs of a partition into curated.
+    Replay(ReplayArgs),
+    /// Dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Show the log filter, or set it (`info,hubflow_actors=debug`).
+    LogLevel { filter: Option<String> },
+    /// The transformation spec in effect, the previous one and the history.
+    Transform,
+    /// Hot-swap the transformation spec (validated, dry-run, drained and
+    /// replaced, rolled back automatically if it fails its probation).
+    Swap {
+        /// The new version's label.
+        #[arg(long = "version")]
+        label: String,
+        /// `SELECT … FROM batch`; neither this nor --sql-file: identity.
+        #[arg(long, conflicts_with = "sql_file")]
+        sql: Option<String>,
+        #[arg(long)]
+        sql_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        probation_secs: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    #[arg(long, conflicts_with = "ingest", required_unless_present = "ingest")]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub ingest: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    pub partition: u32,
+    #[arg(long)]
+    pub from_sequence: Option<i64>,
+    #[arg(long)]
+    pub to_sequence: Option<i64>,
+    /// RFC 3339, e.g. 2026-01-01T00:00:00Z.
+    #[arg(long)]
+    pub from_time: Option<String>,
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Print the job id and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up following the job after this many seconds.
+    #[arg(long, default_value_t = 3_600)]
+    pub wait_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        #[arg(long)]
+        stage: Option<String>,
+        /// Leave out redriven ones.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter with its body.
+    Show { id: String },
+    /// Republish a transform dead letter to hub ingest.
+    Redrive {
+        id: String,
+        /// A corrected payload (a JSON object) instead of the stored one.
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// Read the corrected payload from this file.
+        #[arg(long)]
+        payload_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// An error answer of the admin API.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// A client of one admin port.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(addr: &str, token: Option<String>, timeout: Duration) -> anyhow::Result<Client> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", addr.trim_end_matches('/'))
+        };
+        url::Url::parse(&base).with_context(|| format!("invalid admin address {addr:?}"))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building the http client")?;
+        Ok(Client {
+            base,
+            token: token.filter(|t| !t.is_empty()),
+            http,
+        })
+    }
+
+    /// Call `method path` with an optional JSON body; the JSON answer, or an
+    /// [`ApiFailure`] carrying the server's message.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}: is `hubflow run` listening there?"))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            return Err(ApiFailure { status, message }.into());
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+}
+
+/// Run one `hubflow ctl` command.
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let client = Client::new(
+        &args.addr,
+        args.token.clone(),
+        Duration::from_secs(args.timeout_secs.max(1)),
+    )?;
+    let json_out = args.json;
+    let print = |value: &Value, text: String| {
+        if json_out {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            println!("{text}");
+        }
+    };
+    match args.command {
+        CtlCommand::Status => {
+            let status = client.get("/status").await?;
+            print(&status, render_status(&status));
+        }
+        CtlCommand::Pause(target) | CtlCommand::Resume(target)
+            if target.source.is_none() && !target.ingest =>
+        {
+            anyhow::bail!("give --source NAME or --ingest");
+        }
+        CtlCommand::Pause(target) => {
+            let v = client.post("/pause", &target_body(&target)).await?;
+            print(&v, format!("paused: {}", list(&v["paused"])));
+        }
+        CtlCommand::Resume(target) => {
+            let v = client.post("/resume", &target_body(&target)).await?;
+            print(&v, format!("resumed: {}", list(&v["resumed"])));
+        }
+        CtlCommand::Drain {
+            path,
+            deadline_secs,
+        } => {
+            let mut body = json!({});
+            if let Some(p) = &path {
+                body["path"] = json!(p);
+            }
+            if let Some(d) = deadline_secs {
+                body["deadline_secs"] = json!(d);
+            }
+            let v = client.post("/drain", &body).await?;
+            let text = match path {
+                Some(p) => {
+                    format!("drained {p} (it stays stopped until `hubflow ctl restart {p}`)")
+                }
+                None => "the node is draining and will exit".to_string(),
+            };
+            print(&v, text);
+        }
+        CtlCommand::Kill { path } => {
+            let v = client
+                .post("/actors/kill", &json!({ "path": path }))
+                .await?;
+            print(&v, format!("killed {path}"));
+        }
+        CtlCommand::Panic { path } => {
+            let v = client
+                .post("/actors/panic", &json!({ "path": path }))
+                .await?;
+            print(&v, format!("panic injected into {path}"));
+        }
+        CtlCommand::Restart { path } => {
+            let v = client
+                .post("/actors/restart", &json!({ "path": path }))
+                .await?;
+            print(&v, format!("restarted {path}"));
+        }
+        CtlCommand::LogLevel { filter } => {
+            let v = match filter {
+                Some(f) => client.post("/log-level", &json!({ "filter": f })).await?,
+                None => client.get("/log-level").await?,
+            };
+            print(
+                &v,
+                format!("log filter: {}", v["filter"].as_str().unwrap_or("?")),
+            );
+        }
+        CtlCommand::Transform => {
+            let v = client.get("/transform").await?;
+            let history: Vec<String> = v["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "  {} {}",
+                        e["version"].as_str().unwrap_or("?"),
+                        e["outcome"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            print(
+                &v,
+                format!(
+                    "active: {}\nprevious: {}\nhistory:\n{}",
+                    v["active"]["version"].as_str().unwrap_or("?"),
+                    v["previous"]["version"].as_str().unwrap_or("-"),
+                    history.join("\n")
+                ),
+            );
+        }
+        CtlCommand::Swap {
+            label,
+            sql,
+            sql_file,
+            probation_secs,
+        } => {
+            let sql = match (sql, sql_file) {
+                (Some(sql), _) => Some(sql),
+                (None, Some(file)) => Some(
+                    std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?,
+                ),
+                (None, None) => None,
+            };
+            let mut body = json!({ "version": label, "sql": sql });
+            if let Some(p) = probation_secs {
+                body["probation_secs"] = json!(p);
+            }
+            let v = client.post("/transform", &body).await?;
+            let text = match v["outcome"].as_str() {
+                Some("promoted") => format!("{label} is active"),
+                Some("rolled_back") => format!(
+                    "{label} failed and was rolled back to {}: {}",
+                    v["restored"].as_str().unwrap_or("?"),
+                    v["error"].as_str().unwrap_or("?")
+                ),
+                _ => v.to_string(),
+            };
+            print(&v, text);
+        }
+        CtlCommand::Replay(replay) => run_replay(&client, replay, json_out).await?,
+        CtlCommand::Dlq { command } => match command {
+            DlqCommand::List {
+                stage,
+                pending,
+                limit,
+            } => {
+                let mut query = vec![format!("limit={limit}")];
+                if let Some(s) = stage {
+                    query.push(format!(
+                        "stage={}",
+                        url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                    ));
+                }
+                if pending {
+                    query.push("pending_only=true".into());
+                }
+                let v = client.get(&format!("/dlq?{}", query.join("&"))).await?;
+                print(&v, render_dlq_list(&v));
+            }
+            DlqCommand::Show { id } => {
+                let v = client.get(&format!("/dlq/{id}")).await?;
+                print(&v, render_dlq_detail(&v));
+            }
+            DlqCommand::Redrive {
+                id,
+                payload,
+                payload_file,
+            } => {
+                let text = match (payload, payload_file) {
+                    (Some(p), _) => Some(p),
+                    (None, Some(file)) => Some(
+                        std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading {}", file.display()))?,
+                    ),
+                    (None, None) => None,
+                };
+                let mut body = json!({ "id": id });
+                if let Some(text) = text {
+                    let value: Value =
+                        serde_json::from_str(&text).context("--payload is not JSON")?;
+                    body["payload"] = value;
+                }
+                let v = client.post("/dlq/redrive", &body).await?;
+                print(
+                    &v,
+                    format!(
+                        "redriven {} (record {} of source {}) to partition {}",
+                        id,
+                        v["record_id"].as_str().unwrap_or("?"),
+                        v["source"].as_str().unwrap_or("?"),
+                        v["partition"]
+                    ),
+                );
+            }
+        },
+    }
+    Ok(())
+}
+
+fn target_body(target: &Target) -> Value {
+    match &target.source {
+        Some(source) => json!({ "source": source }),
+        None => json!({ "ingest": true }),
+    }
+}
+
+fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+async fn run_replay(client: &Client, args: ReplayArgs, json_out: bool) -> anyhow::Result<()> {
+    let mut body = json!({ "partition": args.partition });
+    for (key, value) in [
+        ("from_sequence", args.from_sequence.map(|v| json!(v))),
+        ("to_sequence", args.to_sequence.map(|v| json!(v))),
+        ("from_time", args.from_time.map(|v| json!(v))),
+        ("to_time", args.to_time.map(|v| json!(v))),
+    ] {
+        if let Some(v) = value {
+            body[key] = v;
+        }
+    }
+    let started = client.post("/replay", &body).await?;
+    let id = started["id"]
+        .as_u64()
+        .context("the server did not return a replay id")?;
+    if args.no_wait {
+        if json_out {
+            println!("{}", serde_json::to_string_pretty(&started)?);
+        } else {
+            println!(
+                "replay {id} started; `hubflow ctl status` shows its progress (GET /replay/{id})"
+            );
+        }
+        return Ok(());
+    }
+    let interactive = std::io::stderr().is_terminal();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
+    let mut last_line = String::new();
+    let progress = loop {
+        let progress = client.get(&format!("/replay/{id}")).await?;
+        let line = format!(
+            "replay {id}: {}/{} blobs, {} rows, {} files{}",
+            progress["blobs_done"],
+            progress["blobs_total"],
+            progress["rows"],
+            progress["files"],
+            match progress["blobs_corrupt"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} corrupt skipped"),
+                _ => String::new(),
+            }
+        );
+        if line != last_line {
+            let mut err = std::io::stderr();
+            if interactive {
+                let _ = write!(err, "\r{line}\x1b[K");
+            } else {
+                let _ = writeln!(err, "{line}");
+            }
+            let _ = err.flush();
+            last_line = line;
+        }
+        if progress["state"] != "running" {
+            break progress;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("replay {id} still running after {}s", args.wait_secs);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    if interactive {
+        eprintln!();
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&progress)?);
+    } else {
+        println!(
+            "replay {id} {}: {} blobs, {} rows, {} files, {} duplicates dropped, {} rejected",
+            progress["state"].as_str().unwrap_or("?"),
+            progress["blobs_done"],
+            progress["rows"],
+            progress["files"],
+            progress["duplicates_dropped"],
+            progress["rejected"]
+        );
+    }
+    if progress["state"] == "failed" {
+        anyhow::bail!(
+            "replay {id} failed: {}",
+            progress["error"].as_str().unwrap_or("unknown error")
+        );
+    }
+    Ok(())
+}
+
+/// The status answer as text: the progress line, then the tree.
+pub fn render_status(status: &Value) -> String {
+    let mut out = String::new();
+    let p = &status["progress"];
+    out.push_str(&format!(
+        "ready: {}   fetched {} | in hub {} | landed {} | curated {}\n",
+        status["ready"], p["fetched"], p["in_hub"], p["landed"], p["transformed"]
+    ));
+    if let Some(versions) = status["versions"].as_object() {
+        let v: Vec<String> = versions
+            .iter()
+            .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+            .collect();
+        out.push_str(&format!("versions: {}\n", v.join(", ")));
+    }
+    fn walk(node: &Value, depth: usize, out: &mut String) {
+        let mut line = format!(
+            "{}{:<width$} {:<11} gen {:<3} restarts {:<3} queue {}",
+            "  ".repeat(depth),
+            node["name"].as_str().unwrap_or("?"),
+            node["state"].as_str().unwrap_or("?"),
+            node["generation"],
+            node["restarts"],
+            node["queue_depth"],
+            width = 28usize.saturating_sub(depth * 2)
+        );
+        if node["busy"] == true {
+            line.push_str(" busy");
+        }
+        if node["observed"]["paused"] == true {
+            line.push_str(" paused");
+        }
+        if let Some(e) = node["last_error"].as_str() {
+            line.push_str(&format!("  last error: {e}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+        if let Some(children) = node["children"].as_array() {
+            for c in children {
+                walk(c, depth + 1, out);
+            }
+        }
+    }
+    walk(&status["tree"], 0, &mut out);
+    if let Some(replays) = status["replays"].as_array().filter(|r| !r.is_empty()) {
+        out.push_str("replays:\n");
+        for r in replays {
+            out.push_str(&format!(
+                "  {} partition {} {}: {}/{} blobs, {} rows\n",
+                r["id"],
+                r["request"]["partition"],
+                r["state"].as_str().unwrap_or("?"),
+                r["blobs_done"],
+                r["blobs_total"],
+                r["rows"]
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn render_dlq_list(v: &Value) -> String {
+    let Some(letters) = v["dead_letters"].as_array().filter(|l| !l.is_empty()) else {
+        return "no dead letters".to_string();
+    };
+    let mut out = String::new();
+    for l in letters {
+        let created =
+            chrono::DateTime::from_timestamp_millis(l["created_ms"].as_i64().unwrap_or(0))
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+        let state = if l["redriven_ms"].is_null() {
+            ""
+        } else {
+            "  [redriven]"
+        };
+        out.push_str(&format!(
+            "{created}  {}  {}{state}\n    {}\n",
+            l["id"].as_str().unwrap_or("?"),
+            l["redrive"].as_str().unwrap_or("?"),
+            l["reason"].as_str().unwrap_or("?")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+fn render_dlq_detail(v: &Value) -> String {
+    format!(
+        "id:       {}\nstage:    {}\nreason:   {}\nredrive:  {}{}\ncontext:  {}\nbody ({} bytes{}):\n{}",
+        v["id"].as_str().unwrap_or("?"),
+        v["info"]["stage"].as_str().unwrap_or("?"),
+        v["info"]["reason"].as_str().unwrap_or("?"),
+        v["redrive"].as_str().unwrap_or("?"),
+        if v["redriven"].is_null() {
+            ""
+        } else {
+            " (already redriven)"
+        },
+        v["info"]["context"],
+        v["body_bytes"],
+        if v["body_truncated"] == true {
+            ", truncated"
+        } else {
+            ""
+        },
+        v["body_preview"].as_str().unwrap_or("")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        let c = Client::new("127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
+        assert_eq!(c.base, "http://127.0.0.1:1");
+        let c = Client::new("http://h:2/", Some(String::new()), Duration::from_secs(1)).unwrap();
+        assert_eq!(c.base, "http://h:2");
+        assert!(c.token.is_none());
+        assert!(Client::new("http://[bad", None, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn status_renders_the_tree() {
+        let status = json!({
+            "ready": true,
+            "progress": {"fetched": 5, "in_hub": 5, "landed": 5, "transformed": 4},
+            "versions": {"hubflow": "0.1.0"},
+            "tree": {"name": "pipeline", "state": "running", "generation": 1, "restarts": 0, "queue_depth": 0,
+                     "children": [{"name": "consumer", "state": "running", "generation": 2, "restarts": 1,
+                                   "queue_depth": 3, "busy": true, "observed": {"paused": true}, "last_error": "boom", "children": []}]}
+        });
+        let text = render_status(&status);
+        assert!(text.contains("curated 4"), "{text}");
+        assert!(text.contains("  consumer"), "{text}");
+        assert!(
+            text.contains("paused") && text.contains("last error: boom"),
+            "{text}"
+        );
+    }
+}

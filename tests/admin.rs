@@ -1,0 +1,717 @@
+//! The admin port on a running pipeline (port 0, loopback): every endpoint,
+//! auth (missing/wrong/absent token), bad input (invalid JSON, unknown
+//! fields, unknown paths, invalid log directives) leaving the running state
+//! unchanged, replay after curated files are deleted (totals exact again,
+//! twice), dead-letter redrive, `hubflow ctl` against it, and
+//! `promtool check metrics` on a real scrape.
+//!
+//! promtool: installed by scripts/install-promtool.sh. When it is missing
+//! the check fails under CI=true and is skipped loudly otherwise.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hubflow::config::{Config, Settings};
+use hubflow::demo::DemoConfig;
+use hubflow::service::{self, Hooks, RunOptions};
+use hubflow::source::SecretString;
+use hubflow::telemetry::{self, LogFormat};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+struct Node {
+    addr: SocketAddr,
+    http: reqwest::Client,
+    settings: Settings,
+    stop: Arc<tokio::sync::Notify>,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    demo: common::DemoServer,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, url: &str, token: Option<&str>) -> Config {
+    let mut config = common::config(dir, url);
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.admin.token = token.map(SecretString::literal);
+    config
+}
+
+async fn start(total: u64, token: Option<&str>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        ..DemoConfig::default()
+    })
+    .await;
+    let settings = config(dir.path(), &demo.url, token).validate().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let hooks = Hooks {
+        logs: Some(telemetry::init_logs(LogFormat::Text)),
+        on_admin_listening: Some(tx),
+        stop: Some(stop.clone()),
+    };
+    let run = tokio::spawn(service::run_with(
+        settings.clone(),
+        RunOptions::default(),
+        hooks,
+    ));
+    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("admin port did not come up")
+        .expect("service ended before the admin port listened");
+    Node {
+        addr,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        settings,
+        stop,
+        run,
+        demo,
+        _dir: dir,
+    }
+}
+
+impl Node {
+    /// `method path` with a raw JSON body text; the status and the JSON answer.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            path,
+            Some(TOKEN),
+            Some(&body.to_string()),
+        )
+        .await
+    }
+
+    async fn status(&self) -> Value {
+        let (code, v) = self.get("/status").await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Poll /status until `check` holds (bounded).
+    async fn wait_until(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status().await;
+            if check(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {}",
+                status["progress"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.notify_one();
+        let result = tokio::time::timeout(Duration::from_secs(60), self.run)
+            .await
+            .expect("service did not stop");
+        result.unwrap().unwrap();
+        self.demo.stop().await;
+    }
+
+    fn ctl(&self, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubflow"));
+        cmd.arg("ctl")
+            .args(["--addr", &self.addr.to_string()])
+            .args(args)
+            .env_remove("HUBFLOW_ADMIN_TOKEN")
+            .env("HUBFLOW_LOG", "warn");
+        if let Some(t) = token {
+            cmd.env("HUBFLOW_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn tree_node<'a>(status: &'a Value, path: &str) -> &'a Value {
+    fn find<'a>(n: &'a Value, path: &str) -> Option<&'a Value> {
+        if n["path"] == path {
+            return Some(n);
+        }
+        n["children"].as_array()?.iter().find_map(|c| find(c, path))
+    }
+    find(&status["tree"], path).unwrap_or_else(|| panic!("no node {path}"))
+}
+
+fn caught_up(total: u64) -> impl Fn(&Value) -> bool {
+    move |s| s["progress"]["fetched"] == total && s["progress"]["transformed"] == total
+}
+
+/// `promtool check metrics` on `text`: fails under CI=true without promtool.
+fn promtool_check(text: &str) {
+    let promtool = Command::new("promtool").arg("--version").output();
+    if promtool.is_err() {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("promtool is not installed in CI: run scripts/install-promtool.sh");
+        }
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: promtool is not installed, /metrics was NOT checked \
+             (run scripts/install-promtool.sh) !!!!!!!!\n"
+        );
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_serves_and_controls_a_running_pipeline() {
+    let total = 3_000;
+    let node = start(total, Some(TOKEN)).await;
+
+    // Health and readiness need no token on loopback.
+    assert_eq!(
+        node.get("/healthz").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (code, ready) = node.get("/readyz").await;
+    assert_eq!(
+        (code, &ready["ready"]),
+        (StatusCode::OK, &json!(true)),
+        "{ready}"
+    );
+    node.wait_until(
+        "everything curated",
+        Duration::from_secs(180),
+        caught_up(total),
+    )
+    .await;
+    assert_eq!(common::counts(&node.settings).await, (total, total));
+    let status = node.status().await;
+    assert_eq!(status["versions"]["hubflow"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(tree_node(&status, "pipeline")["state"], "running");
+
+    // Every documented route is served (none answers the 404 fallback).
+    let (code, doc) = node.get("/openapi.json").await;
+    assert_eq!(code, StatusCode::OK);
+    for route in hubflow::admin::routes() {
+        let path = hubflow::admin::openapi::openapi_path(route.path);
+        let method = route.method.as_str().to_lowercase();
+        assert!(
+            doc["paths"][&path][&method].is_object(),
+            "{method} {path} undocumented"
+        );
+        let concrete = path.replace("{id}", "1");
+        // Without a token: control routes answer 401 (never run), read
+        // routes answer; neither may fall through to the 404 fallback.
+        let (code, body) = node
+            .call(route.method.clone(), &concrete, None, Some("{}"))
+            .await;
+        let fallback = body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no endpoint"));
+        assert!(
+            !fallback,
+            "{method} {concrete} is documented but not routed ({code})"
+        );
+    }
+    let (code, body) = node.get("/no/such/endpoint").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/openapi.json")
+    );
+
+    // Auth: control calls need the right token; read calls do not on loopback.
+    let pause = r#"{"source": "demo"}"#;
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let (code, body) = node
+            .call(reqwest::Method::POST, "/pause", token, Some(pause))
+            .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body["error"]["message"].is_string());
+    }
+    let fetcher = "pipeline/sources/fetcher-demo";
+    assert_eq!(
+        tree_node(&node.status().await, fetcher)["observed"]["paused"],
+        false
+    );
+
+    // Bad input: clear 4xx, nothing changes.
+    let bad: [(&str, &str, StatusCode); 7] = [
+        ("/pause", "{", StatusCode::BAD_REQUEST),
+        ("/pause", "{}", StatusCode::BAD_REQUEST),
+        (
+            "/pause",
+            r#"{"source": "demo", "ingest": true}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/pause", r#"{"source": "nope"}"#, StatusCode::NOT_FOUND),
+        (
+            "/pause",
+            r#"{"sauce": "demo"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/actors/kill",
+            r#"{"path": "pipeline/no/such"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/actors/restart",
+            r#"{"path": "pipeline/no/such"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (path, body, want) in bad {
+        let (code, answer) = node
+            .call(reqwest::Method::POST, path, Some(TOKEN), Some(body))
+            .await;
+        assert_eq!(code, want, "{path} {body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+    }
+    let (code, _) = node
+        .post("/actors/panic", json!({"path": "pipeline/no/such"}))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let status = node.status().await;
+    assert_eq!(tree_node(&status, fetcher)["observed"]["paused"], false);
+    assert_eq!(tree_node(&status, "pipeline")["restarts"], 0);
+
+    // Log level: invalid directive refused, filter unchanged; valid applied.
+    let (_, before) = node.get("/log-level").await;
+    let (code, body) = node
+        .post("/log-level", json!({"filter": "hubflow=loud"}))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(node.get("/log-level").await.1, before);
+    let (code, body) = node
+        .post("/log-level", json!({"filter": "warn,hubflow=debug"}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(
+        node.get("/log-level").await.1["filter"]
+            .as_str()
+            .unwrap()
+            .contains("hubflow=debug")
+    );
+    node.post("/log-level", json!({"filter": "info"})).await;
+
+    // Pause / resume a source and all ingest.
+    let (code, body) = node.post("/pause", json!({"source": "demo"})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until("fetcher paused", Duration::from_secs(10), |s| {
+        tree_node(s, fetcher)["observed"]["paused"] == true
+    })
+    .await;
+    node.post("/resume", json!({"source": "demo"})).await;
+    node.wait_until("fetcher resumed", Duration::from_secs(10), |s| {
+        tree_node(s, fetcher)["observed"]["paused"] == false
+    })
+    .await;
+    let (code, body) = node.post("/pause", json!({"ingest": true})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let partitions = node.settings.config.hub.partitions as usize;
+    assert_eq!(body["paused"].as_array().unwrap().len(), partitions);
+    let consumer0 = "pipeline/ingest/p0000/consumer";
+    node.wait_until("consumers paused", Duration::from_secs(10), |s| {
+        tree_node(s, consumer0)["observed"]["paused"] == true
+    })
+    .await;
+    let (code, _) = node.post("/resume", json!({"ingest": true})).await;
+    assert_eq!(code, StatusCode::OK);
+    node.wait_until("consumers resumed", Duration::from_secs(10), |s| {
+        tree_node(s, consumer0)["observed"]["paused"] == false
+    })
+    .await;
+
+    // Kill, panic, drain and restart by path.
+    let (code, body) = node.post("/actors/kill", json!({"path": consumer0})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until(
+        "consumer restarted after kill",
+        Duration::from_secs(30),
+        |s| {
+            tree_node(s, consumer0)["restarts"].as_u64() >= Some(1)
+                && tree_node(s, consumer0)["state"] == "running"
+        },
+    )
+    .await;
+    let transformer1 = "pipeline/transform/p0001";
+    let (code, body) = node
+        .post("/actors/panic", json!({"path": transformer1}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until(
+        "transformer restarted after panic",
+        Duration::from_secs(30),
+        |s| {
+            tree_node(s, transformer1)["restarts"].as_u64() >= Some(1)
+                && tree_node(s, transformer1)["state"] == "running"
+        },
+    )
+    .await;
+    let group = "pipeline/ingest/p0001";
+    let (code, body) = node
+        .post("/drain", json!({"path": group, "deadline_secs": 10}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let status = node.status().await;
+    assert_ne!(
+        tree_node(&status, group)["state"],
+        "running",
+        "{}",
+        tree_node(&status, group)
+    );
+    let (code, body) = node.post("/actors/restart", json!({"path": group})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until("drained group restarted", Duration::from_secs(30), |s| {
+        tree_node(s, group)["state"] == "running"
+    })
+    .await;
+    let (code, _) = node
+        .post("/drain", json!({"path": group, "deadline_secs": 0}))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+
+    // Replay: delete partition 0's curated files, replay, totals exact again.
+    let curated = node
+        .settings
+        .data_dir()
+        .join("blobs")
+        .join(&node.settings.config.storage.curated_container);
+    let mut deleted = 0;
+    for entry in walk(&curated) {
+        let name = entry.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".parquet") && name.contains("-p0000-") {
+            std::fs::remove_file(&entry).unwrap();
+            deleted += 1;
+        }
+    }
+    assert!(deleted > 0, "no curated files of partition 0");
+    let (rows, _) = common::counts(&node.settings).await;
+    assert!(rows < total, "deleting files removed no rows");
+    for (body, want) in [
+        (json!({"partition": 99}), StatusCode::BAD_REQUEST),
+        (
+            json!({"partition": 0, "from_sequence": 9, "to_sequence": 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"partition": 0, "bogus": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        assert_eq!(node.post("/replay", body.clone()).await.0, want, "{body}");
+    }
+    assert_eq!(node.get("/replay/999").await.0, StatusCode::NOT_FOUND);
+    let (code, started) = node.post("/replay", json!({"partition": 0})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
+    let id = started["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let (code, progress) = node.get(&format!("/replay/{id}")).await;
+        assert_eq!(code, StatusCode::OK);
+        if progress["state"] != "running" {
+            break progress;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replay did not finish: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(done["blobs_done"].as_u64().unwrap() > 0);
+    assert_eq!(common::counts(&node.settings).await, (total, total));
+    // Again through `hubflow ctl` (plain progress lines: stderr is a pipe).
+    let (ok, stdout, stderr) = node.ctl(&["replay", "--partition", "0"], Some(TOKEN));
+    assert!(ok, "ctl replay failed: {stdout}{stderr}");
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(stderr.lines().any(|l| l.starts_with("replay ")), "{stderr}");
+    assert_eq!(common::counts(&node.settings).await, (total, total));
+    // Time ranges: one that covers everything replays every blob of the
+    // partition (totals unchanged); one in the future selects none.
+    let mut finished = Vec::new();
+    for range in [
+        json!({"partition": 1, "from_time": "2000-01-01T00:00:00Z", "to_time": "2100-01-01T00:00:00Z"}),
+        json!({"partition": 1, "from_time": "2100-01-01T00:00:00Z"}),
+    ] {
+        let (code, started) = node.post("/replay", range).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{started}");
+        let id = started["id"].as_u64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, progress) = node.get(&format!("/replay/{id}")).await;
+            if progress["state"] != "running" {
+                assert_eq!(progress["state"], "completed", "{progress}");
+                finished.push(progress);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replay did not finish: {progress}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        finished[0]["blobs_done"].as_u64().unwrap() > 0,
+        "{}",
+        finished[0]
+    );
+    assert_eq!(finished[1]["blobs_done"], 0, "{}", finished[1]);
+    assert_eq!(common::counts(&node.settings).await, (total, total));
+    let status = node.status().await;
+    assert_eq!(status["replays"].as_array().unwrap().len(), 4);
+
+    // Metrics: computed gauges present, lag zero once caught up; promtool.
+    let scrape = || async {
+        let resp = node
+            .http
+            .get(format!("http://{}/metrics", node.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        resp.text().await.unwrap()
+    };
+    let text = scrape().await;
+    for needle in [
+        "hubflow_transformer_lag_events{partition=\"0\"} 0",
+        "hubflow_writer_lag_events{partition=\"0\"} 0",
+        "hubflow_actor_queue_depth{path=\"pipeline/ingest/p0000/consumer\"}",
+        "hubflow_actor_restarts_total{path=\"pipeline/ingest/p0000/consumer\"}",
+        "hubflow_pipeline_ready 1",
+        "# HELP hubflow_transformer_lag_events",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from /metrics:\n{text}"
+        );
+    }
+
+    // Dead letters: list, inspect, refuse a bad redrive, redrive a fixed one.
+    let store =
+        hubflow::embedded::FsBlobStore::new(node.settings.data_dir().join("blobs")).unwrap();
+    let dlq = &node.settings.config.storage.dead_letter_container;
+    hubflow_actors::dead_letter::write_dead_letter_at(
+        &store,
+        dlq,
+        "transform",
+        "ingest-p0000-00000000000000000000-00000000000000000001-000000",
+        "payload is not a JSON object",
+        &json!({"raw_blob": "raw/x", "record_id": "evt-redriven-1", "source": "demo"}),
+        Bytes::from_static(b"[\"not an object\"]"),
+    )
+    .await
+    .unwrap();
+    let (code, list) = node.get("/dlq?stage=transform").await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    let letters = list["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{list}");
+    let id = letters[0]["id"].as_str().unwrap().to_string();
+    let (code, detail) = node.get(&format!("/dlq/{id}")).await;
+    assert_eq!(code, StatusCode::OK, "{detail}");
+    assert_eq!(detail["body_preview"], "[\"not an object\"]");
+    assert_eq!(
+        node.get("/dlq/transform/nope").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (code, body) = node.post("/dlq/redrive", json!({"id": id})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    scrape().await; // the latency sampler's baseline
+    let fixed = json!({"id": "evt-redriven-1", "type": "redriven"});
+    let (code, body) = node
+        .post("/dlq/redrive", json!({"id": id, "payload": fixed}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        node.post("/dlq/redrive", json!({"id": id, "payload": fixed}))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    node.wait_until("redriven record curated", Duration::from_secs(60), |s| {
+        s["progress"]["transformed"] == total + 1
+    })
+    .await;
+    assert_eq!(common::counts(&node.settings).await, (total + 1, total + 1));
+    let text = scrape().await;
+    assert!(
+        text.contains("hubflow_end_to_end_latency_seconds_count"),
+        "{text}"
+    );
+    assert!(text.contains("hubflow_dlq_redriven_total"), "{text}");
+    promtool_check(&text);
+
+    // ctl: status as JSON and text, auth errors surface.
+    let (ok, stdout, stderr) = node.ctl(&["status", "--json"], None);
+    assert!(ok, "{stderr}");
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["progress"]["transformed"], total + 1);
+    let (ok, stdout, _) = node.ctl(&["status"], None);
+    assert!(
+        ok && stdout.contains("curated") && stdout.contains("consumer"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = node.ctl(&["pause", "--source", "demo"], None);
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    let (ok, stdout, stderr) = node.ctl(&["log-level"], None);
+    assert!(
+        ok && stdout.contains("log filter: info"),
+        "{stdout}{stderr}"
+    );
+    let (ok, stdout, _) = node.ctl(&["dlq", "list", "--json"], None);
+    assert!(ok && stdout.contains(&id), "{stdout}");
+    let (ok, _, stderr) = node.ctl(&["kill", "pipeline/no/such"], Some(TOKEN));
+    assert!(
+        !ok && stderr.contains("404") && stderr.contains("pipeline/no/such"),
+        "{stderr}"
+    );
+
+    // Node drain through the API: the service drains and returns Ok.
+    let (code, _) = node.post("/drain", json!({})).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let result = tokio::time::timeout(Duration::from_secs(60), node.run)
+        .await
+        .expect("node drain did not stop the service");
+    result.unwrap().unwrap();
+    node.demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_reads_work_and_control_is_refused() {
+    if std::env::var(hubflow::admin::TOKEN_ENV).is_ok() {
+        eprintln!(
+            "skipped: {} is set in the environment",
+            hubflow::admin::TOKEN_ENV
+        );
+        return;
+    }
+    let node = start(100, None).await;
+    assert_eq!(node.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(node.get("/status").await.0, StatusCode::OK);
+    let (code, body) = node
+        .call(
+            reqwest::Method::POST,
+            "/pause",
+            Some(TOKEN),
+            Some(r#"{"ingest": true}"#),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("token"));
+    let (code, _) = node
+        .call(reqwest::Method::POST, "/drain", None, Some("{}"))
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn non_loopback_without_a_token_is_refused_before_listening() {
+    if std::env::var(hubflow::admin::TOKEN_ENV).is_ok() {
+        eprintln!(
+            "skipped: {} is set in the environment",
+            hubflow::admin::TOKEN_ENV
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), "http://127.0.0.1:9", None);
+    config.admin.listen = Some("0.0.0.0:0".parse().unwrap());
+    let settings = config.validate().unwrap();
+    let err = service::run(settings, RunOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("admin.listen") && err.contains("loopback"),
+        "{err}"
+    );
+    // Nothing was started: no data directory was created.
+    assert!(!dir.path().join("hub.sqlite").exists());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -1,0 +1,208 @@
+//! Process lifecycle of the `hubflow` binary: SIGTERM during load drains,
+//! checkpoints and exits 0 within `[admin] shutdown_deadline_secs`; a second
+//! signal while draining exits at once; either way a restart finishes the
+//! job with exact totals.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hubflow::demo::DemoConfig;
+
+const DEADLINE_SECS: u64 = 20;
+
+fn write_config(dir: &Path, url: &str) -> std::path::PathBuf {
+    let mut config = common::config(&dir.join("data"), url);
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.admin.shutdown_deadline_secs = DEADLINE_SECS;
+    let path = dir.join("hubflow.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+fn spawn(config: &Path, log: &Path, exit_when_idle: bool) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubflow"));
+    cmd.args(["run", "--quiet", "--config"]).arg(config);
+    if exit_when_idle {
+        cmd.arg("--exit-when-idle");
+    }
+    cmd.env("HUBFLOW_LOG", "info")
+        .env_remove("HUBFLOW_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawning hubflow")
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+async fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Wait until the process logged that the pipeline runs and some records
+/// were fetched (so the signal lands during load, not during start-up).
+async fn wait_for_load(child: &mut Child, log: &Path, data: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let started = text.contains("pipeline started");
+        let raw = data.join("blobs").join("raw");
+        let landed = walk_count(&raw) > 0;
+        if started && landed {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "hubflow exited early; log:\n{}",
+            log_tail(log)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no load after 120s:\n{}",
+            log_tail(log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { walk_count(&p) } else { 1 }
+        })
+        .sum()
+}
+
+async fn finish_and_count(
+    config: &Path,
+    log: &Path,
+    demo: common::DemoServer,
+    data: &Path,
+    total: u64,
+) {
+    let mut child = spawn(config, log, true);
+    let status = wait(&mut child, Duration::from_secs(600)).await;
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let status = status.unwrap_or_else(|| panic!("restart did not finish:\n{}", log_tail(log)));
+    assert!(
+        status.success(),
+        "restart failed: {status}\n{}",
+        log_tail(log)
+    );
+    let settings = common::config(data, &demo.url).validate().unwrap();
+    assert_eq!(common::counts(&settings).await, (total, total));
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
+    let total = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        rate_per_sec: Some(6_000.0),
+        ..DemoConfig::default()
+    })
+    .await;
+    let config = write_config(dir.path(), &demo.url);
+    let data = dir.path().join("data");
+    let log = dir.path().join("hubflow.log");
+
+    let mut child = spawn(&config, &log, false);
+    wait_for_load(&mut child, &log, &data).await;
+    let sent = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = wait(&mut child, Duration::from_secs(DEADLINE_SECS + 5)).await;
+    let took = sent.elapsed();
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("no exit within the deadline:\n{}", log_tail(&log))
+    });
+    assert!(
+        status.success(),
+        "exit {status} after SIGTERM:\n{}",
+        log_tail(&log)
+    );
+    assert!(
+        took <= Duration::from_secs(DEADLINE_SECS),
+        "drain took {took:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("draining") && text.contains("stopped"),
+        "{}",
+        log_tail(&log)
+    );
+    eprintln!("SIGTERM to exit 0: {took:?}");
+
+    finish_and_count(&config, &log, demo, &data, total).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
+    let total = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        rate_per_sec: Some(6_000.0),
+        ..DemoConfig::default()
+    })
+    .await;
+    let config = write_config(dir.path(), &demo.url);
+    let data = dir.path().join("data");
+    let log = dir.path().join("hubflow.log");
+
+    let mut child = spawn(&config, &log, false);
+    wait_for_load(&mut child, &log, &data).await;
+    signal(&child, libc::SIGTERM);
+    // Both signals may land before the handler reads either: then the
+    // drain may even finish. What matters is a prompt exit and no damage.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    if child.try_wait().unwrap().is_none() {
+        signal(&child, libc::SIGINT);
+    }
+    let status = wait(&mut child, Duration::from_secs(5)).await;
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("no prompt exit after a second signal:\n{}", log_tail(&log))
+    });
+    eprintln!("second signal: exit {status}");
+    if !status.success() {
+        assert_eq!(status.code(), Some(130), "{}", log_tail(&log));
+    }
+
+    finish_and_count(&config, &log, demo, &data, total).await;
+}
