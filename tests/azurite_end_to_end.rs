@@ -1,0 +1,254 @@
+//! The whole dataflow with every container (raw, curated, state, dead
+//! letters) in Azure Blob Storage, emulated by Azurite: the demo API (real
+//! HTTP on loopback, with faults) → fetcher → embedded hub → consumers → raw
+//! blobs → transformers → zstd Parquet in Azure. Every record exactly once,
+//! checked twice: by our SQL engine over the curated blobs downloaded from
+//! Azure, and by clients that are not ours, the official Python SDK and
+//! pyarrow (`scripts/azure_crosscheck.py`).
+//!
+//! Needs `bash scripts/install-azurite.sh` (fails, never skips, without it).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::azurite::{ACCOUNT, ACCOUNT_KEY, Azurite, repo_root};
+use hubflow::config::{Config, Settings};
+use hubflow::demo::{DemoConfig, FaultConfig};
+use hubflow::pipeline::{Pipeline, Progress};
+use hubflow::source::{HttpSource, SecretString};
+use hubflow_actors::formats::raw;
+use hubflow_actors::ports::{BlobStore, Source};
+use serde_json::Value;
+
+const TOTAL: u64 = 20_000;
+
+/// The test config through its TOML text (so the `[azure_blob]` section's
+/// file format is what runs), with the key in a file.
+fn settings(data_dir: &std::path::Path, demo_url: &str, azurite: &Azurite) -> Settings {
+    let key_file = data_dir.join("azure-key");
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&key_file, format!("{ACCOUNT_KEY}\n")).unwrap();
+    let mut config = common::config(data_dir, demo_url);
+    let mut azure = azurite.account_key_config();
+    azure.auth = hubflow::azure::AzureAuthConfig::AccountKey {
+        key: SecretString::file(&key_file),
+    };
+    config.azure_blob = Some(azure);
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("[azure_blob]"), "{text}");
+    assert!(
+        !text.contains(ACCOUNT_KEY),
+        "the key must not be in the config text"
+    );
+    Config::parse(&text, "test", &BTreeMap::new())
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+/// Run the pipeline until everything fetched is curated (checked twice in a
+/// row, like `hubflow run --exit-when-idle`), bounded.
+async fn run_until_idle(settings: &Settings) -> Progress {
+    assert!(hubflow::azure::is_configured(settings));
+    let backends = hubflow::azure::azure_backends(settings).await.unwrap();
+    assert!(backends.blobs.describe().contains("azure blob storage"));
+    let sources: Vec<Arc<dyn Source>> = settings
+        .sources
+        .iter()
+        .map(|s| Arc::new(HttpSource::new(s.clone()).unwrap()) as Arc<dyn Source>)
+        .collect();
+    let expected_sources = sources.len();
+    let pipeline = Pipeline::start(settings.clone(), backends, sources)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut idle_checks = 0;
+    let progress = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pipeline did not finish in 10 minutes: {:?}",
+            pipeline.progress().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let progress = match pipeline.progress().await {
+            Ok(p) => p,
+            Err(error) => {
+                eprintln!("progress not readable yet: {error:#}");
+                continue;
+            }
+        };
+        if progress.idle(expected_sources) {
+            idle_checks += 1;
+            if idle_checks >= 2 {
+                break progress;
+            }
+        } else {
+            idle_checks = 0;
+        }
+    };
+    pipeline.shutdown().await;
+    progress
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_thousand_records_through_azure_blob_storage() {
+    let azurite = Azurite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total: TOTAL,
+        faults: FaultConfig {
+            error_rate: 0.02,
+            throttle_rate: 0.01,
+            truncate_rate: 0.01,
+            garbage_rate: 0.01,
+            ..FaultConfig::default()
+        },
+        seed: 11,
+        ..DemoConfig::default()
+    })
+    .await;
+    let settings = settings(dir.path(), &demo.url, &azurite);
+    let progress = run_until_idle(&settings).await;
+    demo.stop().await;
+    assert!(progress.in_hub >= TOTAL, "{progress:?}");
+    assert_eq!(progress.landed, progress.in_hub, "{progress:?}");
+    assert_eq!(progress.transformed, progress.in_hub, "{progress:?}");
+
+    let store = azurite.account_key_store();
+    let s = &settings.config.storage;
+
+    // Raw: every hub event in exactly one valid raw blob.
+    let mut raw_records = 0u64;
+    let raw_blobs = store.list(&s.raw_container, "").await.unwrap();
+    assert!(!raw_blobs.is_empty());
+    for blob in raw_blobs
+        .iter()
+        .filter(|b| !b.name.starts_with(raw::QUARANTINE_PREFIX))
+    {
+        let (bytes, _) = store.get(&s.raw_container, &blob.name).await.unwrap();
+        let header = raw::read_header(&bytes)
+            .unwrap_or_else(|e| panic!("raw blob {} is not valid: {e}", blob.name));
+        raw_records += u64::from(header.records);
+    }
+    assert_eq!(
+        raw_records, progress.in_hub,
+        "raw blobs cover the hub exactly"
+    );
+
+    // State: checkpoints are in Azure (the writer's, per partition).
+    let state = store.list(&s.state_container, "").await.unwrap();
+    let checkpoints = state
+        .iter()
+        .filter(|b| b.name.contains("/checkpoint/"))
+        .count();
+    assert_eq!(
+        checkpoints,
+        settings.config.hub.partitions as usize,
+        "one writer checkpoint per partition: {:?}",
+        state.iter().map(|b| &b.name).collect::<Vec<_>>()
+    );
+    // The dead-letter container exists and lists (its content depends on
+    // which faults the demo drew).
+    let dead_letters = store
+        .list(&s.dead_letter_container, "")
+        .await
+        .unwrap()
+        .len();
+
+    // Curated, by our SQL engine over the files downloaded from Azure.
+    let curated = store.list(&s.curated_container, "").await.unwrap();
+    let parquet: Vec<_> = curated
+        .iter()
+        .filter(|b| b.name.ends_with(".parquet"))
+        .collect();
+    assert!(!parquet.is_empty(), "no curated parquet in azure");
+    let local = tempfile::tempdir().unwrap();
+    for blob in &parquet {
+        let (bytes, _) = store.get(&s.curated_container, &blob.name).await.unwrap();
+        let path = local.path().join(&blob.name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let batches = hubflow::query::query_dir(
+        local.path(),
+        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
+    )
+    .await
+    .unwrap();
+    let text =
+        hubflow::query::format_batches(&batches, hubflow::query::OutputFormat::Json).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let counts = (
+        rows[0]["n"].as_u64().unwrap(),
+        rows[0]["d"].as_u64().unwrap(),
+    );
+    assert_eq!(counts, (TOTAL, TOTAL), "our SQL over curated from azure");
+
+    // Curated, by the official Python SDK and pyarrow.
+    let python = repo_root().join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash scripts/install-azurite.sh` first",
+        python.display()
+    );
+    let output = tokio::process::Command::new(&python)
+        .arg(repo_root().join("scripts/azure_crosscheck.py"))
+        .args(["--account-url", &azurite.account_url])
+        .args(["--account-name", ACCOUNT])
+        .args(["--curated", &s.curated_container])
+        .args(["--prefix", "demo/"])
+        .env("AZURE_STORAGE_KEY", ACCOUNT_KEY)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), output)
+        .await
+        .expect("cross-check did not finish in 5 minutes")
+        .expect("cannot run the cross-check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cross-check failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("cross-check printed no JSON ({e}): {stdout}"));
+    eprintln!("python cross-check: {report}");
+    let mut containers: Vec<&str> = [
+        &s.raw_container,
+        &s.curated_container,
+        &s.state_container,
+        &s.dead_letter_container,
+    ]
+    .iter()
+    .map(|c| c.as_str())
+    .collect();
+    containers.sort();
+    let listed: Vec<&str> = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(listed, containers, "{report}");
+    assert_eq!(
+        report["files"].as_u64(),
+        Some(parquet.len() as u64),
+        "{report}"
+    );
+    assert_eq!(report["rows"].as_u64(), Some(TOTAL), "{report}");
+    assert_eq!(report["distinct_ids"].as_u64(), Some(TOTAL), "{report}");
+    assert_eq!(
+        report["blobs"][&s.raw_container].as_u64(),
+        Some(raw_blobs.len() as u64),
+        "{report}"
+    );
+    assert_eq!(
+        report["blobs"][&s.dead_letter_container].as_u64(),
+        Some(dead_letters as u64),
+        "{report}"
+    );
+}
