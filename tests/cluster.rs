@@ -1,0 +1,356 @@
+//! A cluster on one host: `hubflow run` processes sharing one data directory
+//! (embedded hub + filesystem blob store) and one demo source, with 3 s
+//! leases renewed every second.
+//!
+//! Three nodes share six partitions fairly; the node holding the fetcher
+//! lease is SIGKILLed and its partitions and the lease move within the
+//! expiry; a fourth node joins and the partitions rebalance; one node is
+//! drained with SIGTERM and releases everything before it exits. At the end
+//! every record is in curated exactly once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hubflow::cluster::{LeaseStore, OwnershipStore};
+use hubflow::config::Settings;
+use hubflow::demo::DemoConfig;
+use hubflow::embedded::FsBlobStore;
+use hubflow::pipeline::{Backends, INGEST_HUB, Progress};
+use hubflow_actors::now_ms;
+use hubflow_actors::ports::StateStore;
+
+const PARTITIONS: [u32; 6] = [0, 1, 2, 3, 4, 5];
+const LEASE: Duration = Duration::from_secs(3);
+const RENEW: Duration = Duration::from_secs(1);
+
+/// The running `hubflow run` processes; killed if the test fails.
+struct Nodes {
+    dir: PathBuf,
+    config: PathBuf,
+    running: BTreeMap<String, Child>,
+}
+
+impl Nodes {
+    fn start(&mut self, id: &str) {
+        let log = std::fs::File::create(self.log(id)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+            .args(["run", "--quiet", "--config"])
+            .arg(&self.config)
+            .env("HUBFLOW_LOG", "info")
+            .env("HUBFLOW__CLUSTER__NODE_ID", id)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning hubflow");
+        self.running.insert(id.to_string(), child);
+    }
+
+    fn log(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    fn tails(&self) -> String {
+        let mut out = String::new();
+        for id in ["a", "b", "c", "d"] {
+            let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+            out.push_str(&format!("\n--- {id} ---\n{tail}"));
+        }
+        out
+    }
+
+    fn kill(&mut self, id: &str) {
+        let mut child = self.running.remove(id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    async fn drain(&mut self, id: &str, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.running.remove(id).unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{id} did not stop within {limit:?};{}", self.tails());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.running.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Who owns what, and who holds the fetcher lease, read from the records.
+struct Observer {
+    ownership: OwnershipStore,
+    lease: LeaseStore,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    owners: BTreeMap<u32, Option<String>>,
+    fetcher: Option<String>,
+}
+
+impl Snapshot {
+    fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for owner in self.owners.values().flatten() {
+            *counts.entry(owner.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every partition owned by one of `nodes`, each owning 6/n (±1), and
+    /// the fetcher lease held by one of them.
+    fn balanced_over(&self, nodes: &[String]) -> bool {
+        let counts = self.counts();
+        let all_owned = self
+            .owners
+            .values()
+            .all(|o| o.as_ref().is_some_and(|o| nodes.contains(o)));
+        let (min, max) = (
+            nodes
+                .iter()
+                .map(|n| counts.get(n).copied().unwrap_or(0))
+                .min(),
+            nodes
+                .iter()
+                .map(|n| counts.get(n).copied().unwrap_or(0))
+                .max(),
+        );
+        all_owned
+            && min.zip(max).is_some_and(|(lo, hi)| hi - lo <= 1)
+            && self.fetcher.as_ref().is_some_and(|f| nodes.contains(f))
+    }
+}
+
+impl Observer {
+    fn new(data: &Path) -> Observer {
+        let store = FsBlobStore::new(data.join("blobs")).unwrap();
+        let state = StateStore::new(Arc::new(store), "state");
+        Observer {
+            ownership: OwnershipStore::new(
+                state.clone(),
+                "local",
+                INGEST_HUB,
+                "$Default",
+                "observer",
+                LEASE,
+            ),
+            lease: LeaseStore::new(state, "local", "observer", LEASE),
+        }
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let now = now_ms();
+        let view = self.ownership.load(&PARTITIONS, now).await.unwrap();
+        let fetcher = self
+            .lease
+            .load("fetcher/demo")
+            .await
+            .unwrap()
+            .and_then(|r| r.value.live_holder(now).map(str::to_string));
+        Snapshot {
+            owners: PARTITIONS
+                .iter()
+                .map(|p| (*p, view.owner_of(*p).map(str::to_string)))
+                .collect(),
+            fetcher,
+        }
+    }
+
+    /// Poll until `done`; returns how long it took.
+    async fn until(
+        &self,
+        nodes: &Nodes,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Snapshot) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            // Before the first claim the container may not exist yet.
+            let snap = match tokio::time::timeout(Duration::from_secs(5), self.snapshot()).await {
+                Ok(s) => s,
+                Err(_) => panic!("reading ownership timed out"),
+            };
+            if done(&snap) {
+                eprintln!("{what}: {:?} after {:?}", snap, start.elapsed());
+                return start.elapsed();
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "{what}: not reached in {limit:?}; last {snap:?}{}",
+                    nodes.tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn progress(settings: &Settings, backends: &Backends) -> Progress {
+    Progress::read(settings, backends).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_partitions_survive_a_kill_rebalance_and_drain_exactly_once() {
+    let test_start = Instant::now();
+    let total = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        rate_per_sec: Some(600.0),
+        ..DemoConfig::default()
+    })
+    .await;
+    let data = dir.path().join("data");
+    let mut config = common::config(&data, &demo.url);
+    config.hub.partitions = PARTITIONS.len() as u32;
+    config.cluster.enabled = true;
+    config.cluster.lease_secs = LEASE.as_secs();
+    config.cluster.renew_secs = RENEW.as_secs();
+    let config_path = dir.path().join("hubflow.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let settings = config.validate().unwrap();
+
+    let mut nodes = Nodes {
+        dir: dir.path().to_path_buf(),
+        config: config_path,
+        running: BTreeMap::new(),
+    };
+    for id in ["a", "b", "c"] {
+        nodes.start(id);
+    }
+    // The first process creates the data directory and the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.join("blobs").join("state").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no state container;{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let observer = Observer::new(&data);
+    observer
+        .until(&nodes, "three nodes share", Duration::from_secs(40), |s| {
+            s.balanced_over(&nodes.ids())
+        })
+        .await;
+    let backends = Backends::embedded(&settings).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress(&settings, &backends).await.transformed == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing curated;{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SIGKILL the fetcher lease holder: its partitions and the lease move
+    // once its claims expire (lease) plus a renew round or two.
+    let victim = observer.snapshot().await.fetcher.unwrap();
+    nodes.kill(&victim);
+    let moved = observer
+        .until(&nodes, "after the kill", Duration::from_secs(20), |s| {
+            s.balanced_over(&nodes.ids())
+        })
+        .await;
+    assert!(
+        moved <= LEASE + 3 * RENEW + Duration::from_secs(2),
+        "took {moved:?} to move a dead node's work"
+    );
+
+    // A fourth node joins: the six spread over three nodes again.
+    nodes.start("d");
+    observer
+        .until(&nodes, "after d joined", Duration::from_secs(30), |s| {
+            s.counts().get("d").copied().unwrap_or(0) >= 1 && s.balanced_over(&nodes.ids())
+        })
+        .await;
+
+    // Drain one of the original nodes: it releases before it exits, and the
+    // others take its partitions without waiting for an expiry.
+    let drained = nodes.ids().into_iter().find(|id| id != "d").unwrap();
+    let status = nodes.drain(&drained, Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "{drained} exited with {status};{}",
+        nodes.tails()
+    );
+    let after = observer.snapshot().await;
+    assert!(
+        after
+            .owners
+            .values()
+            .all(|o| o.as_deref() != Some(drained.as_str()))
+            && after.fetcher.as_deref() != Some(drained.as_str()),
+        "{drained} still holds work after its drain: {after:?}"
+    );
+    let log = std::fs::read_to_string(nodes.log(&drained)).unwrap_or_default();
+    assert!(log.contains("partition released"), "{log}");
+    let handover = observer
+        .until(&nodes, "after the drain", Duration::from_secs(20), |s| {
+            s.balanced_over(&nodes.ids())
+        })
+        .await;
+    assert!(
+        handover < LEASE,
+        "a drained node's partitions waited for expiry ({handover:?})"
+    );
+
+    // Everything fetched and curated, then the rest drain too.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = progress(&settings, &backends).await;
+        if p.idle(1) && p.in_hub >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished: {p:?};{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for id in nodes.ids() {
+        let status = nodes.drain(&id, Duration::from_secs(30)).await;
+        assert!(status.success(), "{id} exited with {status}");
+    }
+    let counts = common::counts(&settings).await;
+    assert_eq!(counts, (total, total), "{}", nodes.tails());
+    let rows = common::json_rows(&settings, "SELECT count(*) AS n FROM demo").await;
+    assert_eq!(rows[0]["n"].as_u64(), Some(total));
+    demo.stop().await;
+    eprintln!("cluster test took {:?}", test_start.elapsed());
+}
