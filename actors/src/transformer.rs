@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::dead_letter::write_dead_letter_at;
-use crate::formats::curated::{self, CurateInput, CurateOptions, CuratedOutput};
+use crate::formats::curated::{self, BatchTransform, CurateInput, CurateOptions, CuratedOutput};
 use crate::formats::raw::{self, RawBatch};
 use crate::now_ms;
 use crate::ports::{
@@ -69,6 +69,12 @@ pub struct TransformerParams {
     /// How many recent (id, payload) keys are remembered to drop duplicates.
     pub dedupe_window: usize,
     pub poll_wait: Duration,
+    /// Reshapes each batch before Parquet (a versioned SQL spec); `None` is
+    /// the identity.
+    pub transform: Option<Arc<dyn BatchTransform>>,
+    /// The dedupe window, kept across restarts of this partition's
+    /// transformer within the process (see [`WindowCache`]).
+    pub window_cache: WindowCache,
     pub probe: ActorProbe,
 }
 
@@ -84,8 +90,20 @@ pub struct TransformCheckpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchemaRecord {
     pub version: u64,
+    /// The inferred schema of the payloads (what inference evolves).
     pub schema: serde_json::Value,
     pub updated_ms: i64,
+    /// The union of the schemas of the files written, when a transform
+    /// reshaped them (what queries read); absent: same as `schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+}
+
+impl SchemaRecord {
+    /// The schema queries should read the source's files with.
+    pub fn table_schema(&self) -> &serde_json::Value {
+        self.output.as_ref().unwrap_or(&self.schema)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -108,9 +126,11 @@ pub struct TransformerState {
     params: TransformerParams,
     trigger: Box<dyn PartitionReceiver>,
     etag: Option<ETag>,
-    window: DedupeWindow,
+    window: WindowClaim,
     /// The registry schema per source, as last read or written.
     schemas: BTreeMap<String, SchemaRef>,
+    /// The transform output schema last registered, per source.
+    outputs: BTreeMap<String, SchemaRef>,
     status: TransformerStatus,
 }
 
@@ -150,11 +170,22 @@ impl Actor for Transformer {
             Some(v) => (v.value.next_sequence, Some(v.etag)),
             None => (0, None),
         };
-        let window = rebuild_window(&params, next_sequence).await?;
+        // A restart in this process reuses the window when it is exactly as
+        // of the checkpoint; otherwise it is rebuilt from the raw blobs.
+        // An actor of an earlier generation that is still winding down (a
+        // killed supervisor's children stop asynchronously) is fenced off:
+        // claiming the cache makes its later use of it fail.
+        let window = params.window_cache.claim();
+        let reused = window.is_valid_at(next_sequence);
+        if !reused {
+            let rebuilt = rebuild_window(&params, next_sequence).await?;
+            window.reset(rebuilt, next_sequence)?;
+        }
         info!(
             partition = params.partition,
             next_sequence,
             remembered = window.len(),
+            reused,
             "transformer started"
         );
         params.probe.set_busy(true);
@@ -170,6 +201,7 @@ impl Actor for Transformer {
             etag,
             window,
             schemas: BTreeMap::new(),
+            outputs: BTreeMap::new(),
         })
     }
 
@@ -315,11 +347,12 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     let next = state.status.next_sequence;
     batch.records.retain(|r| r.sequence_number >= next);
     let before = batch.records.len();
-    let batch = state.window.filter(batch);
+    let batch = state.window.filter(batch)?;
     let dropped = (before - batch.records.len()) as u64;
 
     let known = state.schemas.clone();
     let options = params.options.clone();
+    let transform = params.transform.clone();
     let stem = name.stem();
     let raw_blob = format!("{}/{}", params.raw_container, blob);
     let output = tokio::task::spawn_blocking(move || {
@@ -336,7 +369,14 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
                 payload: &r.payload,
             })
             .collect();
-        let output = curated::curate(&inputs, &raw_blob, &stem, &known, &options)?;
+        let output = curated::curate_with(
+            &inputs,
+            &raw_blob,
+            &stem,
+            &known,
+            &options,
+            transform.as_deref(),
+        )?;
         // The payloads of rejected records, for their dead letters.
         let rejected: BTreeSet<&str> = output.rejected.iter().map(|r| r.id.as_str()).collect();
         let bodies: BTreeMap<String, Bytes> = inputs
@@ -418,30 +458,52 @@ async fn register_schemas(
     output: &CuratedOutput,
 ) -> anyhow::Result<()> {
     for (source, schema) in &output.schemas {
+        let produced = output.output_schemas.get(source);
         if let Some(known) = state.schemas.get(source)
             && known == schema
+            && produced.is_none_or(|p| state.outputs.get(source) == Some(p))
         {
             continue;
         }
         let name = schema_record_name(source);
         loop {
             let current = state.params.state.load::<SchemaRecord>(&name).await?;
-            let (merged, version, etag) = match &current {
+            let (merged, merged_output, version, etag) = match &current {
                 Some(v) => {
                     let stored = curated::schema_from_json(&v.value.schema)?;
                     let (merged, _) = curated::merge_schemas(&stored, schema);
-                    if merged == stored {
+                    let stored_output = match &v.value.output {
+                        Some(o) => Some(curated::schema_from_json(o)?),
+                        None => None,
+                    };
+                    let merged_output = match (produced, &stored_output) {
+                        // Files written before a transform have the inferred shape.
+                        (Some(p), None) => Some(curated::merge_schemas(&merged, p).0),
+                        (Some(p), Some(o)) => Some(curated::merge_schemas(o, p).0),
+                        (None, Some(o)) => Some(curated::merge_schemas(o, &merged).0),
+                        (None, None) => None,
+                    };
+                    if merged == stored && merged_output == stored_output {
                         state.schemas.insert(source.clone(), Arc::new(merged));
+                        if let Some(p) = produced {
+                            state.outputs.insert(source.clone(), p.clone());
+                        }
                         break;
                     }
-                    (merged, v.value.version + 1, Some(&v.etag))
+                    (merged, merged_output, v.value.version + 1, Some(&v.etag))
                 }
-                None => (schema.as_ref().clone(), 1, None),
+                None => (
+                    schema.as_ref().clone(),
+                    produced.map(|p| p.as_ref().clone()),
+                    1,
+                    None,
+                ),
             };
             let record = SchemaRecord {
                 version,
                 schema: curated::schema_to_json(&merged),
                 updated_ms: now_ms(),
+                output: merged_output.as_ref().map(curated::schema_to_json),
             };
             match state
                 .params
@@ -452,6 +514,9 @@ async fn register_schemas(
                 Ok(_) => {
                     info!(source, version, "schema registry updated");
                     state.schemas.insert(source.clone(), Arc::new(merged));
+                    if let Some(p) = produced {
+                        state.outputs.insert(source.clone(), p.clone());
+                    }
                     break;
                 }
                 Err(e) if e.is_conflict() => continue,
@@ -475,7 +540,112 @@ async fn commit(state: &mut TransformerState, next_sequence: i64) -> anyhow::Res
         .await?;
     state.etag = Some(etag);
     state.status.next_sequence = next_sequence;
+    state.window.mark_valid_at(next_sequence)?;
     Ok(())
+}
+
+/// A partition's dedupe window shared by the successive transformer actors
+/// of one process, so a restart does not re-read the raw history. It is
+/// only reused when it is exactly as of the checkpoint the new actor starts
+/// from: filtering a batch marks it stale until that batch's checkpoint is
+/// durable, so a crash in between forces a rebuild from the raw blobs. Each
+/// actor works through a [`WindowClaim`]; a newer claim fences off the older
+/// ones, so an actor that is still winding down cannot touch the window its
+/// successor relies on.
+#[derive(Clone, Default)]
+pub struct WindowCache(Arc<std::sync::Mutex<CachedWindow>>);
+
+#[derive(Default)]
+struct CachedWindow {
+    /// The latest claim; only it may use the window.
+    owner: u64,
+    /// The checkpoint (`next_sequence`) the window is exact for.
+    valid_at: Option<i64>,
+    window: Option<DedupeWindow>,
+}
+
+impl std::fmt::Debug for WindowCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.lock();
+        f.debug_struct("WindowCache")
+            .field("owner", &c.owner)
+            .field("valid_at", &c.valid_at)
+            .finish()
+    }
+}
+
+impl WindowCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedWindow> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Become the only user of the window (earlier claims fail from now on).
+    pub fn claim(&self) -> WindowClaim {
+        let mut c = self.lock();
+        c.owner += 1;
+        WindowClaim {
+            cache: self.clone(),
+            token: c.owner,
+        }
+    }
+}
+
+/// One actor's use of a [`WindowCache`].
+pub struct WindowClaim {
+    cache: WindowCache,
+    token: u64,
+}
+
+/// A newer transformer of the same partition claimed the window.
+#[derive(Debug, thiserror::Error)]
+#[error("superseded by a newer transformer of this partition")]
+pub struct Superseded;
+
+impl WindowClaim {
+    fn owned(&self) -> Result<std::sync::MutexGuard<'_, CachedWindow>, Superseded> {
+        let c = self.cache.lock();
+        if c.owner == self.token {
+            Ok(c)
+        } else {
+            Err(Superseded)
+        }
+    }
+
+    pub fn is_valid_at(&self, next_sequence: i64) -> bool {
+        self.owned()
+            .is_ok_and(|c| c.window.is_some() && c.valid_at == Some(next_sequence))
+    }
+
+    fn reset(&self, window: DedupeWindow, next_sequence: i64) -> Result<(), Superseded> {
+        let mut c = self.owned()?;
+        c.window = Some(window);
+        c.valid_at = Some(next_sequence);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.owned()
+            .map_or(0, |c| c.window.as_ref().map_or(0, DedupeWindow::len))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn mark_valid_at(&self, next_sequence: i64) -> Result<(), Superseded> {
+        self.owned()?.valid_at = Some(next_sequence);
+        Ok(())
+    }
+
+    /// [`DedupeWindow::filter`]; the window is stale until the next commit.
+    fn filter(&self, batch: RawBatch) -> Result<RawBatch, Superseded> {
+        let mut c = self.owned()?;
+        c.valid_at = None;
+        Ok(match c.window.as_mut() {
+            Some(w) => w.filter(batch),
+            None => batch,
+        })
+    }
 }
 
 /// Remembers the (id, payload) keys of the last `capacity` records.
@@ -632,6 +802,8 @@ mod tests {
                 options: CurateOptions::default(),
                 dedupe_window: 1000,
                 poll_wait: Duration::from_millis(20),
+                transform: None,
+                window_cache: WindowCache::default(),
                 probe: ActorProbe::default(),
             }
         }
@@ -842,5 +1014,44 @@ mod tests {
         assert!(w.insert("b", b"1"));
         assert!(w.insert("a", b"1"), "evicted");
         assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn a_cached_window_is_reused_only_when_exact_and_fences_older_claims() {
+        let cache = WindowCache::default();
+        let first = cache.claim();
+        assert!(!first.is_valid_at(0), "nothing cached yet");
+        first.reset(DedupeWindow::new(10), 0).unwrap();
+        assert!(first.is_valid_at(0));
+        assert!(!first.is_valid_at(5));
+        let batch = RawBatch {
+            hub: "ingest".into(),
+            partition: 1,
+            first_seq: 0,
+            last_seq: 1,
+            created_ms: 0,
+            records: (0..2)
+                .map(|i| RawRecord {
+                    id: format!("r{i}"),
+                    source: "s".into(),
+                    sequence_number: i,
+                    offset: i.to_string(),
+                    enqueued_time_ms: 0,
+                    fetched_time_ms: 0,
+                    payload: b"{}".to_vec(),
+                })
+                .collect(),
+        };
+        assert_eq!(first.filter(batch.clone()).unwrap().records.len(), 2);
+        // Filtered but not committed (a crash here): stale, so rebuilt.
+        assert!(!first.is_valid_at(0) && !first.is_valid_at(2));
+        first.mark_valid_at(2).unwrap();
+        let second = cache.claim();
+        assert!(second.is_valid_at(2), "a restart reuses it");
+        // The first actor, still winding down, can no longer touch it.
+        assert!(first.filter(batch.clone()).is_err());
+        assert!(first.mark_valid_at(4).is_err());
+        assert_eq!(second.filter(batch).unwrap().records.len(), 0, "remembered");
+        assert_eq!(second.len(), 2);
     }
 }

@@ -28,6 +28,11 @@
 //! rules, such as objects stored as JSON text, are beyond what `arrow_json`'s
 //! decoder does). [`schema_to_json`] / [`schema_from_json`]
 //! store the per-source schema in the registry.
+//!
+//! A [`BatchTransform`] (a versioned SQL spec, for example) may reshape each
+//! batch between inference and Parquet ([`curate_with`]): add, drop, rename
+//! or cast data columns and filter rows. The metadata columns must survive
+//! it, so lineage and the exactly-once checks still hold.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
@@ -99,7 +104,26 @@ pub enum CurateError {
     Arrow(#[from] ArrowError),
     #[error("parquet error: {0}")]
     Parquet(#[from] ParquetError),
+    #[error("transform {version} failed on source {source_name}: {message}")]
+    Transform {
+        version: String,
+        source_name: String,
+        message: String,
+    },
 }
+
+/// A reshaping of each curated batch (one source, one hour), applied before
+/// the Parquet file is written. Implementations must be deterministic, so
+/// a rewrite after a crash produces the same file.
+pub trait BatchTransform: Send + Sync {
+    /// The version label written to the status tree and the file metadata.
+    fn version(&self) -> &str;
+    /// The batch holds the data columns then the [`METADATA_COLUMNS`].
+    fn apply(&self, source: &str, batch: RecordBatch) -> Result<RecordBatch, String>;
+}
+
+/// Parquet key-value metadata naming the transform version of a file.
+pub const TRANSFORM_VERSION_KEY: &str = "hubflow.transform_version";
 
 /// One input record (the raw format's record, borrowed).
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +167,8 @@ pub struct CuratedOutput {
     pub conflicts: Vec<SchemaConflict>,
     /// Records that could not be curated, in input order.
     pub rejected: Vec<Rejected>,
+    /// With a transform: the schema of the files it produced, per source.
+    pub output_schemas: BTreeMap<String, SchemaRef>,
 }
 
 /// One Parquet file, ready to put in the curated container.
@@ -877,6 +903,36 @@ fn writer_properties(opts: &CurateOptions) -> Result<WriterProperties, CurateErr
         .build())
 }
 
+fn apply_transform(
+    t: &dyn BatchTransform,
+    source: &str,
+    batch: RecordBatch,
+) -> Result<RecordBatch, CurateError> {
+    let error = |message: String| CurateError::Transform {
+        version: t.version().to_string(),
+        source_name: source.to_string(),
+        message,
+    };
+    let out = t.apply(source, batch).map_err(error)?;
+    for column in METADATA_COLUMNS {
+        if out.schema().column_with_name(column).is_none() {
+            return Err(error(format!("the output lacks metadata column {column}")));
+        }
+    }
+    Ok(out)
+}
+
+fn with_version_metadata(props: WriterProperties, version: &str) -> WriterProperties {
+    use parquet::file::metadata::KeyValue;
+    props
+        .into_builder()
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            TRANSFORM_VERSION_KEY.to_string(),
+            version.to_string(),
+        )]))
+        .build()
+}
+
 fn write_parquet(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes, CurateError> {
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone()))?;
@@ -1077,9 +1133,25 @@ pub fn curate(
     known: &BTreeMap<String, SchemaRef>,
     opts: &CurateOptions,
 ) -> Result<CuratedOutput, CurateError> {
+    curate_with(records, raw_blob, stem, known, opts, None)
+}
+
+/// [`curate`], with `transform` applied to every batch before it is
+/// written. A batch the transform filters down to no rows writes no file.
+pub fn curate_with(
+    records: &[CurateInput<'_>],
+    raw_blob: &str,
+    stem: &str,
+    known: &BTreeMap<String, SchemaRef>,
+    opts: &CurateOptions,
+    transform: Option<&dyn BatchTransform>,
+) -> Result<CuratedOutput, CurateError> {
     let started = Instant::now();
     validate_stem(stem)?;
-    let props = writer_properties(opts)?;
+    let mut props = writer_properties(opts)?;
+    if let Some(t) = transform {
+        props = with_version_metadata(props, t.version());
+    }
     let mut out = CuratedOutput::default();
 
     let by_source = accept(records, &mut out.rejected);
@@ -1098,12 +1170,21 @@ pub fn curate(
                 .push(rec);
         }
         for (hour, group) in by_hour {
-            let batch = build_batch(&schema, &data, &renames, &group, raw_blob)?;
+            let mut batch = build_batch(&schema, &data, &renames, &group, raw_blob)?;
+            if let Some(t) = transform {
+                batch = apply_transform(t, source, batch)?;
+                out.output_schemas
+                    .insert(source.to_string(), batch.schema());
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+            }
+            let rows = batch.num_rows();
             let data = write_parquet(&batch, &props)?;
             out.files.push(CuratedFile {
                 source: source.to_string(),
                 path: hour_path(source, hour, stem),
-                rows: group.len(),
+                rows,
                 data,
             });
         }
