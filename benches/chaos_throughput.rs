@@ -105,6 +105,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
+    // Injected panics are expected; printing each would cost the run time.
+    std::panic::set_hook(Box::new(|_| {}));
     let total: u64 = env("HUBFLOW_BENCH_RECORDS", 100_000);
     let rounds: u32 = env("HUBFLOW_BENCH_ROUNDS", 1);
     let rates: Vec<f64> = env("HUBFLOW_BENCH_RATES", "0,1,5".to_string())

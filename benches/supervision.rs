@@ -107,6 +107,9 @@ fn echo(root: &RootHandle) -> (ActorRef<Msg>, u64) {
 }
 
 fn restart_latency(c: &mut Criterion) {
+    // Injected panics are the point here; printing each one (with a
+    // backtrace under RUST_BACKTRACE) would dominate what is measured.
+    std::panic::set_hook(Box::new(|_| {}));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -57,6 +57,14 @@ pub struct Config {
     pub demo: DemoSection,
     /// HTTP GET sources; each gets one fetcher.
     pub sources: Vec<HttpSourceConfig>,
+    /// Azure Blob Storage as the blob store (absent: the embedded filesystem
+    /// store). See `crate::azure::config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_blob: Option<crate::azure::AzureBlobConfig>,
+    /// Several nodes sharing the hub and the blob store (see `crate::cluster`).
+    pub cluster: crate::cluster::ClusterConfig,
+    /// The admin port (see `crate::admin`): listen address, token, deadlines.
+    pub admin: crate::admin::AdminConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,11 +181,19 @@ pub struct TransformConfig {
     /// zstd level of curated Parquet.
     pub zstd_level: i32,
     pub max_row_group_rows: usize,
+    /// Version label of the transformation spec started with.
+    pub version: String,
+    /// `SELECT … FROM batch` applied to each curated batch (see
+    /// [`crate::transform`]); absent: the identity transform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 impl Default for TransformConfig {
     fn default() -> Self {
         TransformConfig {
+            version: crate::transform::IDENTITY.to_string(),
+            sql: None,
             dedupe_window: 200_000,
             poll_ms: 1_000,
             zstd_level: 3,
@@ -264,6 +280,8 @@ pub struct Settings {
     pub sources: Vec<HttpSourceSettings>,
     pub batch: BatchLimits,
     pub curate: CurateOptions,
+    /// The transformation in effect (hot-swappable; shared by clones).
+    pub transform: crate::transform::ActiveTransform,
 }
 
 impl Settings {
@@ -389,6 +407,9 @@ impl Config {
                 .validate()
                 .map_err(|message| field("demo", &message))?;
         }
+        self.cluster
+            .validate()
+            .map_err(|e| field(&e.path(), &e.message))?;
         let mut sources = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -412,11 +433,17 @@ impl Config {
             zstd_level: self.transform.zstd_level,
             max_row_group_rows: self.transform.max_row_group_rows,
         };
+        let transform = crate::transform::ActiveTransform::new(crate::transform::TransformSpec {
+            version: self.transform.version.clone(),
+            sql: self.transform.sql.clone(),
+        })
+        .map_err(|e| field("transform.sql", &e.to_string()))?;
         Ok(Settings {
             config: self,
             sources,
             batch,
             curate,
+            transform,
         })
     }
 }

@@ -6,27 +6,46 @@
 //! - [`embedded`]: the default backends: a durable SQLite-WAL hub shared by
 //!   processes on one host, and a filesystem blob store with atomic,
 //!   cross-process conditional writes.
+//! - [`azure`]: Azure Blob Storage as the blob store (Entra ID, account key
+//!   via a Shared Key policy, or SAS), tested against Azurite.
 //! - [`source`]: the HTTP GET source (pagination, auth, error classification,
 //!   dead letters).
 //! - [`demo`]: the built-in third-party API simulator used by the quick start
 //!   and the tests.
 //! - [`pipeline`]: the supervision tree of fetchers, partition consumers,
 //!   blob-writers and transformers, and progress read from durable state.
+//! - [`cluster`]: several nodes on one hub and blob store: partition
+//!   ownership and fetcher leases by etag compare-and-swap, and the
+//!   ownership manager that starts and stops this node's share.
 //! - [`service`]: `hubflow run` (status line, signals, exit when idle).
+//! - [`admin`], [`ctl`], [`telemetry`], [`replay`], [`dlq`]: the admin port
+//!   (axum: status, metrics, control, replay, dead letters), its client
+//!   `hubflow ctl`, logs/metrics setup, curated replay and dead-letter redrive.
 //! - [`query`]: SQL (DataFusion) over the curated container.
 //! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
 //!   used by the chaos tests and the chaos throughput benchmark.
+//! - [`transform`]: transformation specs (SQL over each curated batch,
+//!   versioned), their dry run and hot swap with automatic roll back.
 //! - [`testkit`]: the port contract suites every backend must pass.
 //!
-//! The Azure adapters (Blob Storage, Event Hubs) are not built yet; the
-//! ports they will implement are in `hubflow_actors::ports`.
+//! The Event Hubs adapter is not built yet: the hubs are the embedded
+//! SQLite hub in every configuration (the port it will implement is
+//! `hubflow_actors::ports::Hub`).
 
+pub mod admin;
+pub mod azure;
 pub mod chaos;
+pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod demo;
+pub mod dlq;
 pub mod embedded;
 pub mod pipeline;
 pub mod query;
+pub mod replay;
 pub mod service;
 pub mod source;
+pub mod telemetry;
 pub mod testkit;
+pub mod transform;

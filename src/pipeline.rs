@@ -5,7 +5,9 @@
 //! pipeline (one_for_one)
 //! ├── sources (one_for_one) ── fetcher-<source> per configured source
 //! ├── ingest (one_for_one) ── p0000 … pNNNN, each rest_for_one(writer, consumer)
-//! └── transform (one_for_one) ── p0000 … pNNNN transformers
+//! ├── transform (one_for_one) ── p0000 … pNNNN transformers
+//! └── ownership (with `[cluster] enabled`: starts and stops the fetchers and
+//!     partition groups this node holds leases and ownership for)
 //! ```
 //!
 //! A partition's writer starts before its consumer, which finds it as a
@@ -135,10 +137,20 @@ impl Pipeline {
         sources: Vec<Arc<dyn Source>>,
     ) -> anyhow::Result<Pipeline> {
         backends.ensure_containers(&settings).await?;
-        let spec = tree(&settings, &backends, sources).await?;
+        let spec = tree(&settings, &backends, sources.clone()).await?;
         let root = start_root(spec)
             .await
             .context("starting the supervision tree")?;
+        if settings.config.cluster.enabled {
+            // Added last, so a graceful shutdown stops it first: it stops
+            // its groups, then releases its partitions and leases.
+            let manager =
+                crate::cluster::manager_spec(&settings, &backends, sources, root.status().clone())
+                    .await?;
+            root.add_child(ROOT_SUPERVISOR, manager)
+                .await
+                .context("starting the ownership manager")?;
+        }
         Ok(Pipeline {
             root,
             backends,
@@ -172,121 +184,222 @@ fn supervisor(name: &str, strategy: Strategy, settings: &Settings) -> Supervisor
         .health_interval(Duration::from_millis((s.stall_timeout_ms / 4).max(250)))
 }
 
+/// Name of the root supervisor.
+pub const ROOT_SUPERVISOR: &str = "pipeline";
+/// The supervisor of the fetchers (children `fetcher-<source>`).
+pub const SOURCES_SUPERVISOR: &str = "sources";
+/// The supervisor of the partition groups (children `pNNNN`).
+pub const INGEST_SUPERVISOR: &str = "ingest";
+/// The supervisor of the transformers (children `pNNNN`).
+pub const TRANSFORM_SUPERVISOR: &str = "transform";
+
+/// The child name of a source's fetcher under [`SOURCES_SUPERVISOR`].
+pub fn fetcher_child_name(source: &str) -> String {
+    format!("fetcher-{source}")
+}
+
+/// The child name of a partition's group under [`INGEST_SUPERVISOR`] and
+/// [`TRANSFORM_SUPERVISOR`].
+pub fn partition_child_name(partition: u32) -> String {
+    format!("p{partition:04}")
+}
+
 /// The supervision tree for these settings.
+///
+/// With `[cluster] enabled` the sources, ingest and transform supervisors
+/// start empty: the ownership manager ([`crate::cluster`], added by
+/// [`Pipeline::start`]) adds a fetcher per source lease it holds and the
+/// groups of the partitions it owns.
 pub async fn tree(
     settings: &Settings,
     backends: &Backends,
     sources: Vec<Arc<dyn Source>>,
 ) -> anyhow::Result<SupervisorSpec> {
-    let cfg = &settings.config;
-    let state = backends.state(settings);
-    let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
-
     // Sources, partitions and transformers are isolated from each other: one
     // that keeps failing is marked failed (an operator restarts it by path)
     // while the others run on.
-    let mut source_sup = supervisor("sources", Strategy::OneForOne, settings).isolate_failures();
-    for source in sources {
-        let params = FetcherParams {
-            hub: backends.ingest.clone(),
-            state: state.clone(),
-            dead_letters: backends.blobs.clone(),
-            dead_letter_container: cfg.storage.dead_letter_container.clone(),
-            poll_interval: Duration::from_millis(cfg.fetcher.poll_interval_ms),
-            max_publish_events: cfg.fetcher.max_publish_events,
-            retry: RetryDelay {
-                initial: Duration::from_millis(cfg.fetcher.retry_initial_ms),
-                max: Duration::from_millis(cfg.fetcher.retry_max_ms),
-            },
-            probe: Default::default(),
-            start_paused: false,
-            source: source.clone(),
-        };
-        let name = format!("fetcher-{}", source.name());
-        source_sup = source_sup.child(
-            ChildSpec::new(name, Restart::Permanent, Arc::new(FetcherFactory(params)))
-                .with_stall_timeout(stall),
-        );
+    let mut source_sup =
+        supervisor(SOURCES_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures();
+    let mut ingest_sup =
+        supervisor(INGEST_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures();
+    let mut transform_sup = transform_supervisor(settings);
+    if !settings.config.cluster.enabled {
+        for source in sources {
+            source_sup = source_sup.child(fetcher_spec(settings, backends, source));
+        }
+        let partitions = backends
+            .ingest
+            .partition_ids()
+            .await
+            .context("listing ingest partitions")?;
+        for partition in partitions {
+            ingest_sup = ingest_sup.child(ingest_partition_spec(settings, backends, partition));
+            transform_sup =
+                transform_sup.child(transform_partition_spec(settings, backends, partition));
+        }
     }
-
-    let partitions = backends
-        .ingest
-        .partition_ids()
-        .await
-        .context("listing ingest partitions")?;
-    let mut ingest_sup = supervisor("ingest", Strategy::OneForOne, settings).isolate_failures();
-    let mut transform_sup =
-        supervisor("transform", Strategy::OneForOne, settings).isolate_failures();
-    for partition in partitions {
-        let writer = WriterParams {
-            namespace: cfg.pipeline.namespace.clone(),
-            ingest_hub: INGEST_HUB.to_string(),
-            consumer_group: cfg.pipeline.consumer_group.clone(),
-            partition,
-            raw: backends.blobs.clone(),
-            raw_container: cfg.storage.raw_container.clone(),
-            state: state.clone(),
-            landed: backends.landed.clone(),
-            zstd_level: cfg.batch.zstd_level,
-            probe: Default::default(),
-        };
-        let consumer = ConsumerTemplate {
-            hub: backends.ingest.clone(),
-            consumer_group: cfg.pipeline.consumer_group.clone(),
-            partition,
-            limits: settings.batch,
-            max_wait: Duration::from_millis(500),
-        };
-        let pair = supervisor(&format!("p{partition:04}"), Strategy::RestForOne, settings)
-            .child(
-                ChildSpec::new(
-                    "writer",
-                    Restart::Permanent,
-                    Arc::new(WriterFactory(writer)),
-                )
-                .with_stall_timeout(stall),
-            )
-            .child(
-                ChildSpec::new(
-                    "consumer",
-                    Restart::Permanent,
-                    Arc::new(ConsumerFactory(consumer)),
-                )
-                .with_stall_timeout(stall),
-            );
-        ingest_sup = ingest_sup.child(pair.into_child());
-
-        let transform = TransformerParams {
-            ingest_hub: INGEST_HUB.to_string(),
-            partition,
-            consumer_group: TRANSFORM_GROUP.to_string(),
-            raw: backends.blobs.clone(),
-            raw_container: cfg.storage.raw_container.clone(),
-            curated: backends.blobs.clone(),
-            curated_container: cfg.storage.curated_container.clone(),
-            state: state.clone(),
-            landed: backends.landed.clone(),
-            dead_letters: backends.blobs.clone(),
-            dead_letter_container: cfg.storage.dead_letter_container.clone(),
-            options: settings.curate.clone(),
-            dedupe_window: cfg.transform.dedupe_window,
-            poll_wait: Duration::from_millis(cfg.transform.poll_ms),
-            probe: Default::default(),
-        };
-        transform_sup = transform_sup.child(
-            ChildSpec::new(
-                format!("p{partition:04}"),
-                Restart::Permanent,
-                Arc::new(TransformerFactory(transform)),
-            )
-            .with_stall_timeout(stall),
-        );
-    }
-
-    Ok(supervisor("pipeline", Strategy::OneForOne, settings)
+    Ok(supervisor(ROOT_SUPERVISOR, Strategy::OneForOne, settings)
         .child(source_sup.into_child())
         .child(ingest_sup.into_child())
-        .child(transform_sup.into_child()))
+        .child(
+            transform_sup
+                .into_child()
+                .with_version(settings.transform.current().0),
+        ))
+}
+
+/// The fetcher of one source (child of [`SOURCES_SUPERVISOR`]).
+pub fn fetcher_spec(
+    settings: &Settings,
+    backends: &Backends,
+    source: Arc<dyn Source>,
+) -> ChildSpec {
+    let cfg = &settings.config;
+    let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
+    let params = FetcherParams {
+        hub: backends.ingest.clone(),
+        state: backends.state(settings),
+        dead_letters: backends.blobs.clone(),
+        dead_letter_container: cfg.storage.dead_letter_container.clone(),
+        poll_interval: Duration::from_millis(cfg.fetcher.poll_interval_ms),
+        max_publish_events: cfg.fetcher.max_publish_events,
+        retry: RetryDelay {
+            initial: Duration::from_millis(cfg.fetcher.retry_initial_ms),
+            max: Duration::from_millis(cfg.fetcher.retry_max_ms),
+        },
+        retry_budget: crate::source::retry_budget_for(&settings.sources, source.name()),
+        probe: Default::default(),
+        start_paused: false,
+        source: source.clone(),
+    };
+    ChildSpec::new(
+        fetcher_child_name(source.name()),
+        Restart::Permanent,
+        Arc::new(FetcherFactory(params)),
+    )
+    .with_stall_timeout(stall)
+}
+
+/// One ingest partition's group (child of [`INGEST_SUPERVISOR`]):
+/// rest_for_one(writer, consumer).
+pub fn ingest_partition_spec(
+    settings: &Settings,
+    backends: &Backends,
+    partition: u32,
+) -> ChildSpec {
+    let cfg = &settings.config;
+    let state = backends.state(settings);
+    let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
+    let writer = WriterParams {
+        namespace: cfg.pipeline.namespace.clone(),
+        ingest_hub: INGEST_HUB.to_string(),
+        consumer_group: cfg.pipeline.consumer_group.clone(),
+        partition,
+        raw: backends.blobs.clone(),
+        raw_container: cfg.storage.raw_container.clone(),
+        state,
+        landed: backends.landed.clone(),
+        zstd_level: cfg.batch.zstd_level,
+        probe: Default::default(),
+    };
+    let consumer = ConsumerTemplate {
+        hub: backends.ingest.clone(),
+        consumer_group: cfg.pipeline.consumer_group.clone(),
+        partition,
+        limits: settings.batch,
+        max_wait: Duration::from_millis(500),
+    };
+    supervisor(
+        &partition_child_name(partition),
+        Strategy::RestForOne,
+        settings,
+    )
+    .child(
+        ChildSpec::new(
+            "writer",
+            Restart::Permanent,
+            Arc::new(WriterFactory(writer)),
+        )
+        .with_stall_timeout(stall),
+    )
+    .child(
+        ChildSpec::new(
+            "consumer",
+            Restart::Permanent,
+            Arc::new(ConsumerFactory(consumer)),
+        )
+        .with_stall_timeout(stall),
+    )
+    .into_child()
+}
+
+/// One partition's transformer (child of [`TRANSFORM_SUPERVISOR`]).
+pub fn transform_partition_spec(
+    settings: &Settings,
+    backends: &Backends,
+    partition: u32,
+) -> ChildSpec {
+    let cfg = &settings.config;
+    let state = backends.state(settings);
+    let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
+    let transform = TransformerParams {
+        ingest_hub: INGEST_HUB.to_string(),
+        partition,
+        consumer_group: TRANSFORM_GROUP.to_string(),
+        raw: backends.blobs.clone(),
+        raw_container: cfg.storage.raw_container.clone(),
+        curated: backends.blobs.clone(),
+        curated_container: cfg.storage.curated_container.clone(),
+        state: state.clone(),
+        landed: backends.landed.clone(),
+        dead_letters: backends.blobs.clone(),
+        dead_letter_container: cfg.storage.dead_letter_container.clone(),
+        options: settings.curate.clone(),
+        dedupe_window: cfg.transform.dedupe_window,
+        poll_wait: Duration::from_millis(cfg.transform.poll_ms),
+        transform: settings.transform.current().1,
+        window_cache: Default::default(),
+        probe: Default::default(),
+    };
+    ChildSpec::new(
+        partition_child_name(partition),
+        Restart::Permanent,
+        Arc::new(TransformerFactory(transform)),
+    )
+    .with_stall_timeout(stall)
+    .with_version(settings.transform.current().0)
+}
+
+/// The transform group as it should run now: the transformers of the
+/// partitions the running group has, with the active transform version.
+/// What [`crate::transform::swap`] replaces the running group with.
+pub async fn transform_group_spec(pipeline: &Pipeline) -> anyhow::Result<ChildSpec> {
+    let path = format!("{ROOT_SUPERVISOR}/{TRANSFORM_SUPERVISOR}");
+    let group = pipeline
+        .root
+        .status()
+        .find(&path)
+        .with_context(|| format!("no {path} in the tree"))?;
+    let mut spec = transform_supervisor(&pipeline.settings);
+    for child in group.children() {
+        let name = child.name();
+        let partition = name
+            .strip_prefix('p')
+            .and_then(|n| n.parse::<u32>().ok())
+            .with_context(|| format!("unexpected transform child {name}"))?;
+        spec = spec.child(transform_partition_spec(
+            &pipeline.settings,
+            &pipeline.backends,
+            partition,
+        ));
+    }
+    Ok(spec
+        .into_child()
+        .with_version(pipeline.settings.transform.current().0))
+}
+
+fn transform_supervisor(settings: &Settings) -> SupervisorSpec {
+    supervisor(TRANSFORM_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures()
 }
 
 struct FetcherFactory(FetcherParams);

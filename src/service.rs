@@ -1,6 +1,16 @@
 //! `hubflow run`: start the backends, the sources (the demo API when none is
-//! configured) and the pipeline; print a status line; stop on a signal or,
-//! with `exit_when_idle`, once everything fetched is curated.
+//! configured), the pipeline and the admin port; print a status line; stop
+//! on a signal, an admin node drain or, with `exit_when_idle`, once
+//! everything fetched is curated.
+//!
+//! Lifecycle: the first SIGTERM/Ctrl-C (or `POST /drain` without a path)
+//! drains everything (the tree stops gracefully: in-flight batches finish
+//! and checkpoint) within `[admin] shutdown_deadline_secs`, and `run`
+//! returns Ok (exit 0). Past the deadline it returns
+//! [`ServiceError::DrainTimeout`]; a second signal while draining returns
+//! [`ServiceError::Interrupted`] at once. Neither corrupts anything: every
+//! write is temp + rename and every checkpoint moves only after its data is
+//! durable, so the next start resumes from the last checkpoint.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -11,10 +21,12 @@ use hubflow_actors::ports::Source;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminParts, AdminState};
 use crate::config::Settings;
 use crate::demo;
 use crate::pipeline::{Backends, Pipeline, Progress};
 use crate::source::HttpSource;
+use crate::telemetry::{self, LogControl};
 
 /// How `run` ends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,9 +37,60 @@ pub struct RunOptions {
     pub status_every: Option<Duration>,
 }
 
-/// Run until Ctrl-C / SIGTERM (graceful drain) or idle.
+/// What the process hands `run` beyond settings.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// The reloadable log filter (for `POST /log-level`).
+    pub logs: Option<LogControl>,
+    /// Called with the admin port's address once it listens.
+    pub on_admin_listening: Option<tokio::sync::mpsc::UnboundedSender<std::net::SocketAddr>>,
+    /// Notified: stop as on a first signal (for embedding `run` in a
+    /// process that handles signals itself, and for tests).
+    pub stop: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// How a run ended other than normally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("a second signal arrived while draining; exited without finishing the drain")]
+    Interrupted,
+    #[error("draining did not finish within {0:?}")]
+    DrainTimeout(Duration),
+}
+
+/// Why the main loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Signal,
+    AdminDrain,
+    Requested,
+    Idle,
+}
+
+/// Run until a signal, an admin node drain, or idle (see the module docs).
 pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
-    let backends = Backends::embedded(&settings).await?;
+    run_with(settings, options, Hooks::default()).await
+}
+
+/// [`run`] with the process's log control and hooks.
+pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> anyhow::Result<()> {
+    let admin_settings = settings.config.admin.validate()?;
+    let metrics = telemetry::install_metrics();
+    // Listen for signals before anything starts, so none is missed.
+    let mut signals = Signals::new().context("installing signal handlers")?;
+    let admin_listener = if admin_settings.enabled {
+        Some(admin::bind(&admin_settings).await?)
+    } else {
+        None
+    };
+
+    // `[azure_blob]` puts the blob store in Azure; the hubs stay embedded
+    // until the Event Hubs adapter lands.
+    let backends = if crate::azure::is_configured(&settings) {
+        crate::azure::azure_backends(&settings).await?
+    } else {
+        Backends::embedded(&settings).await?
+    };
     let (demo_shutdown, demo_task) = tokio::sync::oneshot::channel::<()>();
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     for s in &settings.sources {
@@ -54,16 +117,46 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         sources.push(Arc::new(source));
     }
     let source_count = sources.len();
-    let pipeline = Pipeline::start(settings, backends, sources).await?;
+    let shutdown_deadline = admin_settings.shutdown_deadline;
+    let pipeline = Arc::new(Pipeline::start(settings, backends, sources).await?);
     info!("pipeline started");
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut admin_state = None;
+    let mut admin_task = None;
+    if let Some(listener) = admin_listener {
+        let addr = listener.local_addr()?;
+        let state = AdminState::new(AdminParts {
+            pipeline: pipeline.clone(),
+            settings: admin_settings.clone(),
+            logs: hooks.logs.clone(),
+            metrics,
+        });
+        state.set_ready(true);
+        let server_state = state.clone();
+        admin_task = Some(tokio::spawn(async move {
+            let stopped = async {
+                let _ = admin_stopped.await;
+            };
+            if let Err(error) = admin::serve(listener, server_state, stopped).await {
+                warn!(%error, "admin port stopped");
+            }
+        }));
+        if let Some(tx) = &hooks.on_admin_listening {
+            let _ = tx.send(addr);
+        }
+        admin_state = Some(state);
+    }
 
     let interactive = std::io::stderr().is_terminal();
     let mut tick =
         tokio::time::interval(options.status_every.unwrap_or(Duration::from_millis(500)));
     let mut idle_checks = 0;
-    let outcome = loop {
+    let stop = loop {
         tokio::select! {
-            _ = shutdown_signal() => break Ok(()),
+            _ = signals.recv() => break Stop::Signal,
+            _ = admin_drain(admin_state.as_ref()) => break Stop::AdminDrain,
+            _ = external_stop(hooks.stop.as_deref()) => break Stop::Requested,
             _ = tick.tick() => {
                 let progress = match pipeline.progress().await {
                     Ok(p) => p,
@@ -82,7 +175,7 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
                     idle_checks += 1;
                     if idle_checks >= 2 {
                         info!(?progress, "everything fetched is curated, exiting");
-                        break Ok(());
+                        break Stop::Idle;
                     }
                 } else {
                     idle_checks = 0;
@@ -93,14 +186,114 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
     if interactive && options.status_every.is_some() {
         eprintln!();
     }
-    info!("draining");
-    pipeline.shutdown().await;
-    let _ = demo_shutdown.send(());
-    if let Some(handle) = demo_handle {
-        let _ = handle.await;
+    if let Some(state) = &admin_state {
+        state.set_ready(false);
     }
-    info!("stopped");
-    outcome
+    info!(
+        ?stop,
+        deadline_secs = shutdown_deadline.as_secs(),
+        "draining"
+    );
+    let drain = async move {
+        // The admin port goes first: no new control calls during the drain,
+        // and the pipeline is ours alone again.
+        let _ = admin_stop.send(());
+        if let Some(task) = admin_task
+            && tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+        {
+            warn!("admin port did not stop within 2s");
+        }
+        drop(admin_state);
+        match Arc::try_unwrap(pipeline) {
+            Ok(pipeline) => pipeline.shutdown().await,
+            Err(shared) => {
+                // An admin request still holds it: stop the root directly.
+                warn!("pipeline still shared at shutdown; stopping its root");
+                let actor = shared.root.actor().clone();
+                actor.stop(Some("shutdown".to_string()));
+                while !matches!(actor.get_status(), ractor::ActorStatus::Stopped) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let _ = demo_shutdown.send(());
+        if let Some(handle) = demo_handle {
+            let _ = handle.await;
+        }
+    };
+    tokio::select! {
+        drained = tokio::time::timeout(shutdown_deadline, drain) => match drained {
+            Ok(()) => {
+                info!("stopped");
+                Ok(())
+            }
+            Err(_) => {
+                warn!(deadline_secs = shutdown_deadline.as_secs(), "drain deadline passed, exiting");
+                Err(ServiceError::DrainTimeout(shutdown_deadline).into())
+            }
+        },
+        _ = signals.recv() => {
+            warn!("second signal while draining, exiting now");
+            Err(ServiceError::Interrupted.into())
+        }
+    }
+}
+
+async fn external_stop(stop: Option<&tokio::sync::Notify>) {
+    match stop {
+        Some(stop) => stop.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn admin_drain(state: Option<&AdminState>) {
+    match state {
+        Some(state) => state.node_drain_requested().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), registered once so a signal arriving
+/// between two waits is not lost.
+pub struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {},
+                _ = self.int.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn print_status(progress: &Progress, pipeline: &Pipeline, interactive: bool) {
@@ -180,8 +373,9 @@ pub async fn query(
         else {
             continue;
         };
-        let schema = hubflow_actors::formats::curated::schema_from_json(&record.value.schema)
-            .with_context(|| format!("schema registry record {name}"))?;
+        let schema =
+            hubflow_actors::formats::curated::schema_from_json(record.value.table_schema())
+                .with_context(|| format!("schema registry record {name}"))?;
         let source = name.trim_start_matches("schemas/").to_string();
         schemas.insert(source, Arc::new(schema));
     }

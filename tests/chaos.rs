@@ -92,7 +92,31 @@ impl Run {
 
     async fn finish(self, total: u64) {
         self.pipeline.shutdown().await;
-        assert_eq!(common::counts(&self.settings).await, (total, total));
+        let counts = common::counts(&self.settings).await;
+        if counts != (total, total) {
+            // Which records: a contiguous run points at the source side, a
+            // scatter of raw-blob-sized runs at the transform side.
+            let rows = common::json_rows(
+                &self.settings,
+                "SELECT id, _hub_partition AS p, _hub_sequence AS s FROM demo ORDER BY id",
+            )
+            .await;
+            let have: std::collections::BTreeSet<String> = rows
+                .iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect();
+            let missing: Vec<u64> = (0..total)
+                .filter(|i| !have.contains(&format!("evt-{i:08}")))
+                .collect();
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for i in missing {
+                match runs.last_mut() {
+                    Some((_, end)) if *end + 1 == i => *end = i,
+                    _ => runs.push((i, i)),
+                }
+            }
+            panic!("curated {counts:?} of {total}; missing id runs: {runs:?}");
+        }
         self.demo.stop().await;
     }
 }

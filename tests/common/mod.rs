@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod faults;
 
 use std::collections::BTreeMap;
