@@ -84,10 +84,26 @@ impl Run {
     }
 
     async fn until_done(&self, total: u64, limit: Duration) {
-        self.until("everything curated", limit, |p, _| {
-            p.idle(1) && p.transformed >= total
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Progress alone can look finished early: re-fetched pages make
+            // the hub hold more than `total` events, and a source whose
+            // records are still appearing reports caught up between them.
+            // So also wait for every id to be in curated (bounded: records
+            // lost for real make this time out).
+            self.until("the pipeline idle", limit, |p, _| {
+                p.idle(1) && p.transformed >= total
+            })
+            .await;
+            if common::counts(&self.settings).await.1 >= total {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not every record reached curated in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn finish(self, total: u64) {
