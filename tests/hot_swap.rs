@@ -236,3 +236,101 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     assert_eq!(rows[0]["wrong"], 0, "{rows:?}");
     demo.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() {
+    let total = 20_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        rate_per_sec: Some(1_000.0),
+        ..DemoConfig::default()
+    })
+    .await;
+    let mut config = common::config(dir.path(), &demo.url);
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.admin.token = Some(SecretString::literal(TOKEN));
+    let settings = config.validate().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let run = tokio::spawn(service::run_with(
+        settings.clone(),
+        RunOptions::default(),
+        Hooks {
+            logs: None,
+            on_admin_listening: Some(tx),
+            stop: Some(stop.clone()),
+        },
+    ));
+    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = Admin {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    };
+    let source = settings.config.sources[0].clone();
+    let post = |body: Value| {
+        let admin = &admin;
+        async move {
+            admin
+                .call(reqwest::Method::POST, "/sources/demo", Some(body))
+                .await
+        }
+    };
+
+    // Refused, nothing changes: invalid settings, a name that does not match.
+    let mut invalid = serde_json::to_value(&source).unwrap();
+    invalid["url"] = json!("not a url");
+    let (code, body) = post(json!({"version": "bad", "source": invalid})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let mut other = serde_json::to_value(&source).unwrap();
+    other["name"] = json!("other");
+    let (code, body) = post(json!({"version": "x", "source": other})).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+
+    // Smaller pages: promoted, and the cursor carries over.
+    let mut smaller = serde_json::to_value(&source).unwrap();
+    smaller["query"]["limit"] = json!("250");
+    let (code, body) =
+        post(json!({"version": "pages-250", "source": smaller, "probation_secs": 2})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["outcome"], "promoted", "{body}");
+
+    // An endpoint that refuses connections: the new fetcher spends its retry
+    // budget and fails during probation, so the previous settings return.
+    let mut dead = smaller.clone();
+    dead["url"] = json!("http://127.0.0.1:9/v1/events");
+    let (code, body) =
+        post(json!({"version": "dead-endpoint", "source": dead, "probation_secs": 60})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["outcome"], "rolled_back", "{body}");
+    assert_eq!(body["restored"], "pages-250", "{body}");
+
+    let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
+    let text = tree.to_string();
+    for step in [
+        "replacing unversioned with pages-250",
+        "promoted pages-250",
+        "replacing pages-250 with dead-endpoint",
+        "rolled back dead-endpoint to pages-250",
+    ] {
+        assert!(text.contains(step), "status history lacks {step:?}");
+    }
+
+    for _ in 0..1_200 {
+        let p = admin.progress().await;
+        if p["fetched"] == total && p["transformed"] == total && p["landed"] == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.notify_one();
+    run.await.unwrap().unwrap();
+    assert_eq!(common::counts(&settings).await, (total, total));
+    demo.stop().await;
+}

@@ -127,6 +127,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/dlq/{*id}", Read, "Inspect one dead letter (id = <stage>/<key>)", get_dlq),
         Route::get("/transform", Read, "The transformation spec in effect, the previous one, and every swap attempt", get_transform),
         Route::post("/transform", Control, "Hot-swap the transformation spec: validate, dry-run on the newest raw blob, drain and replace the transform group, roll back if it fails its probation", swap_transform).body(schemas::transform),
+        Route::post("/sources/{name}", Control, "Hot-swap a source's settings (the [[sources]] table as JSON): validated, the fetcher replaced from its saved cursor, rolled back if it fails its probation", swap_source).body(schemas::source),
         Route::post("/dlq/redrive", Control, "Republish a transform dead letter to hub ingest (optionally with a corrected payload) and mark it redriven", redrive_dlq).body(schemas::redrive),
     ]
 }
@@ -636,6 +637,45 @@ async fn swap_transform(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSwapRequest {
+    /// A label for these settings in the status tree.
+    pub version: String,
+    pub source: crate::source::HttpSourceConfig,
+    #[serde(default)]
+    pub probation_secs: Option<u64>,
+}
+
+async fn swap_source(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<SourceSwapRequest>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::pipeline::SwapSourceError;
+    if req.source.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the body names source {:?}, the path {name:?}",
+            req.source.name
+        )));
+    }
+    let probation = Duration::from_secs(req.probation_secs.unwrap_or(10).clamp(1, 3_600));
+    match state
+        .pipeline()
+        .swap_source(req.source, &req.version, state.drain_deadline(), probation)
+        .await
+    {
+        Ok(outcome) => Ok(Json(json!(outcome))),
+        Err(e @ SwapSourceError::Invalid(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_source",
+            e.to_string(),
+        )),
+        Err(e @ SwapSourceError::NotRunning(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Control: log level
 // ---------------------------------------------------------------------------
@@ -811,6 +851,19 @@ pub mod schemas {
             "properties": {
                 "version": { "type": "string", "example": "v2" },
                 "sql": { "type": "string", "example": "SELECT *, amount * 100 AS amount_cents FROM batch" },
+                "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
+            }
+        })
+    }
+
+    pub fn source() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["version", "source"],
+            "properties": {
+                "version": { "type": "string", "example": "limit-500" },
+                "source": { "type": "object", "description": "a [[sources]] table (see the README's source reference)" },
                 "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
             }
         })
