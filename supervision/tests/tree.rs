@@ -1,6 +1,8 @@
 //! Deterministic tests of the supervision library: every strategy, restart
-//! policies, backoff, escalation, stall detection and start failures, with
-//! paused tokio time where delays matter.
+//! policies, backoff, escalation and isolation, stall detection, start
+//! failures, drain / restart / replace with roll back, and fault injection,
+//! all on paused tokio time (timers fire when the runtime is idle, so no
+//! test waits on the wall clock).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -155,7 +157,7 @@ fn generations(root: &RootHandle, paths: &[&str]) -> Vec<u64> {
     paths.iter().map(|p| node(root, p).generation).collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn one_for_one_restarts_only_the_failed_child() {
     let root = start_root(
         quick("root", Strategy::OneForOne)
@@ -175,7 +177,7 @@ async fn one_for_one_restarts_only_the_failed_child() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rest_for_one_restarts_the_child_and_those_after_it() {
     let root = start_root(
         quick("root", Strategy::RestForOne)
@@ -195,7 +197,7 @@ async fn rest_for_one_restarts_the_child_and_those_after_it() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn one_for_all_restarts_everyone() {
     let root = start_root(
         quick("root", Strategy::OneForAll)
@@ -210,7 +212,7 @@ async fn one_for_all_restarts_everyone() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn restart_policies() {
     let root = start_root(
         quick("root", Strategy::OneForOne)
@@ -293,7 +295,7 @@ async fn backoff_delays_grow_and_the_handler_never_sleeps() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn poison_escalates_and_the_root_reports_failure_while_others_run() {
     let poisoned = SupervisorSpec::new("ingest", Strategy::OneForOne)
         .backoff(Backoff::none())
@@ -340,7 +342,7 @@ async fn poison_escalates_and_the_root_reports_failure_while_others_run() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_pre_start_panic_is_retried_like_any_failure() {
     let root = start_root(
         quick("root", Strategy::OneForOne).child(worker_failing_starts(
@@ -356,7 +358,7 @@ async fn a_pre_start_panic_is_retried_like_any_failure() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stalled_child_is_killed_and_replaced() {
     let root =
         start_root(quick("root", Strategy::OneForOne).child(
@@ -373,7 +375,7 @@ async fn a_stalled_child_is_killed_and_replaced() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn killing_a_nested_supervisor_rebuilds_its_subtree() {
     let inner = quick("group", Strategy::OneForOne)
         .child(worker("x", Restart::Permanent))
@@ -388,7 +390,7 @@ async fn killing_a_nested_supervisor_rebuilds_its_subtree() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn children_can_be_added_and_removed_at_run_time() {
     let root = start_root(quick("root", Strategy::OneForOne))
         .await
@@ -407,7 +409,7 @@ async fn children_can_be_added_and_removed_at_run_time() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_drained_child_finishes_its_work_and_stays_stopped_until_restarted() {
     let root = start_root(
         quick("root", Strategy::RestForOne)
@@ -444,7 +446,7 @@ async fn a_drained_child_finishes_its_work_and_stays_stopped_until_restarted() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_drain_past_its_deadline_kills() {
     let root =
         start_root(quick("root", Strategy::OneForOne).child(worker("h", Restart::Permanent)))
@@ -458,7 +460,7 @@ async fn a_drain_past_its_deadline_kills() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_healthy_replacement_is_promoted() {
     let root = start_root(
         quick("root", Strategy::OneForOne)
@@ -500,7 +502,7 @@ async fn a_healthy_replacement_is_promoted() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replacement_that_cannot_start_is_rolled_back() {
     let root = start_root(
         quick("root", Strategy::OneForOne)
@@ -543,7 +545,7 @@ async fn a_replacement_that_cannot_start_is_rolled_back() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replacement_that_crashes_during_probation_is_rolled_back() {
     let root = Arc::new(
         start_root(
@@ -584,7 +586,7 @@ async fn a_replacement_that_crashes_during_probation_is_rolled_back() {
     Arc::into_inner(root).unwrap().shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn injected_panics_restart_workers_and_supervisors() {
     let inner = quick("group", Strategy::OneForOne).child(worker("x", Restart::Permanent));
     let root = start_root(quick("root", Strategy::OneForOne).child(inner.into_child()))
@@ -611,7 +613,7 @@ async fn injected_panics_restart_workers_and_supervisors() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_isolating_supervisor_fails_only_the_poisoned_child() {
     let fails = Arc::new(AtomicU32::new(u32::MAX));
     let poison = ChildSpec::new(
@@ -660,7 +662,7 @@ async fn an_isolating_supervisor_fails_only_the_poisoned_child() {
     root.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_group_whose_children_fail_during_probation_is_rolled_back() {
     let group = |version: &str| {
         quick("group", Strategy::OneForOne)
