@@ -26,6 +26,9 @@ if ((${#need[@]})); then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# A CI run starts from nothing and ends: incremental caches only cost it.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 # One profile for everything: tests and the crash test's `hubflow` binary
 # share the dev build (dependencies optimised, see Cargo.toml).
 echo "== fmt"; cargo fmt --all -- --check
