@@ -13,6 +13,9 @@ use hubflow::demo::DemoConfig;
 
 const DEADLINE_SECS: u64 = 20;
 
+/// Demo records appear at this rate (per second).
+const RATE: f64 = 6_000.0;
+
 fn write_config(dir: &Path, url: &str) -> std::path::PathBuf {
     let mut config = common::config(&dir.join("data"), url);
     config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
@@ -104,13 +107,19 @@ fn walk_count(dir: &Path) -> usize {
         .sum()
 }
 
+/// Restart with `--exit-when-idle` and check curated is exact. The demo
+/// API's records appear at `RATE` per second: a restart before the last
+/// one exists would find the source caught up and exit idle early, so wait
+/// until all of them have appeared (`complete_at`).
 async fn finish_and_count(
     config: &Path,
     log: &Path,
     demo: common::DemoServer,
     data: &Path,
     total: u64,
+    complete_at: tokio::time::Instant,
 ) {
+    tokio::time::sleep_until(complete_at).await;
     let mut child = spawn(config, log, true);
     let status = wait(&mut child, Duration::from_secs(600)).await;
     if status.is_none() {
@@ -133,10 +142,13 @@ async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {
         total,
-        rate_per_sec: Some(6_000.0),
+        rate_per_sec: Some(RATE),
         ..DemoConfig::default()
     })
     .await;
+    let complete_at = tokio::time::Instant::now()
+        + Duration::from_secs_f64(total as f64 / RATE)
+        + Duration::from_secs(1);
     let config = write_config(dir.path(), &demo.url);
     let data = dir.path().join("data");
     let log = dir.path().join("hubflow.log");
@@ -168,7 +180,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
     );
     eprintln!("SIGTERM to exit 0: {took:?}");
 
-    finish_and_count(&config, &log, demo, &data, total).await;
+    finish_and_count(&config, &log, demo, &data, total, complete_at).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,10 +189,13 @@ async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {
         total,
-        rate_per_sec: Some(6_000.0),
+        rate_per_sec: Some(RATE),
         ..DemoConfig::default()
     })
     .await;
+    let complete_at = tokio::time::Instant::now()
+        + Duration::from_secs_f64(total as f64 / RATE)
+        + Duration::from_secs(1);
     let config = write_config(dir.path(), &demo.url);
     let data = dir.path().join("data");
     let log = dir.path().join("hubflow.log");
@@ -204,5 +219,5 @@ async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
         assert_eq!(status.code(), Some(130), "{}", log_tail(&log));
     }
 
-    finish_and_count(&config, &log, demo, &data, total).await;
+    finish_and_count(&config, &log, demo, &data, total, complete_at).await;
 }
