@@ -23,12 +23,11 @@
 //! [`ReplayJobs`] runs replays as background jobs with observable progress
 //! (the admin port's `POST /replay`, `GET /replay/{id}` and `/status`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hubflow_actors::dead_letter::write_dead_letter_at;
 use hubflow_actors::formats::curated::{self, CurateInput, CurateOptions, CuratedOutput};
@@ -436,26 +435,10 @@ pub async fn replay(
         let options = ctx.options.clone();
         let snapshot = known.clone();
         let (output, bodies) = tokio::task::spawn_blocking(move || {
-            let inputs: Vec<CurateInput<'_>> = batch
-                .records
-                .iter()
-                .map(|r| CurateInput {
-                    id: &r.id,
-                    source: &r.source,
-                    partition: batch.partition,
-                    sequence_number: r.sequence_number,
-                    offset: &r.offset,
-                    enqueued_time_ms: r.enqueued_time_ms,
-                    payload: &r.payload,
-                })
-                .collect();
+            let inputs = CurateInput::from_raw(&batch);
             let output = curated::curate(&inputs, &raw_blob, &stem, &snapshot, &options)?;
-            let rejected: BTreeSet<&str> = output.rejected.iter().map(|r| r.id.as_str()).collect();
-            let bodies: BTreeMap<String, Bytes> = inputs
-                .iter()
-                .filter(|i| rejected.contains(i.id))
-                .map(|i| (i.id.to_string(), Bytes::copy_from_slice(i.payload)))
-                .collect();
+            // The payloads of rejected records, for their dead letters.
+            let bodies = curated::rejected_payloads(&inputs, &output);
             Ok::<_, anyhow::Error>((output, bodies))
         })
         .await??;

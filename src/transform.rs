@@ -296,19 +296,7 @@ pub async fn dry_run(
     let options = pipeline.settings.curate.clone();
     let blob_name = raw_blob.clone();
     let output = tokio::task::spawn_blocking(move || {
-        let inputs: Vec<CurateInput<'_>> = batch
-            .records
-            .iter()
-            .map(|r| CurateInput {
-                id: &r.id,
-                source: &r.source,
-                partition: batch.partition,
-                sequence_number: r.sequence_number,
-                offset: &r.offset,
-                enqueued_time_ms: r.enqueued_time_ms,
-                payload: &r.payload,
-            })
-            .collect();
+        let inputs = CurateInput::from_raw(&batch);
         let out = curated::curate_with(
             &inputs,
             &blob_name,

@@ -24,12 +24,11 @@
 //! transformer leaves raw blobs waiting in the raw container (the durable
 //! buffer), it never queues them in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use hubflow_supervision::ActorProbe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -356,19 +355,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     let stem = name.stem();
     let raw_blob = format!("{}/{}", params.raw_container, blob);
     let output = tokio::task::spawn_blocking(move || {
-        let inputs: Vec<CurateInput<'_>> = batch
-            .records
-            .iter()
-            .map(|r| CurateInput {
-                id: &r.id,
-                source: &r.source,
-                partition: batch.partition,
-                sequence_number: r.sequence_number,
-                offset: &r.offset,
-                enqueued_time_ms: r.enqueued_time_ms,
-                payload: &r.payload,
-            })
-            .collect();
+        let inputs = CurateInput::from_raw(&batch);
         let output = curated::curate_with(
             &inputs,
             &raw_blob,
@@ -378,12 +365,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
             transform.as_deref(),
         )?;
         // The payloads of rejected records, for their dead letters.
-        let rejected: BTreeSet<&str> = output.rejected.iter().map(|r| r.id.as_str()).collect();
-        let bodies: BTreeMap<String, Bytes> = inputs
-            .iter()
-            .filter(|i| rejected.contains(i.id))
-            .map(|i| (i.id.to_string(), Bytes::copy_from_slice(i.payload)))
-            .collect();
+        let bodies = curated::rejected_payloads(&inputs, &output);
         Ok::<_, anyhow::Error>((output, bodies))
     })
     .await??;
@@ -756,6 +738,7 @@ mod tests {
     use crate::formats::raw::RawRecord;
     use crate::ports::memory::{MemoryBlobStore, MemoryHub};
     use crate::ports::{EventData, PublishTarget};
+    use bytes::Bytes;
 
     fn record(i: i64, seq: i64) -> RawRecord {
         RawRecord {

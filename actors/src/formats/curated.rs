@@ -137,6 +137,40 @@ pub struct CurateInput<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> CurateInput<'a> {
+    /// The records of a decoded raw blob, borrowed, in order.
+    pub fn from_raw(batch: &'a crate::formats::raw::RawBatch) -> Vec<CurateInput<'a>> {
+        batch
+            .records
+            .iter()
+            .map(|r| CurateInput {
+                id: &r.id,
+                source: &r.source,
+                partition: batch.partition,
+                sequence_number: r.sequence_number,
+                offset: &r.offset,
+                enqueued_time_ms: r.enqueued_time_ms,
+                payload: &r.payload,
+            })
+            .collect()
+    }
+}
+
+/// The payloads of the records `output` rejected, by id (for their dead
+/// letters).
+pub fn rejected_payloads(
+    inputs: &[CurateInput<'_>],
+    output: &CuratedOutput,
+) -> BTreeMap<String, Bytes> {
+    let rejected: std::collections::BTreeSet<&str> =
+        output.rejected.iter().map(|r| r.id.as_str()).collect();
+    inputs
+        .iter()
+        .filter(|i| rejected.contains(i.id))
+        .map(|i| (i.id.to_string(), Bytes::copy_from_slice(i.payload)))
+        .collect()
+}
+
 /// How to write the Parquet files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurateOptions {
