@@ -9,7 +9,7 @@ Prints one JSON object:
      "files": n, "rows": n, "distinct_ids": n}
 
 Installed into .tools/venv by scripts/install-azurite.sh; run by
-tests/azurite_end_to_end.rs:
+tests/suite/azurite_end_to_end.rs:
 
     AZURE_STORAGE_KEY=... .tools/venv/bin/python scripts/azure_crosscheck.py \
         --account-url http://127.0.0.1:PORT/devstoreaccount1 \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs `promtool` (Debian's `prometheus` package) for the /metrics format
-# check in tests/admin.rs, only when it is missing. Needs root (CI runs the
+# check in tests/suite/admin.rs, only when it is missing. Needs root (CI runs the
 # test command as root); otherwise says what to do and succeeds, so local
 # runs without root still work (the test then skips loudly unless CI=true).
 set -euo pipefail

@@ -3,7 +3,7 @@
 //! signal while draining exits at once; either way a restart finishes the
 //! job with exact totals.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -138,6 +138,7 @@ async fn finish_and_count(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
+    let _heavy = common::exclusive().await;
     let total = 30_000;
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {
@@ -185,6 +186,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
+    let _heavy = common::exclusive().await;
     let total = 30_000;
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {

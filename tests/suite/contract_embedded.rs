@@ -72,8 +72,10 @@ async fn read_all(hub: &dyn Hub, partition: u32, count: usize) -> Vec<ReceivedEv
 /// Run this binary's test `name` in a child process with the given role.
 async fn run_child(name: &str, role: &str, path: &Path, tag: &str) -> tokio::process::Child {
     let exe = std::env::current_exe().expect("current test binary");
+    // Test names in the suite binary carry their module path.
+    let name = format!("contract_embedded::{name}");
     tokio::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ROLE, role)
         .env(CHILD_PATH, path)
         .env(CHILD_TAG, tag)

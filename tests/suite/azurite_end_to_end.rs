@@ -8,7 +8,7 @@
 //!
 //! Needs `bash scripts/install-azurite.sh` (fails, never skips, without it).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -95,6 +95,7 @@ async fn run_until_idle(settings: &Settings) -> Progress {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_thousand_records_through_azure_blob_storage() {
+    let _heavy = common::exclusive().await;
     let azurite = Azurite::start().await;
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {

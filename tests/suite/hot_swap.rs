@@ -6,7 +6,7 @@
 //! exactly once, files written after the swap carry the new shape, and the
 //! history shows each step.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +69,7 @@ impl Admin {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
+    let _heavy = common::exclusive().await;
     let total = 40_000u64;
     let dir = tempfile::tempdir().unwrap();
     // Records appear over ~20 s, so every swap happens under load.
@@ -239,6 +240,7 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() {
+    let _heavy = common::exclusive().await;
     let total = 20_000u64;
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {

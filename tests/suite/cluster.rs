@@ -8,7 +8,7 @@
 //! drained with SIGTERM and releases everything before it exits. At the end
 //! every record is in curated exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -223,6 +223,7 @@ async fn progress(settings: &Settings, backends: &Backends) -> Progress {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_partitions_survive_a_kill_rebalance_and_drain_exactly_once() {
+    let _heavy = common::exclusive().await;
     let test_start = Instant::now();
     let total = 20_000;
     let dir = tempfile::tempdir().unwrap();

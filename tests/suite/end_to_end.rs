@@ -3,13 +3,14 @@
 //! transformers → zstd Parquet → SQL. Every record exactly once, and a
 //! sample matches the source field by field.
 
-mod common;
+use crate::common;
 
 use hubflow::demo::{DemoConfig, FaultConfig, demo_record};
 use hubflow::service::{self, RunOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_hundred_thousand_records_end_to_end() {
+    let _heavy = common::exclusive().await;
     let total = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {

@@ -6,7 +6,7 @@
 //! schedules; each seed is one full run of `HUBFLOW_CRASH_RECORDS` records
 //! (default 100,000) with `HUBFLOW_CRASH_KILLS` kills (default 5).
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,6 +121,7 @@ async fn one_round(seed: u64, total: u64, kills: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_points_and_restarted_the_totals_are_exact() {
+    let _heavy = common::exclusive().await;
     let seeds: Vec<u64> = std::env::var("HUBFLOW_CRASH_SEEDS")
         .unwrap_or_else(|_| "1,2,3".to_string())
         .split(',')

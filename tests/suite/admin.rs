@@ -8,7 +8,7 @@
 //! promtool: installed by scripts/install-promtool.sh. When it is missing
 //! the check fails under CI=true and is skipped loudly otherwise.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //!
 //! Needs `bash scripts/install-azurite.sh` (fails, never skips, without it).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@
 //! `HUBFLOW_CHAOS_RECORDS` and `HUBFLOW_CHAOS_RATE` (faults per second) size
 //! the chaos run.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +146,7 @@ fn env_or(name: &str, default: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kills_and_panics_lose_and_duplicate_nothing() {
+    let _heavy = common::exclusive().await;
     let total = env_or("HUBFLOW_CHAOS_RECORDS", 100_000.0) as u64;
     let rate = env_or("HUBFLOW_CHAOS_RATE", 3.0);
     // The records appear over ~12 s, so the chaos meets every stage busy.
@@ -188,6 +189,7 @@ async fn chaos_kills_and_panics_lose_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_partition_is_isolated_and_recovers_once_fixed() {
+    let _heavy = common::exclusive().await;
     let total = 8_000;
     let run = start(total, None, |c| {
         c.supervision.max_restarts = 3;
@@ -241,6 +243,7 @@ async fn a_poisoned_partition_is_isolated_and_recovers_once_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_writer_is_detected_and_replaced() {
+    let _heavy = common::exclusive().await;
     let total = 6_000;
     let run = start(total, None, |c| {
         c.supervision.stall_timeout_ms = 1_000;
@@ -264,6 +267,7 @@ async fn a_stalled_writer_is_detected_and_replaced() {
 /// and the transformers are drained while records keep arriving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_while_storage_and_transform_are_down() {
+    let _heavy = common::exclusive().await;
     let total = 40_000;
     let max_records = 500;
     let run = start(total, None, |c| {

@@ -4,7 +4,7 @@
 //! started once more; curated then holds every source record exactly once.
 //! One more run polls incrementally (cursor pagination under a watermark).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

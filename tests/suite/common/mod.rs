@@ -15,6 +15,17 @@ use hubflow::query::{self, OutputFormat};
 
 use serde_json::Value;
 
+/// Tests that push 100k records through the pipeline or run several
+/// `hubflow` processes hold this lock, so no two of them share CI's two
+/// cores: their bounds (drain deadlines, lease expiries, stall detection)
+/// assume the machine is not oversubscribed. Light tests still run beside
+/// them. A tokio mutex works across the tests' separate runtimes and is not
+/// poisoned when a test fails.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 pub struct DemoServer {
     pub url: String,
     stop: tokio::sync::oneshot::Sender<()>,

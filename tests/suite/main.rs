@@ -1,0 +1,37 @@
+//! Hubflow's integration tests, as one test binary.
+//!
+//! Each module was once its own `tests/*.rs` crate; every one of them linked
+//! DataFusion, the Azure SDK and the whole service, so CI spent most of its
+//! time compiling and linking near-identical binaries. One binary builds
+//! once. Run a part with a filter: `cargo test --test suite chaos::`.
+//!
+//! Layout:
+//! - [`common`]: the demo API on loopback, settings for a temporary data
+//!   directory, SQL checks over curated, Azurite, a faulty blob store, and
+//!   [`common::exclusive`], the lock heavy tests hold so two of them never
+//!   share the machine.
+//! - Port contracts: [`contract_embedded`] (filesystem store, SQLite hub,
+//!   across processes), [`azurite_contract`] (Azure Blob on Azurite).
+//! - Sources: [`http_source`], [`source_incremental`], [`source_restart`].
+//! - The dataflow: [`end_to_end`], [`azurite_end_to_end`], [`curated_query`].
+//! - Faults: [`chaos`], [`crash_restart`].
+//! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`].
+//! - The clustered service: [`cluster`].
+
+mod common;
+
+mod admin;
+mod azurite_contract;
+mod azurite_end_to_end;
+mod chaos;
+mod cli;
+mod cluster;
+mod contract_embedded;
+mod crash_restart;
+mod curated_query;
+mod end_to_end;
+mod hot_swap;
+mod http_source;
+mod lifecycle;
+mod source_incremental;
+mod source_restart;
