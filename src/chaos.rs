@@ -2,8 +2,8 @@
 //! rate, to prove that supervision heals the dataflow with nothing lost.
 //!
 //! The driver walks the live status tree, picks a kind in rotation (so every
-//! kind is hit: fetchers, consumers, blob-writers, transformers and
-//! supervisors) and a random running node of that kind, then either kills it
+//! kind is hit: fetchers, consumers, blob-writers, transformers, notice
+//! listeners and supervisors) and a random running node of that kind, then either kills it
 //! (as a crash or an OOM kill would) or injects a panic into its handler
 //! ([`hubflow_supervision::ActorProbe::request_panic`]; a supervisor panics
 //! at once). Used by the chaos tests and the chaos throughput benchmark.
@@ -45,15 +45,17 @@ pub enum Target {
     Consumer,
     Writer,
     Transformer,
+    NoticeListener,
     Supervisor,
 }
 
 impl Target {
-    const ALL: [Target; 5] = [
+    const ALL: [Target; 6] = [
         Target::Fetcher,
         Target::Consumer,
         Target::Writer,
         Target::Transformer,
+        Target::NoticeListener,
         Target::Supervisor,
     ];
 
@@ -67,6 +69,8 @@ impl Target {
             Target::Writer
         } else if path.contains("/sources/") {
             Target::Fetcher
+        } else if path.contains("/notices/") {
+            Target::NoticeListener
         } else {
             Target::Transformer
         }

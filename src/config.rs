@@ -61,6 +61,10 @@ pub struct Config {
     /// store). See `crate::azure::config`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_blob: Option<crate::azure::AzureBlobConfig>,
+    /// Azure Event Hubs as the "ingest" and "landed" hubs (absent: the
+    /// embedded hub). See `crate::azure::eventhubs::config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_hubs: Option<crate::azure::EventHubsConfig>,
     /// Several nodes sharing the hub and the blob store (see `crate::cluster`).
     pub cluster: crate::cluster::ClusterConfig,
     /// The admin port (see `crate::admin`): listen address, token, deadlines.
@@ -178,6 +182,11 @@ pub struct TransformConfig {
     pub dedupe_window: usize,
     /// How often the raw chain is walked without a notification.
     pub poll_ms: u64,
+    /// Who announces landed raw blobs on hub "landed": the blob-writers
+    /// (`writer`), or Azure Event Grid BlobCreated events delivered to that
+    /// hub (`event_grid`; the writers then publish nothing). Either way a
+    /// listener per landed partition routes them to the right transformer.
+    pub notices: LandedNotices,
     /// zstd level of curated Parquet.
     pub zstd_level: i32,
     pub max_row_group_rows: usize,
@@ -189,6 +198,17 @@ pub struct TransformConfig {
     pub sql: Option<String>,
 }
 
+/// Who publishes the "landed" notifications (see `hubflow_actors::notices`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandedNotices {
+    /// The blob-writer, after each raw blob is durable.
+    Writer,
+    /// An Event Grid subscription on the raw container (BlobCreated, Event
+    /// Grid or CloudEvents schema) delivering to hub "landed".
+    EventGrid,
+}
+
 impl Default for TransformConfig {
     fn default() -> Self {
         TransformConfig {
@@ -196,6 +216,7 @@ impl Default for TransformConfig {
             sql: None,
             dedupe_window: 200_000,
             poll_ms: 1_000,
+            notices: LandedNotices::Writer,
             zstd_level: 3,
             max_row_group_rows: 128 * 1024,
         }

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use hubflow_actors::blob_writer::{BlobWriter, Checkpoint, WriterMsg, WriterParams};
 use hubflow_actors::consumer::{ConsumerParams, PartitionConsumer};
 use hubflow_actors::fetcher::{CursorRecord, Fetcher, FetcherParams};
+use hubflow_actors::notices::{NoticeListener, NoticeListenerParams, WakeBoard};
 use hubflow_actors::ports::{BlobStore, Hub, Source, StateStore, checkpoint_name};
 use hubflow_actors::retry::RetryDelay;
 use hubflow_actors::transformer::{self, TransformCheckpoint, Transformer, TransformerParams};
@@ -39,12 +40,12 @@ use hubflow_supervision::{
 use ractor::{Actor, ActorCell, SpawnErr};
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{LandedNotices, Settings};
 use crate::embedded::{FsBlobStore, SqliteHub};
 
 pub const INGEST_HUB: &str = "ingest";
 pub const LANDED_HUB: &str = "landed";
-/// Consumer group of the transformers on hub "landed".
+/// Consumer group of the notice listeners on hub "landed".
 pub const TRANSFORM_GROUP: &str = "transform";
 
 /// The outside world the pipeline runs against.
@@ -55,6 +56,9 @@ pub struct Backends {
     pub blobs: Arc<dyn BlobStore>,
     /// Set for the embedded filesystem store: where curated files are on disk.
     pub curated_dir: Option<PathBuf>,
+    /// This node's wake-up lines from the notice listeners to the
+    /// transformers (see `hubflow_actors::notices`).
+    pub board: WakeBoard,
 }
 
 impl Backends {
@@ -95,6 +99,7 @@ impl Backends {
             landed: Arc::new(landed),
             blobs: Arc::new(store),
             curated_dir,
+            board: WakeBoard::default(),
         })
     }
 
@@ -243,6 +248,9 @@ pub const SOURCES_SUPERVISOR: &str = "sources";
 pub const INGEST_SUPERVISOR: &str = "ingest";
 /// The supervisor of the transformers (children `pNNNN`).
 pub const TRANSFORM_SUPERVISOR: &str = "transform";
+/// The supervisor of the notice listeners (children `lNNNN`, one per
+/// partition of hub "landed", on every node).
+pub const NOTICES_SUPERVISOR: &str = "notices";
 
 /// The child name of a source's fetcher under [`SOURCES_SUPERVISOR`].
 pub fn fetcher_child_name(source: &str) -> String {
@@ -260,7 +268,8 @@ pub fn partition_child_name(partition: u32) -> String {
 /// With `[cluster] enabled` the sources, ingest and transform supervisors
 /// start empty: the ownership manager ([`crate::cluster`], added by
 /// [`Pipeline::start`]) adds a fetcher per source lease it holds and the
-/// groups of the partitions it owns.
+/// groups of the partitions it owns. The notice listeners run on every
+/// node regardless.
 pub async fn tree(
     settings: &Settings,
     backends: &Backends,
@@ -289,9 +298,22 @@ pub async fn tree(
                 transform_sup.child(transform_partition_spec(settings, backends, partition));
         }
     }
+    // Every node listens to every landed partition: Event Grid puts a
+    // blob's notice on any of them, and a node's transformers need theirs.
+    let mut notices_sup =
+        supervisor(NOTICES_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures();
+    for landed_partition in backends
+        .landed
+        .partition_ids()
+        .await
+        .context("listing landed partitions")?
+    {
+        notices_sup = notices_sup.child(notice_listener_spec(settings, backends, landed_partition));
+    }
     Ok(supervisor(ROOT_SUPERVISOR, Strategy::OneForOne, settings)
         .child(source_sup.into_child())
         .child(ingest_sup.into_child())
+        .child(notices_sup.into_child())
         .child(
             transform_sup
                 .into_child()
@@ -360,6 +382,7 @@ pub fn ingest_partition_spec(
         raw_container: cfg.storage.raw_container.clone(),
         state,
         landed: backends.landed.clone(),
+        announce: cfg.transform.notices == LandedNotices::Writer,
         zstd_level: cfg.batch.zstd_level,
         probe: Default::default(),
     };
@@ -394,6 +417,32 @@ pub fn ingest_partition_spec(
     .into_child()
 }
 
+/// The notice listener of one landed partition (child of
+/// [`NOTICES_SUPERVISOR`]).
+pub fn notice_listener_spec(
+    settings: &Settings,
+    backends: &Backends,
+    landed_partition: u32,
+) -> ChildSpec {
+    let cfg = &settings.config;
+    let params = NoticeListenerParams {
+        landed: backends.landed.clone(),
+        landed_partition,
+        consumer_group: TRANSFORM_GROUP.to_string(),
+        ingest_hub: INGEST_HUB.to_string(),
+        raw_container: cfg.storage.raw_container.clone(),
+        board: backends.board.clone(),
+        max_wait: Duration::from_millis(500),
+        probe: Default::default(),
+    };
+    ChildSpec::new(
+        format!("l{landed_partition:04}"),
+        Restart::Permanent,
+        Arc::new(NoticeListenerFactory(params)),
+    )
+    .with_stall_timeout(Duration::from_millis(cfg.supervision.stall_timeout_ms))
+}
+
 /// One partition's transformer (child of [`TRANSFORM_SUPERVISOR`]).
 pub fn transform_partition_spec(
     settings: &Settings,
@@ -406,13 +455,12 @@ pub fn transform_partition_spec(
     let transform = TransformerParams {
         ingest_hub: INGEST_HUB.to_string(),
         partition,
-        consumer_group: TRANSFORM_GROUP.to_string(),
         raw: backends.blobs.clone(),
         raw_container: cfg.storage.raw_container.clone(),
         curated: backends.blobs.clone(),
         curated_container: cfg.storage.curated_container.clone(),
         state: state.clone(),
-        landed: backends.landed.clone(),
+        board: backends.board.clone(),
         dead_letters: backends.blobs.clone(),
         dead_letter_container: cfg.storage.dead_letter_container.clone(),
         options: settings.curate.clone(),
@@ -520,6 +568,20 @@ impl ChildFactory for ConsumerFactory {
         };
         let (actor, _) =
             Actor::spawn_linked(None, PartitionConsumer, params, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
+
+struct NoticeListenerFactory(NoticeListenerParams);
+
+#[async_trait]
+impl ChildFactory for NoticeListenerFactory {
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
+        let params = NoticeListenerParams {
+            probe: ctx.probe,
+            ..self.0.clone()
+        };
+        let (actor, _) = Actor::spawn_linked(None, NoticeListener, params, ctx.supervisor).await?;
         Ok(actor.get_cell())
     }
 }

@@ -84,8 +84,8 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
         None
     };
 
-    // `[azure_blob]` puts the blob store in Azure; the hubs stay embedded
-    // until the Event Hubs adapter lands.
+    // `[azure_blob]` puts the blob store in Azure, `[event_hubs]` the hubs;
+    // whatever is not configured stays embedded under the data directory.
     let backends = if crate::azure::is_configured(&settings) {
         crate::azure::azure_backends(&settings).await?
     } else {

@@ -189,7 +189,7 @@ pub fn render_metrics(handle: &PrometheusHandle) -> String {
 }
 
 /// HELP text of every metric Hubflow emits (Prometheus linters, and
-/// `promtool check metrics` in tests/admin.rs, require one per metric).
+/// `promtool check metrics` in tests/suite/admin.rs, require one per metric).
 /// A metric added anywhere in the workspace gets its line here.
 const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
     // Computed here (see [`PipelineMetrics`]).
@@ -319,6 +319,26 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
         Counter,
         "hubflow_writer_sequence_gaps_total",
         "gaps in hub sequence numbers seen by writers",
+    ),
+    (
+        Counter,
+        "hubflow_fetcher_batch_splits_total",
+        "publishes the hub refused as too large and retried as two halves",
+    ),
+    (
+        Counter,
+        "hubflow_notices_events_total",
+        "events read from hub landed, by shape (writer, event_grid, cloud_event, malformed)",
+    ),
+    (
+        Counter,
+        "hubflow_notices_routed_total",
+        "raw blob notices that woke a transformer",
+    ),
+    (
+        Counter,
+        "hubflow_notices_ignored_total",
+        "notices for blobs outside the raw container or hub (not routed)",
     ),
     (
         Counter,
@@ -454,6 +474,46 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
         Histogram,
         "hubflow_azblob_request_duration_seconds",
         "Azure Blob Storage request latency",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_send_batches_total",
+        "batches (publish calls) sent to Azure Event Hubs",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_sent_events_total",
+        "events sent to Azure Event Hubs",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_sent_bytes_total",
+        "encoded batch bytes sent to Azure Event Hubs",
+    ),
+    (
+        Histogram,
+        "hubflow_eventhubs_send_duration_seconds",
+        "Azure Event Hubs publish latency (batch built and sent)",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_batches_too_large_total",
+        "publishes refused because the events do not fit one Event Hubs batch",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_received_events_total",
+        "events received from Azure Event Hubs",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_errors_total",
+        "Azure Event Hubs failures by operation and kind",
+    ),
+    (
+        Counter,
+        "hubflow_eventhubs_client_opens_total",
+        "Azure Event Hubs producer and consumer clients opened (reconnects included)",
     ),
     (
         Counter,

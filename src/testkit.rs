@@ -474,12 +474,113 @@ pub async fn hub_contract(make: impl Fn(&str, u32) -> Arc<dyn Hub>) {
     assert_eq!(ids, vec![0, 1, 2], "partition_ids must be 0..n");
 
     fresh_partitions(hub, partitions).await;
-    publish_and_read(hub).await;
-    start_positions(hub).await;
-    batch_bounds_and_waiting(hub).await;
+    let ctx = Ctx {
+        group: "$Default".to_string(),
+        second_group: Some("contract-group".to_string()),
+        base: vec![0; partitions as usize],
+        fresh: true,
+    };
+    publish_and_read(hub, &ctx).await;
+    start_positions(hub, &ctx).await;
+    batch_bounds_and_waiting(hub, &ctx).await;
     partition_keys(hub, partitions).await;
     missing_partitions(hub, partitions).await;
-    concurrent_publishers(&make).await;
+    let fresh = make(&unique_name("contract-conc"), 1);
+    concurrent_publishers(fresh.as_ref(), &ctx.with_base(vec![0])).await;
+}
+
+/// The consumer groups [`hub_contract_on_existing`] reads with.
+#[derive(Debug, Clone)]
+pub struct ExistingHubGroups {
+    /// The group every check reads with (`$Default` always exists).
+    pub consumer_group: String,
+    /// A second group, to check that groups read independently; skipped
+    /// when `None` (a live hub's groups must be created beforehand).
+    pub second_consumer_group: Option<String>,
+}
+
+/// The hub contract for a hub that already exists and may hold events (a
+/// live Azure Event Hub): every check works relative to the end of each
+/// partition when it starts, and reads from sequence numbers instead of
+/// `Earliest`. The hub needs at least 3 partitions and no other publisher
+/// while the suite runs. Panics on the first violation.
+pub async fn hub_contract_on_existing(hub: Arc<dyn Hub>, groups: ExistingHubGroups) {
+    let hub = hub.as_ref();
+    let ids = hub
+        .partition_ids()
+        .await
+        .unwrap_or_else(|e| panic!("partition_ids failed: {e}"));
+    let partitions = ids.len() as u32;
+    assert_eq!(
+        ids,
+        (0..partitions).collect::<Vec<_>>(),
+        "partition_ids must be 0..n"
+    );
+    assert!(
+        partitions >= 3,
+        "the contract needs a hub with at least 3 partitions, {} has {partitions}",
+        hub.name()
+    );
+    let ctx = Ctx {
+        group: groups.consumer_group,
+        second_group: groups.second_consumer_group,
+        base: next_sequences(hub, partitions).await,
+        fresh: false,
+    };
+    publish_and_read(hub, &ctx).await;
+    start_positions(hub, &ctx).await;
+    batch_bounds_and_waiting(hub, &ctx).await;
+    partition_keys(hub, partitions).await;
+    missing_partitions(hub, partitions).await;
+    let ctx = ctx.with_base(next_sequences(hub, partitions).await);
+    concurrent_publishers(hub, &ctx).await;
+}
+
+/// Where the hub contract's events start in each partition, and how it reads.
+struct Ctx {
+    group: String,
+    second_group: Option<String>,
+    /// The sequence number the contract's first event gets, per partition.
+    base: Vec<i64>,
+    /// The partitions were empty: `Earliest` and absolute numbers apply.
+    fresh: bool,
+}
+
+impl Ctx {
+    fn with_base(&self, base: Vec<i64>) -> Ctx {
+        Ctx {
+            group: self.group.clone(),
+            second_group: self.second_group.clone(),
+            base,
+            fresh: self.fresh,
+        }
+    }
+
+    /// The sequence number of the contract's `i`-th event in `partition`.
+    fn seq(&self, partition: u32, i: i64) -> i64 {
+        self.base[partition as usize] + i
+    }
+
+    /// The position of the contract's first event in `partition`.
+    fn first(&self, partition: u32) -> StartPosition {
+        if self.fresh {
+            StartPosition::Earliest
+        } else {
+            StartPosition::SequenceNumber {
+                value: self.seq(partition, 0),
+                inclusive: true,
+            }
+        }
+    }
+}
+
+/// The sequence number the next event of each partition will get.
+async fn next_sequences(hub: &dyn Hub, partitions: u32) -> Vec<i64> {
+    last_sequences(hub, partitions)
+        .await
+        .into_iter()
+        .map(|last| last + 1)
+        .collect()
 }
 
 async fn fresh_partitions(hub: &dyn Hub, partitions: u32) {
@@ -560,7 +661,7 @@ async fn expect_nothing(receiver: &mut dyn PartitionReceiver, what: &str) {
     );
 }
 
-async fn publish_and_read(hub: &dyn Hub) {
+async fn publish_and_read(hub: &dyn Hub, ctx: &Ctx) {
     let before = now_ms();
     hub.publish(PublishTarget::Partition(0), (0..3).map(event).collect())
         .await
@@ -572,13 +673,14 @@ async fn publish_and_read(hub: &dyn Hub) {
         .await
         .unwrap_or_else(|e| panic!("publish to partition 1 failed: {e}"));
 
-    let mut receiver = open(hub, "$Default", 0, StartPosition::Earliest).await;
+    let mut receiver = open(hub, &ctx.group, 0, ctx.first(0)).await;
     let events = receive_exactly(receiver.as_mut(), 5, "partition 0 from earliest").await;
     let mut offsets = HashSet::new();
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.partition, 0, "event {i} reports the wrong partition");
         assert_eq!(
-            e.sequence_number, i as i64,
+            e.sequence_number,
+            ctx.seq(0, i as i64),
             "sequence numbers must be consecutive from 0 in publish order"
         );
         assert_eq!(e.body, Bytes::from(format!("event-{i}")), "event {i} body");
@@ -604,81 +706,86 @@ async fn publish_and_read(hub: &dyn Hub) {
     }
     expect_nothing(receiver.as_mut(), "partition 0 after reading everything").await;
 
-    let mut other_partition = open(hub, "$Default", 1, StartPosition::Earliest).await;
+    let mut other_partition = open(hub, &ctx.group, 1, ctx.first(1)).await;
     let events = receive_exactly(other_partition.as_mut(), 1, "partition 1").await;
     assert_eq!(
-        events[0].sequence_number, 0,
+        events[0].sequence_number,
+        ctx.seq(1, 0),
         "each partition numbers from 0"
     );
     assert_eq!(events[0].partition, 1);
     assert_eq!(events[0].body, Bytes::from("event-100"));
 
     // A second consumer group reads the same events independently.
-    let mut second_group = open(hub, "contract-group", 0, StartPosition::Earliest).await;
-    let again = receive_exactly(second_group.as_mut(), 5, "second consumer group").await;
-    assert_eq!(
-        again.iter().map(|e| e.sequence_number).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3, 4]
-    );
+    let last_time = match &ctx.second_group {
+        Some(group) => {
+            let mut second_group = open(hub, group, 0, ctx.first(0)).await;
+            let again = receive_exactly(second_group.as_mut(), 5, "second consumer group").await;
+            assert_eq!(
+                again.iter().map(|e| e.sequence_number).collect::<Vec<_>>(),
+                (0..5).map(|i| ctx.seq(0, i)).collect::<Vec<_>>()
+            );
+            events_last_time(&again)
+        }
+        None => events_last_time(&events),
+    };
 
     let props = hub
         .partition_properties(0)
         .await
         .unwrap_or_else(|e| panic!("partition_properties(0) failed: {e}"));
     assert!(!props.is_empty, "partition 0 holds events: {props:?}");
-    assert_eq!(props.beginning_sequence_number, 0, "{props:?}");
-    assert_eq!(props.last_enqueued_sequence_number, 4, "{props:?}");
+    if ctx.fresh {
+        assert_eq!(props.beginning_sequence_number, 0, "{props:?}");
+    } else {
+        assert!(
+            props.beginning_sequence_number <= ctx.seq(0, 0),
+            "{props:?}"
+        );
+    }
+    assert_eq!(
+        props.last_enqueued_sequence_number,
+        ctx.seq(0, 4),
+        "{props:?}"
+    );
     assert_eq!(
         props.last_enqueued_time_ms,
-        Some(events_last_time(&again)),
+        Some(last_time),
         "last_enqueued_time_ms must be the last event's enqueued time"
     );
     let props2 = hub
         .partition_properties(2)
         .await
         .unwrap_or_else(|e| panic!("partition_properties(2) failed: {e}"));
-    assert!(props2.is_empty, "partition 2 got nothing: {props2:?}");
+    if ctx.fresh {
+        assert!(props2.is_empty, "partition 2 got nothing: {props2:?}");
+    }
+    assert_eq!(
+        props2.last_enqueued_sequence_number,
+        ctx.seq(2, -1),
+        "partition 2 got nothing: {props2:?}"
+    );
 }
 
 fn events_last_time(events: &[ReceivedEvent]) -> i64 {
     events.last().map_or(0, |e| e.enqueued_time_ms)
 }
 
-async fn start_positions(hub: &dyn Hub) {
-    // Partition 0 holds sequence numbers 0..=4.
+async fn start_positions(hub: &dyn Hub, ctx: &Ctx) {
+    // Partition 0 holds the contract's events 0..=4.
+    let at = |i: i64, inclusive: bool| StartPosition::SequenceNumber {
+        value: ctx.seq(0, i),
+        inclusive,
+    };
     let cases = [
-        (
-            StartPosition::SequenceNumber {
-                value: 2,
-                inclusive: true,
-            },
-            2,
-        ),
-        (
-            StartPosition::SequenceNumber {
-                value: 2,
-                inclusive: false,
-            },
-            3,
-        ),
-        (StartPosition::after(0), 1),
-        (
-            StartPosition::SequenceNumber {
-                value: 0,
-                inclusive: true,
-            },
-            0,
-        ),
-        (
-            StartPosition::SequenceNumber {
-                value: 4,
-                inclusive: true,
-            },
-            4,
-        ),
+        (at(2, true), 2),
+        (at(2, false), 3),
+        (StartPosition::after(ctx.seq(0, 0)), 1),
+        (at(0, true), 0),
+        (at(4, true), 4),
     ];
     for (from, first) in cases {
-        let mut receiver = open(hub, "$Default", 0, from).await;
+        let mut receiver = open(hub, &ctx.group, 0, from).await;
         let events = receive_exactly(
             receiver.as_mut(),
             (5 - first) as usize,
@@ -688,33 +795,34 @@ async fn start_positions(hub: &dyn Hub) {
         let seqs: Vec<i64> = events.iter().map(|e| e.sequence_number).collect();
         assert_eq!(
             seqs,
-            (first..5).collect::<Vec<_>>(),
+            (first..5).map(|i| ctx.seq(0, i)).collect::<Vec<_>>(),
             "reading from {from:?}"
         );
     }
-    let mut after_last = open(hub, "$Default", 0, StartPosition::after(4)).await;
+    let mut after_last = open(hub, &ctx.group, 0, StartPosition::after(ctx.seq(0, 4))).await;
     expect_nothing(after_last.as_mut(), "after the last event").await;
 
-    let mut latest = open(hub, "$Default", 0, StartPosition::Latest).await;
+    let mut latest = open(hub, &ctx.group, 0, StartPosition::Latest).await;
     expect_nothing(latest.as_mut(), "Latest before a new publish").await;
     hub.publish(PublishTarget::Partition(0), vec![event(5)])
         .await
         .unwrap_or_else(|e| panic!("publish of event 5 failed: {e}"));
     let events = receive_exactly(latest.as_mut(), 1, "Latest after a new publish").await;
     assert_eq!(
-        events[0].sequence_number, 5,
+        events[0].sequence_number,
+        ctx.seq(0, 5),
         "Latest must start after the last event"
     );
     assert_eq!(events[0].body, Bytes::from("event-5"));
 
     // The exclusive receiver opened before the publish sees it too.
     let events = receive_exactly(after_last.as_mut(), 1, "after(4) once 5 exists").await;
-    assert_eq!(events[0].sequence_number, 5);
+    assert_eq!(events[0].sequence_number, ctx.seq(0, 5));
 }
 
-async fn batch_bounds_and_waiting(hub: &dyn Hub) {
-    // Partition 0 holds 0..=5.
-    let mut receiver = open(hub, "$Default", 0, StartPosition::Earliest).await;
+async fn batch_bounds_and_waiting(hub: &dyn Hub, ctx: &Ctx) {
+    // Partition 0 holds the contract's 0..=5.
+    let mut receiver = open(hub, &ctx.group, 0, ctx.first(0)).await;
     let mut seqs = Vec::new();
     let started = Instant::now();
     while seqs.len() < 6 {
@@ -735,7 +843,7 @@ async fn batch_bounds_and_waiting(hub: &dyn Hub) {
     }
     assert_eq!(
         seqs,
-        vec![0, 1, 2, 3, 4, 5],
+        (0..6).map(|i| ctx.seq(0, i)).collect::<Vec<_>>(),
         "small batches must continue where the last ended"
     );
 
@@ -757,7 +865,7 @@ async fn batch_bounds_and_waiting(hub: &dyn Hub) {
     );
 
     // A receive that is waiting returns an event published meanwhile.
-    let mut waiting = open(hub, "$Default", 2, StartPosition::Earliest).await;
+    let mut waiting = open(hub, &ctx.group, 2, ctx.first(2)).await;
     let publisher = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         hub.publish(PublishTarget::Partition(2), vec![event(200)])
@@ -847,33 +955,30 @@ async fn missing_partitions(hub: &dyn Hub, partitions: u32) {
     );
 }
 
-async fn concurrent_publishers(make: &impl Fn(&str, u32) -> Arc<dyn Hub>) {
-    let hub = make(&unique_name("contract-conc"), 1);
+/// Partition 0 of `hub` holds nothing after `ctx.seq(0, -1)`.
+async fn concurrent_publishers(hub: &dyn Hub, ctx: &Ctx) {
     let tasks = 8;
     let per_task = 10;
-    let publishes = (0..tasks).map(|t| {
-        let hub = hub.clone();
-        async move {
-            for i in 0..per_task {
-                let batch = vec![
-                    EventData::new(format!("{t}-{i}-a")),
-                    EventData::new(format!("{t}-{i}-b")),
-                ];
-                hub.publish(PublishTarget::Partition(0), batch)
-                    .await
-                    .unwrap_or_else(|e| panic!("concurrent publish failed: {e}"));
-            }
+    let publishes = (0..tasks).map(|t| async move {
+        for i in 0..per_task {
+            let batch = vec![
+                EventData::new(format!("{t}-{i}-a")),
+                EventData::new(format!("{t}-{i}-b")),
+            ];
+            hub.publish(PublishTarget::Partition(0), batch)
+                .await
+                .unwrap_or_else(|e| panic!("concurrent publish failed: {e}"));
         }
     });
     futures::future::join_all(publishes).await;
 
     let total = tasks * per_task * 2;
-    let mut receiver = open(hub.as_ref(), "$Default", 0, StartPosition::Earliest).await;
+    let mut receiver = open(hub, &ctx.group, 0, ctx.first(0)).await;
     let events = receive_exactly(receiver.as_mut(), total, "concurrent publishes").await;
     let seqs: Vec<i64> = events.iter().map(|e| e.sequence_number).collect();
     assert_eq!(
         seqs,
-        (0..total as i64).collect::<Vec<_>>(),
+        (0..total as i64).map(|i| ctx.seq(0, i)).collect::<Vec<_>>(),
         "concurrent publishes must get gap-free, unique sequence numbers"
     );
     let bodies: BTreeSet<Bytes> = events.iter().map(|e| e.body.clone()).collect();

@@ -48,6 +48,9 @@ pub struct WriterParams {
     pub raw_container: String,
     pub state: StateStore,
     pub landed: Arc<dyn Hub>,
+    /// Publish a [`LandedEvent`] per blob. Off when Event Grid delivers
+    /// BlobCreated events to hub "landed" instead (see [`crate::notices`]).
+    pub announce: bool,
     pub zstd_level: i32,
     pub probe: ActorProbe,
 }
@@ -323,6 +326,9 @@ async fn announce(
     records: u64,
     bytes: u64,
 ) -> anyhow::Result<()> {
+    if !state.params.announce {
+        return Ok(());
+    }
     let event = LandedEvent {
         container: state.params.raw_container.clone(),
         blob: name.to_name(),
@@ -387,6 +393,7 @@ mod tests {
                 raw_container: "raw".into(),
                 state: StateStore::new(self.blobs.clone(), "state"),
                 landed: self.landed.clone(),
+                announce: true,
                 zstd_level: 1,
                 probe: ActorProbe::new(),
             }
@@ -450,6 +457,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(ckpt.value.sequence_number, 14);
+    }
+
+    #[tokio::test]
+    async fn with_event_grid_announcing_the_writer_publishes_no_notice() {
+        let f = Fixture::new().await;
+        let params = WriterParams {
+            announce: false,
+            ..f.params()
+        };
+        let (w, h) = Actor::spawn(None, BlobWriter, params).await.unwrap();
+        let next = ractor::call!(w, WriterMsg::Write, (0..10).map(event).collect())
+            .unwrap()
+            .unwrap();
+        assert_eq!(next, 10);
+        w.stop(None);
+        h.await.unwrap();
+        assert_eq!(f.blobs.list("raw", "").await.unwrap().len(), 1);
+        assert!(f.landed_blobs().await.is_empty());
     }
 
     #[tokio::test]

@@ -280,6 +280,7 @@ mod tests {
             raw_container: "raw".into(),
             state: StateStore::new(blobs.clone(), "state"),
             landed: Arc::new(MemoryHub::new("landed", 1)),
+            announce: true,
             zstd_level: 1,
             probe: ActorProbe::new(),
         };

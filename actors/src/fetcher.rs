@@ -14,7 +14,7 @@
 //! [`RetryBudget`] the fetcher fails with the last error, and its supervisor
 //! restarts it with backoff from the stored cursor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::ports::{
-    BlobStore, DeadLetter, ETag, EventData, Hub, PublishTarget, Source, SourceCursor, SourceError,
-    StateStore, partition_for_key,
+    BlobStore, DeadLetter, ETag, EventData, Hub, HubError, PublishTarget, Source, SourceCursor,
+    SourceError, StateStore, partition_for_key,
 };
 use crate::record::{PROP_FETCHED_MS, PROP_ID, PROP_SOURCE};
 use crate::retry::{RetryBudget, RetryDelay};
@@ -360,17 +360,68 @@ async fn publish_page(
     }
     let chunk = state.params.max_publish_events.max(1);
     for (partition, events) in by_partition {
+        // Chunks in order; a chunk the hub finds too large is split in
+        // halves and retried, and a single record too large for any batch
+        // is dead-lettered (it can never be published).
+        let mut pending: VecDeque<Vec<EventData>> = VecDeque::new();
         let mut events = events;
         while !events.is_empty() {
             let rest = events.split_off(chunk.min(events.len()));
-            state
-                .params
-                .hub
-                .publish(PublishTarget::Partition(partition), events)
-                .await?;
+            pending.push_back(events);
             events = rest;
         }
+        while let Some(batch) = pending.pop_front() {
+            match state
+                .params
+                .hub
+                .publish(PublishTarget::Partition(partition), batch.clone())
+                .await
+            {
+                Ok(()) => {}
+                Err(HubError::BatchTooLarge { .. }) if batch.len() > 1 => {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    pending.push_front(second);
+                    pending.push_front(first);
+                    metrics::counter!("hubflow_fetcher_batch_splits_total", "source" => state.status.source.clone())
+                        .increment(1);
+                }
+                Err(HubError::BatchTooLarge { size, limit, .. }) => {
+                    let Some(event) = batch.into_iter().next() else {
+                        continue;
+                    };
+                    oversized_record(state, partition, event, size, limit).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
+    Ok(())
+}
+
+/// Dead-letter a record larger than the hub accepts in any batch.
+async fn oversized_record(
+    state: &mut FetcherState,
+    partition: u32,
+    event: EventData,
+    size: usize,
+    limit: usize,
+) -> Result<(), ActorProcessingErr> {
+    let id = event.properties.get(PROP_ID).cloned().unwrap_or_default();
+    warn!(source = %state.status.source, id = %id, size, limit, "record too large for the hub, dead-lettered");
+    let reason = format!("record of {size} bytes exceeds the hub's batch limit of {limit} bytes");
+    write_dead_letter(
+        state.params.dead_letters.as_ref(),
+        &state.params.dead_letter_container,
+        &format!("source/{}", state.status.source),
+        &reason,
+        &serde_json::json!({ "id": id, "partition": partition }),
+        event.body,
+    )
+    .await?;
+    state.status.dead_letters += 1;
+    metrics::counter!("hubflow_fetcher_dead_letters_total", "source" => state.status.source.clone())
+        .increment(1);
     Ok(())
 }
 
@@ -525,6 +576,41 @@ mod tests {
             .unwrap();
         assert_eq!(cursor.value.cursor, SourceCursor(serde_json::json!(50)));
         assert!(cursor.value.caught_up);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_large_batches_split_and_too_large_records_are_dead_lettered() {
+        // Payloads `{"id":"r0"}` .. `{"id":"r9"}` are 11 bytes, the rest 12:
+        // with an 11-byte limit every batch splits down to single records,
+        // the first ten go through and the other forty can never fit.
+        let hub = Arc::new(MemoryHub::new("ingest", 1).with_max_batch_bytes(11));
+        let store = blobs();
+        store.create_container("state").await.unwrap();
+        store.create_container("dead-letters").await.unwrap();
+        let source = Arc::new(Scripted {
+            total: 50,
+            page: 25,
+            calls: Mutex::new(0),
+            fail_on: vec![],
+        });
+        let status = run_until_caught_up(params(source, hub.clone(), store.clone())).await;
+        let mut published: Vec<String> = all_ids(&hub).await;
+        published.sort();
+        let mut expected: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+        expected.sort();
+        assert_eq!(published, expected);
+        assert_eq!(status.dead_letters, 40);
+        let letters = store.list("dead-letters", "source/orders/").await.unwrap();
+        assert_eq!(
+            letters.iter().filter(|b| b.name.ends_with(".body")).count(),
+            40
+        );
+        let cursor = StateStore::new(store, "state")
+            .load::<CursorRecord>(&cursor_record_name("orders"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cursor.value.cursor, SourceCursor(serde_json::json!(50)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,9 @@
 //!   (JSON → Arrow schema inference, Parquet + zstd).
 //! - [`fetcher`], [`consumer`], [`blob_writer`], [`transformer`]: the actors,
 //!   one per file, each with its message enum, observable status and tests.
+//! - [`notices`]: "landed" notifications (blob-writer or Event Grid
+//!   BlobCreated) parsed and routed to the transformer of the blob's
+//!   partition by a listener per landed partition.
 //! - [`dead_letter`], [`retry`]: small shared pieces the actors use.
 //!
 //! No Azure SDK, HTTP server or SQL engine lives here; `hubflow` (the root
@@ -23,6 +26,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod fetcher;
 pub mod formats;
+pub mod notices;
 pub mod ports;
 pub mod record;
 pub mod retry;

@@ -5,7 +5,8 @@
 //! sequence number is the previous blob's last plus one, so the next blob to
 //! transform is found by a prefix lookup on its first sequence number. The
 //! transformer's checkpoint (`transform/<hub>/<partition>`, etag-guarded) is
-//! that next sequence number. Notifications on hub "landed" only wake it up:
+//! that next sequence number. Notifications on hub "landed" (from the
+//! blob-writers or Event Grid, routed by [`crate::notices`]) only wake it up:
 //! it also walks the chain every `poll_wait`, so a lost notification never
 //! leaves raw data untransformed, and on start it picks up every blob that
 //! landed while it was down (recovery).
@@ -37,15 +38,14 @@ use tracing::{debug, info, warn};
 use crate::dead_letter::write_dead_letter_at;
 use crate::formats::curated::{self, BatchTransform, CurateInput, CurateOptions, CuratedOutput};
 use crate::formats::raw::{self, RawBatch};
+use crate::notices::WakeBoard;
 use crate::now_ms;
-use crate::ports::{
-    BlobStore, ETag, Hub, PartitionReceiver, PutCondition, StartPosition, StateStore,
-};
+use crate::ports::{BlobStore, ETag, PutCondition, StateStore};
 use crate::record::RawBlobName;
 
 #[derive(Debug)]
 pub enum TransformerMsg {
-    /// Wait for a notification (up to `poll_wait`), then walk the chain.
+    /// Wait for a wake-up (up to `poll_wait`), then walk the chain.
     Poll,
     Pause,
     Resume,
@@ -55,13 +55,13 @@ pub enum TransformerMsg {
 pub struct TransformerParams {
     pub ingest_hub: String,
     pub partition: u32,
-    pub consumer_group: String,
     pub raw: Arc<dyn BlobStore>,
     pub raw_container: String,
     pub curated: Arc<dyn BlobStore>,
     pub curated_container: String,
     pub state: StateStore,
-    pub landed: Arc<dyn Hub>,
+    /// Where the node's notice listeners wake this partition's transformer.
+    pub board: WakeBoard,
     pub dead_letters: Arc<dyn BlobStore>,
     pub dead_letter_container: String,
     pub options: CurateOptions,
@@ -123,7 +123,7 @@ pub struct TransformerStatus {
 
 pub struct TransformerState {
     params: TransformerParams,
-    trigger: Box<dyn PartitionReceiver>,
+    wake: Arc<tokio::sync::Notify>,
     etag: Option<ETag>,
     window: WindowClaim,
     /// The registry schema per source, as last read or written.
@@ -155,15 +155,7 @@ impl Actor for Transformer {
     ) -> Result<Self::State, ActorProcessingErr> {
         // Listen before walking the chain, so a blob landing in between is
         // either found by the walk or announced to us.
-        let landed_partitions = params.landed.partition_ids().await?.len().max(1) as u32;
-        let trigger = params
-            .landed
-            .open_receiver(
-                &params.consumer_group,
-                params.partition % landed_partitions,
-                StartPosition::Latest,
-            )
-            .await?;
+        let wake = params.board.line(params.partition);
         let name = checkpoint_name(&params.ingest_hub, params.partition);
         let (next_sequence, etag) = match params.state.load::<TransformCheckpoint>(&name).await? {
             Some(v) => (v.value.next_sequence, Some(v.etag)),
@@ -196,7 +188,7 @@ impl Actor for Transformer {
                 ..Default::default()
             },
             params,
-            trigger,
+            wake,
             etag,
             window,
             schemas: BTreeMap::new(),
@@ -215,9 +207,9 @@ impl Actor for Transformer {
                 if state.status.paused {
                     return Ok(());
                 }
-                // Notifications are hints; their content is not needed.
+                // A wake-up is a hint; the walk finds what there is.
                 let wait = state.params.poll_wait;
-                state.trigger.receive(256, wait).await?;
+                let _ = tokio::time::timeout(wait, state.wake.notified()).await;
                 state.params.probe.tick();
                 if let Err(error) = walk_chain(state).await {
                     state.status.last_error = Some(format!("{error:#}"));
@@ -736,8 +728,7 @@ async fn rebuild_window(
 mod tests {
     use super::*;
     use crate::formats::raw::RawRecord;
-    use crate::ports::memory::{MemoryBlobStore, MemoryHub};
-    use crate::ports::{EventData, PublishTarget};
+    use crate::ports::memory::MemoryBlobStore;
     use bytes::Bytes;
 
     fn record(i: i64, seq: i64) -> RawRecord {
@@ -754,7 +745,7 @@ mod tests {
 
     struct Fixture {
         blobs: Arc<MemoryBlobStore>,
-        landed: Arc<MemoryHub>,
+        board: WakeBoard,
     }
 
     impl Fixture {
@@ -765,7 +756,7 @@ mod tests {
             }
             Fixture {
                 blobs,
-                landed: Arc::new(MemoryHub::new("landed", 2)),
+                board: WakeBoard::default(),
             }
         }
 
@@ -773,13 +764,12 @@ mod tests {
             TransformerParams {
                 ingest_hub: "ingest".into(),
                 partition: 1,
-                consumer_group: "$Default".into(),
                 raw: self.blobs.clone(),
                 raw_container: "raw".into(),
                 curated: self.blobs.clone(),
                 curated_container: "curated".into(),
                 state: StateStore::new(self.blobs.clone(), "state"),
-                landed: self.landed.clone(),
+                board: self.board.clone(),
                 dead_letters: self.blobs.clone(),
                 dead_letter_container: "dlq".into(),
                 options: CurateOptions::default(),
@@ -822,13 +812,7 @@ mod tests {
                 .put("raw", &name.to_name(), data, PutCondition::None)
                 .await
                 .unwrap();
-            self.landed
-                .publish(
-                    PublishTarget::Partition(1),
-                    vec![EventData::new(name.to_name())],
-                )
-                .await
-                .unwrap();
+            self.board.wake(1);
         }
 
         async fn checkpoint(&self) -> i64 {

@@ -531,7 +531,9 @@ impl BlobStore for AzureBlobStore {
     }
 }
 
-fn entra_credential(
+/// The `azure_identity` credential for `credential` (shared with the Event
+/// Hubs adapter).
+pub(crate) fn entra_credential(
     credential: EntraCredential,
     client_id: Option<String>,
 ) -> azure_core::Result<Arc<dyn azure_core::credentials::TokenCredential>> {

@@ -726,6 +726,7 @@ mod tests {
             landed: Arc::new(MemoryHub::new(LANDED_HUB, 4)),
             blobs: Arc::new(MemoryBlobStore::new()),
             curated_dir: None,
+            board: Default::default(),
         };
         backends.ensure_containers(settings).await.unwrap();
         backends

@@ -170,6 +170,7 @@ async fn chaos_kills_and_panics_lose_and_duplicate_nothing() {
         Target::Consumer,
         Target::Writer,
         Target::Transformer,
+        Target::NoticeListener,
         Target::Supervisor,
     ] {
         assert!(report.hits(target) > 0, "{target:?} never hit: {report:?}");

@@ -82,3 +82,39 @@ fn demo_source_prints_its_records_as_ndjson() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2], hubflow::demo::demo_record(2));
 }
+
+/// The TOML block following `marker` in the README.
+fn readme_toml(marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let from = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README has no {marker}"));
+    let rest = &readme[from..];
+    let start = rest.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = rest[start..].find("```").expect("end of the toml block");
+    rest[start..start + end].to_string()
+}
+
+#[test]
+fn the_readme_config_profiles_are_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    for (profile, marker) in [("local", "**`local`**"), ("azure", "**`azure`**")] {
+        let text = readme_toml(marker);
+        let path = dir.path().join(format!("{profile}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        // The azure profile reads the admin token from the environment.
+        let out = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+            .args(["config", "check"])
+            .arg(&path)
+            .env("HUBFLOW_LOG", "warn")
+            .env(
+                "HUBFLOW_ADMIN_TOKEN",
+                "a-long-enough-admin-token-for-the-check",
+            )
+            .output()
+            .expect("running hubflow");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "profile {profile}:\n{text}\n{stderr}");
+    }
+}

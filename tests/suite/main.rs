@@ -11,9 +11,12 @@
 //!   [`common::exclusive`], the lock heavy tests hold so two of them never
 //!   share the machine.
 //! - Port contracts: [`contract_embedded`] (filesystem store, SQLite hub,
-//!   across processes), [`azurite_contract`] (Azure Blob on Azurite).
+//!   across processes), [`azurite_contract`] (Azure Blob on Azurite),
+//!   [`eventhubs_live`] (Azure Event Hubs; needs a namespace, says SKIPPED
+//!   loudly without one).
 //! - Sources: [`http_source`], [`source_incremental`], [`source_restart`].
-//! - The dataflow: [`end_to_end`], [`azurite_end_to_end`], [`curated_query`].
+//! - The dataflow: [`end_to_end`], [`azurite_end_to_end`], [`curated_query`],
+//!   [`event_grid`] (BlobCreated events as the only trigger).
 //! - Faults: [`chaos`], [`crash_restart`].
 //! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`].
 //! - The clustered service: [`cluster`].
@@ -30,6 +33,8 @@ mod contract_embedded;
 mod crash_restart;
 mod curated_query;
 mod end_to_end;
+mod event_grid;
+mod eventhubs_live;
 mod hot_swap;
 mod http_source;
 mod lifecycle;

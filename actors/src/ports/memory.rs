@@ -228,6 +228,8 @@ pub struct MemoryHub {
     name: String,
     state: Arc<Mutex<HubState>>,
     published: Arc<Notify>,
+    /// Largest publish accepted, in body bytes (`None`: unlimited).
+    max_batch_bytes: Option<usize>,
 }
 
 impl MemoryHub {
@@ -238,7 +240,15 @@ impl MemoryHub {
                 partitions: (0..partitions).map(|_| Vec::new()).collect(),
             })),
             published: Arc::new(Notify::new()),
+            max_batch_bytes: None,
         }
+    }
+
+    /// Refuse publishes whose bodies add up to more than `limit` bytes with
+    /// [`HubError::BatchTooLarge`], like a real hub's batch size limit.
+    pub fn with_max_batch_bytes(mut self, limit: usize) -> Self {
+        self.max_batch_bytes = Some(limit);
+        self
     }
 
     /// Every event of a partition, in order.
@@ -278,6 +288,16 @@ impl Hub for MemoryHub {
     }
 
     async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError> {
+        if let Some(limit) = self.max_batch_bytes {
+            let size = events.iter().map(|e| e.body.len()).sum::<usize>();
+            if size > limit {
+                return Err(HubError::BatchTooLarge {
+                    hub: self.name.clone(),
+                    size,
+                    limit,
+                });
+            }
+        }
         {
             let mut state = lock(&self.state);
             let count = state.partitions.len() as u32;
