@@ -5,7 +5,7 @@
 //! panics, every kind of actor including supervisors). Each run ends when
 //! everything is curated; the counts are checked exact.
 //!
-//! `cargo bench --profile dev --bench chaos_throughput` (records:
+//! `cargo bench --bench chaos_throughput` (records:
 //! `HUBFLOW_BENCH_RECORDS`, default 100000; rates: `HUBFLOW_BENCH_RATES`,
 //! default "0,1,5"; rounds: `HUBFLOW_BENCH_ROUNDS`, default 1)
 

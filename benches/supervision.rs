@@ -2,7 +2,7 @@
 //! backoff: a panic inside the handler, a kill, and a panic in a nested
 //! supervisor (the whole subtree rebuilt).
 //!
-//! `cargo bench --profile dev --bench supervision`
+//! `cargo bench --bench supervision`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,8 +9,8 @@
 #    hubflow run above (transform is the part both do).
 # 3. query: the same aggregate over the same curated Parquet files with
 #    `hubflow query` (DataFusion) and DuckDB.
-# Uses the dev build the tests use (dependencies and hubflow-actors are
-# optimised in it); DuckDB comes from PyPI into .tools/venv.
+# Uses the release build (the test profile optimises only the hot-path
+# crates); DuckDB comes from PyPI into .tools/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
@@ -21,8 +21,8 @@ if [ ! -x .tools/venv/bin/python ]; then
     python3 -m venv .tools/venv
     .tools/venv/bin/pip install -q duckdb==1.4.2
 fi
-cargo build -q --bin hubflow
-bin=target/debug/hubflow
+cargo build -q --release --bin hubflow
+bin=target/release/hubflow
 
 cat > "$work/hubflow.toml" <<TOML
 [pipeline]
