@@ -7,7 +7,8 @@
 //! choice of blob where two overlap), decoded with `formats::raw`, passed
 //! through a dedupe window rebuilt from the blobs before the range (as the
 //! transformer does after a restart), and curated with `formats::curated`
-//! against the schema registry. Files are written under their deterministic
+//! and the transform in effect when the replay starts, against the schema
+//! registry (merged through the transformer's [`KnownSchemas`]). Files are written under their deterministic
 //! names, so a replay rewrites what the transformer wrote (or would write):
 //! replaying twice, or a range the transformer also covers, never adds rows.
 //!
@@ -30,12 +31,12 @@ use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, Utc};
 use hubflow_actors::dead_letter::write_dead_letter_at;
-use hubflow_actors::formats::curated::{self, CurateInput, CurateOptions, CuratedOutput};
+use hubflow_actors::formats::curated::{self, BatchTransform, CurateInput, CurateOptions};
 use hubflow_actors::formats::raw::{self, RawBatch};
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::{BlobProperties, BlobStore, PutCondition, StateStore};
 use hubflow_actors::record::RawBlobName;
-use hubflow_actors::transformer::{DedupeWindow, SchemaRecord, schema_record_name};
+use hubflow_actors::transformer::{DedupeWindow, KnownSchemas, SchemaRecord};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -138,6 +139,10 @@ pub struct ReplayContext {
     pub state: StateStore,
     pub options: CurateOptions,
     pub dedupe_window: usize,
+    /// The transform in effect when the replay starts (version label and
+    /// transform; `None` is the identity): replayed files get the shape and
+    /// the version stamp the transformers give new files.
+    pub transform: (String, Option<Arc<dyn BatchTransform>>),
 }
 
 impl ReplayContext {
@@ -154,6 +159,7 @@ impl ReplayContext {
             state: backends.state(settings),
             options: settings.curate.clone(),
             dedupe_window: settings.config.transform.dedupe_window,
+            transform: settings.transform.current(),
         }
     }
 }
@@ -312,52 +318,6 @@ async fn rebuild_window(
     Ok(window)
 }
 
-/// Merge each source's schema into the registry (by CAS) before files using
-/// it are written, as the transformer does.
-async fn register_schemas(
-    ctx: &ReplayContext,
-    known: &mut BTreeMap<String, SchemaRef>,
-    output: &CuratedOutput,
-) -> anyhow::Result<()> {
-    for (source, schema) in &output.schemas {
-        if known.get(source) == Some(schema) {
-            continue;
-        }
-        let name = schema_record_name(source);
-        loop {
-            let current = ctx.state.load::<SchemaRecord>(&name).await?;
-            let (merged, version, etag) = match &current {
-                Some(v) => {
-                    let stored = curated::schema_from_json(&v.value.schema)?;
-                    let (merged, _) = curated::merge_schemas(&stored, schema);
-                    if merged == stored {
-                        known.insert(source.clone(), Arc::new(merged));
-                        break;
-                    }
-                    (merged, v.value.version + 1, Some(&v.etag))
-                }
-                None => (schema.as_ref().clone(), 1, None),
-            };
-            let record = SchemaRecord {
-                version,
-                schema: curated::schema_to_json(&merged),
-                updated_ms: now_ms(),
-                output: current.as_ref().and_then(|v| v.value.output.clone()),
-            };
-            match ctx.state.compare_and_swap(&name, &record, etag).await {
-                Ok(_) => {
-                    info!(source, version, "schema registry updated by replay");
-                    known.insert(source.clone(), Arc::new(merged));
-                    break;
-                }
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn load_known(ctx: &ReplayContext) -> anyhow::Result<BTreeMap<String, SchemaRef>> {
     let mut known = BTreeMap::new();
     let names = match ctx.state.list_names("schemas/").await {
@@ -401,7 +361,10 @@ pub async fn replay(
         return Ok(());
     };
     let mut window = rebuild_window(ctx, &listed, *first).await?;
-    let mut known = load_known(ctx).await?;
+    let mut known = KnownSchemas {
+        schemas: load_known(ctx).await?,
+        outputs: BTreeMap::new(),
+    };
     for (name, start, _) in chain {
         let blob = name.to_name();
         let mut batch = match read_blob(ctx, &name).await? {
@@ -433,16 +396,24 @@ pub async fn replay(
         let stem = name.stem();
         let raw_blob = format!("{}/{}", ctx.raw_container, blob);
         let options = ctx.options.clone();
-        let snapshot = known.clone();
+        let snapshot = known.schemas.clone();
+        let transform = ctx.transform.1.clone();
         let (output, bodies) = tokio::task::spawn_blocking(move || {
             let inputs = CurateInput::from_raw(&batch);
-            let output = curated::curate(&inputs, &raw_blob, &stem, &snapshot, &options)?;
+            let output = curated::curate_with(
+                &inputs,
+                &raw_blob,
+                &stem,
+                &snapshot,
+                &options,
+                transform.as_deref(),
+            )?;
             // The payloads of rejected records, for their dead letters.
             let bodies = curated::rejected_payloads(&inputs, &output);
             Ok::<_, anyhow::Error>((output, bodies))
         })
         .await??;
-        register_schemas(ctx, &mut known, &output).await?;
+        known.register(&ctx.state, &output).await?;
         for file in &output.files {
             ctx.curated
                 .put(

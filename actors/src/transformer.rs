@@ -126,10 +126,8 @@ pub struct TransformerState {
     wake: Arc<tokio::sync::Notify>,
     etag: Option<ETag>,
     window: WindowClaim,
-    /// The registry schema per source, as last read or written.
-    schemas: BTreeMap<String, SchemaRef>,
-    /// The transform output schema last registered, per source.
-    outputs: BTreeMap<String, SchemaRef>,
+    /// The schema registry as last read or written.
+    known: KnownSchemas,
     status: TransformerStatus,
 }
 
@@ -191,8 +189,7 @@ impl Actor for Transformer {
             wake,
             etag,
             window,
-            schemas: BTreeMap::new(),
-            outputs: BTreeMap::new(),
+            known: KnownSchemas::default(),
         })
     }
 
@@ -341,7 +338,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     let batch = state.window.filter(batch)?;
     let dropped = (before - batch.records.len()) as u64;
 
-    let known = state.schemas.clone();
+    let known = state.known.schemas.clone();
     let options = params.options.clone();
     let transform = params.transform.clone();
     let stem = name.stem();
@@ -363,7 +360,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     .await??;
     let (output, rejected_bodies) = output;
 
-    register_schemas(state, &output).await?;
+    state.known.register(&state.params.state, &output).await?;
     for file in &output.files {
         params
             .curated
@@ -427,78 +424,96 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
 
 /// Merge each source's batch schema into the registry before any file that
 /// uses it is written, so readers always find a schema covering every file.
-async fn register_schemas(
-    state: &mut TransformerState,
-    output: &CuratedOutput,
-) -> anyhow::Result<()> {
-    for (source, schema) in &output.schemas {
-        let produced = output.output_schemas.get(source);
-        if let Some(known) = state.schemas.get(source)
-            && known == schema
-            && produced.is_none_or(|p| state.outputs.get(source) == Some(p))
-        {
-            continue;
-        }
-        let name = schema_record_name(source);
-        loop {
-            let current = state.params.state.load::<SchemaRecord>(&name).await?;
-            let (merged, merged_output, version, etag) = match &current {
-                Some(v) => {
-                    let stored = curated::schema_from_json(&v.value.schema)?;
-                    let (merged, _) = curated::merge_schemas(&stored, schema);
-                    let stored_output = match &v.value.output {
-                        Some(o) => Some(curated::schema_from_json(o)?),
-                        None => None,
-                    };
-                    let merged_output = match (produced, &stored_output) {
-                        // Files written before a transform have the inferred shape.
-                        (Some(p), None) => Some(curated::merge_schemas(&merged, p).0),
-                        (Some(p), Some(o)) => Some(curated::merge_schemas(o, p).0),
-                        (None, Some(o)) => Some(curated::merge_schemas(o, &merged).0),
-                        (None, None) => None,
-                    };
-                    if merged == stored && merged_output == stored_output {
-                        state.schemas.insert(source.clone(), Arc::new(merged));
-                        if let Some(p) = produced {
-                            state.outputs.insert(source.clone(), p.clone());
+/// What this process knows of the schema registry (`schemas/<source>`):
+/// per source, the inferred schema and the transform's output schema as last
+/// read or written. The transformer and replay both keep one.
+#[derive(Debug, Clone, Default)]
+pub struct KnownSchemas {
+    /// Inferred schemas, what curation widens.
+    pub schemas: BTreeMap<String, SchemaRef>,
+    /// Output schemas of the files last registered, per source.
+    pub outputs: BTreeMap<String, SchemaRef>,
+}
+
+impl KnownSchemas {
+    /// Merge a curated batch's schemas into the registry (by CAS, retried on
+    /// conflicts) before files using them are written, so queries always
+    /// find a schema that covers every file.
+    pub async fn register(
+        &mut self,
+        registry: &StateStore,
+        output: &CuratedOutput,
+    ) -> anyhow::Result<()> {
+        for (source, schema) in &output.schemas {
+            let produced = output.output_schemas.get(source);
+            if let Some(known) = self.schemas.get(source)
+                && known == schema
+                && produced.is_none_or(|p| self.outputs.get(source) == Some(p))
+            {
+                continue;
+            }
+            let name = schema_record_name(source);
+            loop {
+                let current = registry.load::<SchemaRecord>(&name).await?;
+                let (merged, merged_output, version, etag) = match &current {
+                    Some(v) => {
+                        let stored = curated::schema_from_json(&v.value.schema)?;
+                        let (merged, _) = curated::merge_schemas(&stored, schema);
+                        let stored_output = match &v.value.output {
+                            Some(o) => Some(curated::schema_from_json(o)?),
+                            None => None,
+                        };
+                        let merged_output = match (produced, &stored_output) {
+                            // Files written before a transform have the inferred shape.
+                            (Some(p), None) => Some(curated::merge_schemas(&merged, p).0),
+                            (Some(p), Some(o)) => Some(curated::merge_schemas(o, p).0),
+                            (None, Some(o)) => Some(curated::merge_schemas(o, &merged).0),
+                            (None, None) => None,
+                        };
+                        if merged == stored && merged_output == stored_output {
+                            self.remember(source, merged, produced);
+                            break;
                         }
+                        (merged, merged_output, v.value.version + 1, Some(&v.etag))
+                    }
+                    None => (
+                        schema.as_ref().clone(),
+                        produced.map(|p| p.as_ref().clone()),
+                        1,
+                        None,
+                    ),
+                };
+                let record = SchemaRecord {
+                    version,
+                    schema: curated::schema_to_json(&merged),
+                    updated_ms: now_ms(),
+                    output: merged_output.as_ref().map(curated::schema_to_json),
+                };
+                match registry.compare_and_swap(&name, &record, etag).await {
+                    Ok(_) => {
+                        info!(source, version, "schema registry updated");
+                        self.remember(source, merged, produced);
                         break;
                     }
-                    (merged, merged_output, v.value.version + 1, Some(&v.etag))
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                None => (
-                    schema.as_ref().clone(),
-                    produced.map(|p| p.as_ref().clone()),
-                    1,
-                    None,
-                ),
-            };
-            let record = SchemaRecord {
-                version,
-                schema: curated::schema_to_json(&merged),
-                updated_ms: now_ms(),
-                output: merged_output.as_ref().map(curated::schema_to_json),
-            };
-            match state
-                .params
-                .state
-                .compare_and_swap(&name, &record, etag)
-                .await
-            {
-                Ok(_) => {
-                    info!(source, version, "schema registry updated");
-                    state.schemas.insert(source.clone(), Arc::new(merged));
-                    if let Some(p) = produced {
-                        state.outputs.insert(source.clone(), p.clone());
-                    }
-                    break;
-                }
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    fn remember(
+        &mut self,
+        source: &str,
+        merged: arrow::datatypes::Schema,
+        produced: Option<&SchemaRef>,
+    ) {
+        self.schemas.insert(source.to_string(), Arc::new(merged));
+        if let Some(p) = produced {
+            self.outputs.insert(source.to_string(), p.clone());
+        }
+    }
 }
 
 async fn commit(state: &mut TransformerState, next_sequence: i64) -> anyhow::Result<()> {

@@ -3,8 +3,8 @@
 //! before anything stops (invalid SQL, a dry-run failure, a spec dropping
 //! the metadata columns), a good one is promoted, and one that fails at run
 //! time is rolled back automatically. Afterwards every record is in curated
-//! exactly once, files written after the swap carry the new shape, and the
-//! history shows each step.
+//! exactly once, files written after the swap carry the new shape, a replay
+//! rewrites older files in it, and the history shows each step.
 
 use crate::common;
 
@@ -225,6 +225,37 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Replay uses the active transform: partition 0's files written before
+    // the swap lack v2's column; replayed, every one of its rows has it.
+    let old_shape = "SELECT count(*) AS n FROM demo \
+                     WHERE _hub_partition = 0 AND amount IS NOT NULL AND amount_cents IS NULL";
+    let before = common::json_rows(&settings, old_shape).await;
+    assert!(before[0]["n"].as_u64().unwrap() > 0, "{before:?}");
+    let (code, started) = admin
+        .call(
+            reqwest::Method::POST,
+            "/replay",
+            Some(json!({"partition": 0})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
+    let id = started["id"].as_u64().unwrap();
+    let mut done = Value::Null;
+    for _ in 0..1_200 {
+        let (_, progress) = admin
+            .call(reqwest::Method::GET, &format!("/replay/{id}"), None)
+            .await;
+        if progress["state"] != "running" {
+            done = progress;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["state"], "completed", "{done}");
+    let after = common::json_rows(&settings, old_shape).await;
+    assert_eq!(after[0]["n"], 0, "{after:?}");
+
     stop.notify_one();
     run.await.unwrap().unwrap();
     assert_eq!(common::counts(&settings).await, (total, total));
