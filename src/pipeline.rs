@@ -30,6 +30,7 @@ use hubflow_actors::blob_writer::{BlobWriter, Checkpoint, WriterMsg, WriterParam
 use hubflow_actors::consumer::{ConsumerParams, PartitionConsumer};
 use hubflow_actors::fetcher::{CursorRecord, Fetcher, FetcherParams};
 use hubflow_actors::notices::{NoticeListener, NoticeListenerParams, WakeBoard};
+use hubflow_actors::pauses::Pauses;
 use hubflow_actors::ports::{BlobStore, Hub, Source, StateStore, checkpoint_name};
 use hubflow_actors::retry::RetryDelay;
 use hubflow_actors::transformer::{self, TransformCheckpoint, Transformer, TransformerParams};
@@ -48,7 +49,8 @@ pub const LANDED_HUB: &str = "landed";
 /// Consumer group of the notice listeners on hub "landed".
 pub const TRANSFORM_GROUP: &str = "transform";
 
-/// The outside world the pipeline runs against.
+/// The outside world the pipeline runs against, and the node's shared
+/// switchboards its actors are built with.
 #[derive(Clone)]
 pub struct Backends {
     pub ingest: Arc<dyn Hub>,
@@ -59,6 +61,9 @@ pub struct Backends {
     /// This node's wake-up lines from the notice listeners to the
     /// transformers (see `hubflow_actors::notices`).
     pub board: WakeBoard,
+    /// Operator pauses, read by the fetcher and consumer factories so a
+    /// restarted actor stays paused (see `hubflow_actors::pauses`).
+    pub pauses: Pauses,
 }
 
 impl Backends {
@@ -100,6 +105,7 @@ impl Backends {
             blobs: Arc::new(store),
             curated_dir,
             board: WakeBoard::default(),
+            pauses: Pauses::default(),
         })
     }
 
@@ -358,7 +364,7 @@ fn fetcher_spec_with(
     ChildSpec::new(
         fetcher_child_name(source.name()),
         Restart::Permanent,
-        Arc::new(FetcherFactory(params)),
+        Arc::new(FetcherFactory(params, backends.pauses.clone())),
     )
     .with_stall_timeout(stall)
 }
@@ -392,6 +398,7 @@ pub fn ingest_partition_spec(
         partition,
         limits: settings.batch,
         max_wait: Duration::from_millis(500),
+        pauses: backends.pauses.clone(),
     };
     supervisor(
         &partition_child_name(partition),
@@ -511,13 +518,14 @@ fn transform_supervisor(settings: &Settings) -> SupervisorSpec {
     supervisor(TRANSFORM_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures()
 }
 
-struct FetcherFactory(FetcherParams);
+struct FetcherFactory(FetcherParams, Pauses);
 
 #[async_trait]
 impl ChildFactory for FetcherFactory {
     async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
         let params = FetcherParams {
             probe: ctx.probe,
+            start_paused: self.1.source(self.0.source.name()),
             ..self.0.clone()
         };
         let (actor, _) = Actor::spawn_linked(None, Fetcher, params, ctx.supervisor).await?;
@@ -546,6 +554,7 @@ struct ConsumerTemplate {
     partition: u32,
     limits: hubflow_actors::consumer::BatchLimits,
     max_wait: Duration,
+    pauses: Pauses,
 }
 
 struct ConsumerFactory(ConsumerTemplate);
@@ -564,6 +573,7 @@ impl ChildFactory for ConsumerFactory {
             writer,
             limits: t.limits,
             max_wait: t.max_wait,
+            start_paused: t.pauses.ingest(),
             probe: ctx.probe,
         };
         let (actor, _) =

@@ -59,6 +59,8 @@ pub struct ConsumerParams {
     pub limits: BatchLimits,
     /// Upper bound of one receive call; also the stop latency.
     pub max_wait: Duration,
+    /// Start paused (an operator paused ingest before this restart).
+    pub start_paused: bool,
     pub probe: ActorProbe,
 }
 
@@ -120,14 +122,21 @@ impl Actor for PartitionConsumer {
         );
         // A consumer always expects to complete a receive within max_wait:
         // if it stops ticking, the receiver is stuck and health kills it.
-        params.probe.set_busy(true);
-        let _ = myself.cast(ConsumerMsg::Pull);
+        // A paused one waits for Resume and is not busy.
+        let paused = params.start_paused;
+        if !paused {
+            params.probe.set_busy(true);
+            let _ = myself.cast(ConsumerMsg::Pull);
+        }
+        let status = ConsumerStatus {
+            partition: params.partition,
+            position: resume,
+            paused,
+            ..Default::default()
+        };
+        params.probe.publish(&status);
         Ok(ConsumerState {
-            status: ConsumerStatus {
-                partition: params.partition,
-                position: resume,
-                ..Default::default()
-            },
+            status,
             params,
             receiver,
             pending: Vec::new(),
@@ -271,6 +280,15 @@ mod tests {
         blobs: Arc<MemoryBlobStore>,
         limits: BatchLimits,
     ) -> (ActorRef<WriterMsg>, ActorRef<ConsumerMsg>, ActorProbe) {
+        start_with(hub, blobs, limits, false).await
+    }
+
+    async fn start_with(
+        hub: Arc<MemoryHub>,
+        blobs: Arc<MemoryBlobStore>,
+        limits: BatchLimits,
+        start_paused: bool,
+    ) -> (ActorRef<WriterMsg>, ActorRef<ConsumerMsg>, ActorProbe) {
         let writer_params = WriterParams {
             namespace: "local".into(),
             ingest_hub: "ingest".into(),
@@ -296,6 +314,7 @@ mod tests {
                 writer: writer.clone(),
                 limits,
                 max_wait: Duration::from_millis(200),
+                start_paused,
                 probe: probe.clone(),
             },
         )
@@ -345,6 +364,29 @@ mod tests {
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 25).await;
         assert_eq!(raw_ranges(&blobs).await, vec![(0, 9), (10, 19), (20, 24)]);
+        consumer.stop(None);
+        writer.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_started_paused_reads_nothing_until_resumed() {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        let blobs = Arc::new(MemoryBlobStore::new());
+        blobs.create_container("raw").await.unwrap();
+        blobs.create_container("state").await.unwrap();
+        publish(&hub, 0, 0..10).await;
+        let limits = BatchLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(100),
+        };
+        let (writer, consumer, probe) = start_with(hub.clone(), blobs.clone(), limits, true).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(raw_ranges(&blobs).await.is_empty());
+        assert!(!probe.is_busy(), "a paused consumer is not busy");
+        consumer.cast(ConsumerMsg::Resume).unwrap();
+        wait_for_position(&probe, 10).await;
+        assert_eq!(raw_ranges(&blobs).await, vec![(0, 9)]);
         consumer.stop(None);
         writer.stop(None);
     }
@@ -460,6 +502,7 @@ mod tests {
                 writer,
                 limits,
                 max_wait: Duration::from_millis(200),
+                start_paused: false,
                 probe: probe.clone(),
             },
         )

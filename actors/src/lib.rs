@@ -16,6 +16,7 @@
 //! - [`notices`]: "landed" notifications (blob-writer or Event Grid
 //!   BlobCreated) parsed and routed to the transformer of the blob's
 //!   partition by a listener per landed partition.
+//! - [`pauses`]: operator pauses recorded so restarted actors keep them.
 //! - [`dead_letter`], [`retry`]: small shared pieces the actors use.
 //!
 //! No Azure SDK, HTTP server or SQL engine lives here; `hubflow` (the root
@@ -27,6 +28,7 @@ pub mod dead_letter;
 pub mod fetcher;
 pub mod formats;
 pub mod notices;
+pub mod pauses;
 pub mod ports;
 pub mod record;
 pub mod retry;

@@ -447,6 +447,8 @@ fn pause_or_resume(
                     }
                 )));
             };
+            // Recorded first, so a fetcher restarted from now on keeps it.
+            state.pipeline().backends.pauses.set_source(&source, pause);
             send(
                 state,
                 &node.path,
@@ -459,6 +461,8 @@ fn pause_or_resume(
             vec![node.path.clone()]
         }
         (None, true) => {
+            // Recorded first, so consumers (re)started from now on keep it.
+            state.pipeline().backends.pauses.set_ingest(pause);
             let consumers = running_workers(&tree, &|n| n == "consumer");
             let mut done = Vec::new();
             for node in consumers.iter().filter(|n| n.state == NodeState::Running) {
@@ -469,7 +473,7 @@ fn pause_or_resume(
                 };
                 match send(state, &node.path, msg) {
                     Ok(()) => done.push(node.path.clone()),
-                    // Restarting right now: it starts unpaused; report it.
+                    // Restarting right now: it starts in the recorded state.
                     Err(error) => warn!(
                         path = node.path,
                         error = error.message,

@@ -110,6 +110,7 @@ pub async fn azure_backends(settings: &Settings) -> anyhow::Result<Backends> {
                 blobs: Arc::new(store),
                 curated_dir: None,
                 board: Default::default(),
+                pauses: Default::default(),
             });
         }
         None => Backends::embedded(settings).await?,

@@ -727,6 +727,7 @@ mod tests {
             blobs: Arc::new(MemoryBlobStore::new()),
             curated_dir: None,
             board: Default::default(),
+            pauses: Default::default(),
         };
         backends.ensure_containers(settings).await.unwrap();
         backends

@@ -364,6 +364,19 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         tree_node(s, fetcher)["observed"]["paused"] == true
     })
     .await;
+    let (code, body) = node.post("/actors/kill", json!({"path": fetcher})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until(
+        "paused fetcher restarted, still paused",
+        Duration::from_secs(30),
+        |s| {
+            let f = tree_node(s, fetcher);
+            f["restarts"].as_u64() >= Some(1)
+                && f["state"] == "running"
+                && f["observed"]["paused"] == true
+        },
+    )
+    .await;
     node.post("/resume", json!({"source": "demo"})).await;
     node.wait_until("fetcher resumed", Duration::from_secs(10), |s| {
         tree_node(s, fetcher)["observed"]["paused"] == false
@@ -377,6 +390,20 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     node.wait_until("consumers paused", Duration::from_secs(10), |s| {
         tree_node(s, consumer0)["observed"]["paused"] == true
     })
+    .await;
+    // A pause outlives a restart: the killed consumer comes back paused.
+    let (code, body) = node.post("/actors/kill", json!({"path": consumer0})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until(
+        "paused consumer restarted, still paused",
+        Duration::from_secs(30),
+        |s| {
+            let c = tree_node(s, consumer0);
+            c["restarts"].as_u64() >= Some(1)
+                && c["state"] == "running"
+                && c["observed"]["paused"] == true
+        },
+    )
     .await;
     let (code, _) = node.post("/resume", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK);
@@ -392,7 +419,8 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         "consumer restarted after kill",
         Duration::from_secs(30),
         |s| {
-            tree_node(s, consumer0)["restarts"].as_u64() >= Some(1)
+            // One restart was the paused kill above.
+            tree_node(s, consumer0)["restarts"].as_u64() >= Some(2)
                 && tree_node(s, consumer0)["state"] == "running"
         },
     )
