@@ -7,7 +7,8 @@
 //!   processes on one host, and a filesystem blob store with atomic,
 //!   cross-process conditional writes.
 //! - [`azure`]: Azure Blob Storage as the blob store (Entra ID, account key
-//!   via a Shared Key policy, or SAS), tested against Azurite.
+//!   via a Shared Key policy, or SAS), tested against Azurite; Azure Event
+//!   Hubs as the hubs (Entra ID), glue tested against a fake of the SDK.
 //! - [`source`]: the HTTP GET source (pagination, auth, error classification,
 //!   dead letters).
 //! - [`demo`]: the built-in third-party API simulator used by the quick start
@@ -21,16 +22,14 @@
 //! - [`admin`], [`ctl`], [`telemetry`], [`replay`], [`dlq`]: the admin port
 //!   (axum: status, metrics, control, replay, dead letters), its client
 //!   `hubflow ctl`, logs/metrics setup, curated replay and dead-letter redrive.
-//! - [`query`]: SQL (DataFusion) over the curated container.
+//! - [`query`]: SQL (DataFusion) over the curated container;
+//!   [`curated_cache`]: the local mirror of a remote curated container that
+//!   `hubflow query` reads.
 //! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
 //!   used by the chaos tests and the chaos throughput benchmark.
 //! - [`transform`]: transformation specs (SQL over each curated batch,
 //!   versioned), their dry run and hot swap with automatic roll back.
 //! - [`testkit`]: the port contract suites every backend must pass.
-//!
-//! The Event Hubs adapter is not built yet: the hubs are the embedded
-//! SQLite hub in every configuration (the port it will implement is
-//! `hubflow_actors::ports::Hub`).
 
 pub mod admin;
 pub mod azure;
@@ -38,6 +37,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod curated_cache;
 pub mod demo;
 pub mod dlq;
 pub mod embedded;

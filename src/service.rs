@@ -344,14 +344,32 @@ pub async fn shutdown_signal() {
 
 /// `hubflow query`: SQL over the curated container, each source's table
 /// typed by its schema registry record (the union of every file's schema).
+///
+/// On the embedded store the files are read in place. With `[azure_blob]`
+/// the curated container is mirrored first into
+/// `<data_dir>/query-cache/<container>` (only new or rewritten files are
+/// downloaded, see [`crate::curated_cache`]) and the registry is read from
+/// Azure.
 pub async fn query(
     settings: &Settings,
     sql: &str,
 ) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
-    let store = crate::embedded::FsBlobStore::new(settings.data_dir().join("blobs"))?;
-    let curated = store.container_path(&settings.config.storage.curated_container);
+    let container = &settings.config.storage.curated_container;
+    let (store, curated): (
+        Arc<dyn hubflow_actors::ports::BlobStore>,
+        std::path::PathBuf,
+    ) = if settings.config.azure_blob.is_some() {
+        let store = crate::azure::azure_blob_store(settings)?;
+        let mirror = settings.data_dir().join("query-cache").join(container);
+        crate::curated_cache::sync(&store, container, &mirror).await?;
+        (Arc::new(store), mirror)
+    } else {
+        let store = crate::embedded::FsBlobStore::new(settings.data_dir().join("blobs"))?;
+        let curated = store.container_path(container);
+        (Arc::new(store), curated)
+    };
     let state = hubflow_actors::ports::StateStore::new(
-        Arc::new(store),
+        store,
         settings.config.storage.state_container.clone(),
     );
     let mut schemas = std::collections::BTreeMap::new();

@@ -159,34 +159,27 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .unwrap()
         .len();
 
-    // Curated, by our SQL engine over the files downloaded from Azure.
+    // Curated, by `hubflow query`'s path: the container mirrored locally,
+    // the schema registry read from Azure; a second sync downloads nothing.
     let curated = store.list(&s.curated_container, "").await.unwrap();
     let parquet: Vec<_> = curated
         .iter()
         .filter(|b| b.name.ends_with(".parquet"))
         .collect();
     assert!(!parquet.is_empty(), "no curated parquet in azure");
-    let local = tempfile::tempdir().unwrap();
-    for blob in &parquet {
-        let (bytes, _) = store.get(&s.curated_container, &blob.name).await.unwrap();
-        let path = local.path().join(&blob.name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &bytes).unwrap();
-    }
-    let batches = hubflow::query::query_dir(
-        local.path(),
-        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
-    )
-    .await
-    .unwrap();
-    let text =
-        hubflow::query::format_batches(&batches, hubflow::query::OutputFormat::Json).unwrap();
-    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
-    let counts = (
-        rows[0]["n"].as_u64().unwrap(),
-        rows[0]["d"].as_u64().unwrap(),
+    assert_eq!(
+        common::counts(&settings).await,
+        (TOTAL, TOTAL),
+        "hubflow query over curated in azure"
     );
-    assert_eq!(counts, (TOTAL, TOTAL), "our SQL over curated from azure");
+    let mirror = settings
+        .data_dir()
+        .join("query-cache")
+        .join(&s.curated_container);
+    let again = hubflow::curated_cache::sync(&store, &s.curated_container, &mirror)
+        .await
+        .unwrap();
+    assert_eq!((again.downloaded, again.kept), (0, parquet.len()));
 
     // Curated, by the official Python SDK and pyarrow.
     let python = repo_root().join(".tools/venv/bin/python");
