@@ -18,7 +18,8 @@
 //! - The dataflow: [`end_to_end`], [`azurite_end_to_end`], [`curated_query`],
 //!   [`event_grid`] (BlobCreated events as the only trigger).
 //! - Faults: [`chaos`], [`crash_restart`].
-//! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`].
+//! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`], [`deploy`]
+//!   (alert rules, environment configs, the systemd unit).
 //! - The clustered service: [`cluster`].
 
 mod common;
@@ -32,6 +33,7 @@ mod cluster;
 mod contract_embedded;
 mod crash_restart;
 mod curated_query;
+mod deploy;
 mod end_to_end;
 mod event_grid;
 mod eventhubs_live;
