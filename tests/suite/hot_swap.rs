@@ -11,6 +11,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hubflow::config::{Config, Settings};
 use hubflow::demo::DemoConfig;
 use hubflow::embedded::SqliteHub;
 use hubflow::service::{self, Hooks, RunOptions};
@@ -67,6 +68,50 @@ impl Admin {
     }
 }
 
+/// The service running a config, with its admin port on loopback.
+struct Running {
+    settings: Settings,
+    admin: Admin,
+    stop: Arc<tokio::sync::Notify>,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(mut config: Config) -> Running {
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        config.admin.token = Some(SecretString::literal(TOKEN));
+        let settings = config.validate().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let run = tokio::spawn(service::run_with(
+            settings.clone(),
+            RunOptions::default(),
+            Hooks {
+                logs: None,
+                on_admin_listening: Some(tx),
+                stop: Some(stop.clone()),
+            },
+        ));
+        let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let admin = Admin {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        Running {
+            settings,
+            admin,
+            stop,
+            run,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     let _heavy = common::exclusive().await;
@@ -80,33 +125,14 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     })
     .await;
     let mut config = common::config(dir.path(), &demo.url);
-    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
-    config.admin.token = Some(SecretString::literal(TOKEN));
     config.supervision.backoff_initial_ms = 50;
     config.supervision.backoff_max_ms = 500;
-    let settings = config.validate().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let run = tokio::spawn(service::run_with(
-        settings.clone(),
-        RunOptions::default(),
-        Hooks {
-            logs: None,
-            on_admin_listening: Some(tx),
-            stop: Some(stop.clone()),
-        },
-    ));
-    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let admin = Admin {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap(),
-    };
+    let Running {
+        settings,
+        admin,
+        stop,
+        run,
+    } = Running::start(config).await;
     // Some raw data first, for the dry runs.
     for _ in 0..600 {
         if admin.progress().await["landed"].as_u64().unwrap_or(0) >= 2_000 {
@@ -280,32 +306,13 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
         ..DemoConfig::default()
     })
     .await;
-    let mut config = common::config(dir.path(), &demo.url);
-    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
-    config.admin.token = Some(SecretString::literal(TOKEN));
-    let settings = config.validate().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let run = tokio::spawn(service::run_with(
-        settings.clone(),
-        RunOptions::default(),
-        Hooks {
-            logs: None,
-            on_admin_listening: Some(tx),
-            stop: Some(stop.clone()),
-        },
-    ));
-    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let admin = Admin {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap(),
-    };
+    let config = common::config(dir.path(), &demo.url);
+    let Running {
+        settings,
+        admin,
+        stop,
+        run,
+    } = Running::start(config).await;
     let source = settings.config.sources[0].clone();
     let post = |body: Value| {
         let admin = &admin;

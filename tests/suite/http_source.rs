@@ -2,6 +2,7 @@
 //! faults, small handlers for each pagination style and each way a response
 //! can go wrong, authentication, and secret redaction.
 
+use crate::common::server::TestServer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,72 +18,6 @@ use hubflow::source::{
 };
 use hubflow_actors::ports::{Page, Source, SourceCursor, SourceError, SourceRecord};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// A server on 127.0.0.1:0 that stops when dropped.
-struct TestServer {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl TestServer {
-    async fn router(app: Router) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        TestServer {
-            base,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn demo(config: DemoConfig) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hubflow::demo::serve(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            base,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Stops the server and checks it exited cleanly.
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("server stops")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
 
 fn config(name: &str, url: String, pagination: PaginationConfig) -> HttpSourceConfig {
     let mut config = HttpSourceConfig::new(name, url);

@@ -2,6 +2,7 @@
 //! client credentials, the watermark (and that it is stored only once the
 //! records are in the hub), conditional GET, and rate limits on both sides.
 
+use crate::common::server::TestServer;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -34,61 +35,6 @@ use hubflow_actors::retry::{RetryBudget, RetryDelay};
 use hubflow_supervision::ActorProbe;
 use ractor::Actor;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// A server on 127.0.0.1:0 that stops when dropped.
-struct TestServer {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl TestServer {
-    async fn router(app: Router) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        TestServer {
-            base,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn demo(config: DemoConfig) -> TestServer {
-        TestServer::router(hubflow::demo::router(config)).await
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("server stops")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
 
 fn params(query: Option<String>) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
