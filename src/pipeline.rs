@@ -316,15 +316,19 @@ pub async fn tree(
     {
         notices_sup = notices_sup.child(notice_listener_spec(settings, backends, landed_partition));
     }
+    // Start order is downstream first (transformers, notice listeners,
+    // writers and consumers, then the fetchers), so a graceful stop, which
+    // goes in reverse, stops intake first: no page is fetched while the
+    // rest drains.
     Ok(supervisor(ROOT_SUPERVISOR, Strategy::OneForOne, settings)
-        .child(source_sup.into_child())
-        .child(ingest_sup.into_child())
-        .child(notices_sup.into_child())
         .child(
             transform_sup
                 .into_child()
                 .with_version(settings.transform.current().0),
-        ))
+        )
+        .child(notices_sup.into_child())
+        .child(ingest_sup.into_child())
+        .child(source_sup.into_child()))
 }
 
 /// The fetcher of one source (child of [`SOURCES_SUPERVISOR`]).
