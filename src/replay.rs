@@ -139,10 +139,10 @@ pub struct ReplayContext {
     pub state: StateStore,
     pub options: CurateOptions,
     pub dedupe_window: usize,
-    /// The transform in effect when the replay starts (version label and
-    /// transform; `None` is the identity): replayed files get the shape and
-    /// the version stamp the transformers give new files.
-    pub transform: (String, Option<Arc<dyn BatchTransform>>),
+    /// The transform in effect when the replay starts (`None` is the
+    /// identity): replayed files get the shape and the version stamp the
+    /// transformers give new files.
+    pub transform: Option<Arc<dyn BatchTransform>>,
 }
 
 impl ReplayContext {
@@ -159,7 +159,7 @@ impl ReplayContext {
             state: backends.state(settings),
             options: settings.curate.clone(),
             dedupe_window: settings.config.transform.dedupe_window,
-            transform: settings.transform.current(),
+            transform: settings.transform.current().1,
         }
     }
 }
@@ -397,7 +397,7 @@ pub async fn replay(
         let raw_blob = format!("{}/{}", ctx.raw_container, blob);
         let options = ctx.options.clone();
         let snapshot = known.schemas.clone();
-        let transform = ctx.transform.1.clone();
+        let transform = ctx.transform.clone();
         let (output, bodies) = tokio::task::spawn_blocking(move || {
             let inputs = CurateInput::from_raw(&batch);
             let output = curated::curate_with(

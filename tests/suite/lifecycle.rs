@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,51 @@ fn walk_count(dir: &Path) -> usize {
         .sum()
 }
 
+/// Records the demo API serves in each test.
+const TOTAL: u64 = 30_000;
+
+/// A `hubflow run` process fetching from the demo API (records appearing at
+/// `RATE` per second), past its first raw blobs.
+struct Loaded {
+    _dir: tempfile::TempDir,
+    demo: common::DemoServer,
+    /// When the demo API has produced its last record.
+    complete_at: tokio::time::Instant,
+    config: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Loaded {
+    async fn start() -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let demo = common::DemoServer::start(DemoConfig {
+            total: TOTAL,
+            rate_per_sec: Some(RATE),
+            ..DemoConfig::default()
+        })
+        .await;
+        let complete_at = tokio::time::Instant::now()
+            + Duration::from_secs_f64(TOTAL as f64 / RATE)
+            + Duration::from_secs(1);
+        let config = write_config(dir.path(), &demo.url);
+        let data = dir.path().join("data");
+        let log = dir.path().join("hubflow.log");
+        let mut child = spawn(&config, &log, false);
+        wait_for_load(&mut child, &log, &data).await;
+        Loaded {
+            _dir: dir,
+            demo,
+            complete_at,
+            config,
+            data,
+            log,
+            child,
+        }
+    }
+}
+
 /// Restart with `--exit-when-idle` and check curated is exact. The demo
 /// API's records appear at `RATE` per second: a restart before the last
 /// one exists would find the source caught up and exit idle early, so wait
@@ -139,23 +184,15 @@ async fn finish_and_count(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
     let _heavy = common::exclusive().await;
-    let total = 30_000;
-    let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(RATE),
-        ..DemoConfig::default()
-    })
-    .await;
-    let complete_at = tokio::time::Instant::now()
-        + Duration::from_secs_f64(total as f64 / RATE)
-        + Duration::from_secs(1);
-    let config = write_config(dir.path(), &demo.url);
-    let data = dir.path().join("data");
-    let log = dir.path().join("hubflow.log");
-
-    let mut child = spawn(&config, &log, false);
-    wait_for_load(&mut child, &log, &data).await;
+    let Loaded {
+        _dir,
+        demo,
+        complete_at,
+        config,
+        data,
+        log,
+        mut child,
+    } = Loaded::start().await;
     let sent = Instant::now();
     signal(&child, libc::SIGTERM);
     let status = wait(&mut child, Duration::from_secs(DEADLINE_SECS + 5)).await;
@@ -181,29 +218,21 @@ async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
     );
     eprintln!("SIGTERM to exit 0: {took:?}");
 
-    finish_and_count(&config, &log, demo, &data, total, complete_at).await;
+    finish_and_count(&config, &log, demo, &data, TOTAL, complete_at).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
     let _heavy = common::exclusive().await;
-    let total = 30_000;
-    let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(RATE),
-        ..DemoConfig::default()
-    })
-    .await;
-    let complete_at = tokio::time::Instant::now()
-        + Duration::from_secs_f64(total as f64 / RATE)
-        + Duration::from_secs(1);
-    let config = write_config(dir.path(), &demo.url);
-    let data = dir.path().join("data");
-    let log = dir.path().join("hubflow.log");
-
-    let mut child = spawn(&config, &log, false);
-    wait_for_load(&mut child, &log, &data).await;
+    let Loaded {
+        _dir,
+        demo,
+        complete_at,
+        config,
+        data,
+        log,
+        mut child,
+    } = Loaded::start().await;
     signal(&child, libc::SIGTERM);
     // Both signals may land before the handler reads either: then the
     // drain may even finish. What matters is a prompt exit and no damage.
@@ -221,5 +250,5 @@ async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
         assert_eq!(status.code(), Some(130), "{}", log_tail(&log));
     }
 
-    finish_and_count(&config, &log, demo, &data, total, complete_at).await;
+    finish_and_count(&config, &log, demo, &data, TOTAL, complete_at).await;
 }
