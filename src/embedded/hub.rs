@@ -2,25 +2,33 @@
 //! that several processes on one host can share.
 //!
 //! Several hubs (for example `ingest` and `landed`) can live in the same file.
-//! The schema is three tables:
+//! The schema (version 2) is three tables:
 //!
 //! - `hubflow_hubs(id, name, partitions, created_ms)`: one row per hub; the
 //!   partition count is fixed when the hub is first opened.
 //! - `hubflow_partitions(hub_id, partition, last_sequence, next_offset,
 //!   last_enqueued_ms)`: the per-partition counters. They survive retention,
 //!   so sequence numbers never restart even when every event has expired.
-//! - `hubflow_events(hub_id, partition, sequence_number, byte_offset,
-//!   enqueued_ms, body, properties)`: the log, keyed by
-//!   `(hub_id, partition, sequence_number)`.
+//! - `hubflow_segments(hub_id, partition, first_sequence, last_sequence,
+//!   first_offset, enqueued_ms, last_enqueued_ms, events)`: the log, one row
+//!   per published batch (a *segment*, see [`super::segment`]), keyed by
+//!   `(hub_id, partition, first_sequence)`. A row per batch instead of per
+//!   event keeps SQLite's per-row work off the per-record path.
+//!
+//! A file of schema version 1 (one row per event in `hubflow_events`) is
+//! converted to segments when it is first opened, keeping every sequence
+//! number, offset and enqueued time.
 //!
 //! A publish is one `BEGIN IMMEDIATE` transaction: it reads the partition's
-//! counters, appends the batch with consecutive sequence numbers and updates
-//! the counters, so a batch is appended entirely or not at all, and
-//! concurrent publishers (threads or processes) serialize on SQLite's write
-//! lock (with a busy timeout) and never produce gaps or duplicates.
+//! counters, appends the batch as a segment with consecutive sequence numbers
+//! and updates the counters, so a batch is appended entirely or not at all,
+//! and concurrent publishers (threads or processes) serialize on SQLite's
+//! write lock (with a busy timeout) and never produce gaps or duplicates.
+//! [`Hub::publish_many`] appends several batches (to several partitions) in
+//! one transaction: one fsync for all of them.
 //!
 //! Offsets are the string form of a per-partition logical byte position: an
-//! event occupies `1 + body length + properties JSON length` bytes, so
+//! event occupies `1 + body length + encoded properties length` bytes, so
 //! offsets are strictly increasing even for empty bodies. Enqueued times are
 //! clamped to be non-decreasing within a partition.
 //!
@@ -31,13 +39,13 @@
 //!
 //! Receivers own a read connection and poll: a receive that finds nothing
 //! sleeps a short, growing interval (5 ms up to 50 ms) until `max_wait`.
-//! WAL readers never block the writer. All SQLite calls run on tokio's
-//! blocking pool.
+//! WAL readers never block the writer. Event bodies are slices of the
+//! segment read, not copies. All SQLite calls run on tokio's blocking pool.
 //!
-//! Retention: with a retention period, events enqueued longer ago than that
-//! are deleted by [`SqliteHub::prune`], which publish also runs every
-//! [`PRUNE_EVERY_PUBLISHES`] publishes of a handle; a service may call
-//! [`SqliteHub::prune_expired`] on a timer as well.
+//! Retention: with a retention period, segments whose last event was
+//! enqueued longer ago than that are deleted by [`SqliteHub::prune`], which
+//! publish also runs every [`PRUNE_EVERY_PUBLISHES`] publishes of a handle; a
+//! service may call [`SqliteHub::prune_expired`] on a timer as well.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,21 +57,25 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use hubflow_actors::ports::{
     EventData, Hub, HubError, PartitionProperties, PartitionReceiver, PublishTarget, ReceivedEvent,
-    StartPosition, partition_for_key,
+    StartPosition, Unpublished, partition_for_key,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::segment::{SegmentError, SegmentReader, SegmentWriter, encode_properties};
 use tracing::{debug, info, warn};
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long a connection waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default batch size limit, as Event Hubs Standard (1 MiB).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Publishes of one handle between two automatic retention passes.
 pub const PRUNE_EVERY_PUBLISHES: u64 = 1024;
-/// Events deleted per retention transaction, so the write lock is held briefly.
-const PRUNE_CHUNK: i64 = 4096;
+/// Segments deleted per retention transaction, so the write lock is held briefly.
+const PRUNE_CHUNK: i64 = 256;
+/// Events per segment when a version 1 file is converted.
+const MIGRATION_SEGMENT_EVENTS: usize = 512;
 /// Idle connections kept per handle.
 const MAX_IDLE_CONNECTIONS: usize = 4;
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -84,15 +96,16 @@ CREATE TABLE IF NOT EXISTS hubflow_partitions (
     last_enqueued_ms INTEGER,
     PRIMARY KEY (hub_id, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS hubflow_events (
+CREATE TABLE IF NOT EXISTS hubflow_segments (
     hub_id INTEGER NOT NULL,
     partition INTEGER NOT NULL,
-    sequence_number INTEGER NOT NULL,
-    byte_offset INTEGER NOT NULL,
+    first_sequence INTEGER NOT NULL,
+    last_sequence INTEGER NOT NULL,
+    first_offset INTEGER NOT NULL,
     enqueued_ms INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    properties TEXT NOT NULL,
-    PRIMARY KEY (hub_id, partition, sequence_number)
+    last_enqueued_ms INTEGER NOT NULL,
+    events BLOB NOT NULL,
+    PRIMARY KEY (hub_id, partition, first_sequence)
 );
 ";
 
@@ -112,6 +125,15 @@ struct Inner {
     max_batch_bytes: usize,
     pool: Pool,
     publishes: AtomicU64,
+}
+
+/// A batch encoded as a segment, ready to append to its partition.
+struct Prepared {
+    partition: u32,
+    events: u64,
+    /// The offset just past the last event, relative to the first.
+    end_offset: u64,
+    data: Vec<u8>,
 }
 
 impl std::fmt::Debug for SqliteHub {
@@ -251,6 +273,36 @@ impl SqliteHub {
         self.prune(now_ms()).await
     }
 
+    /// The partition of a batch and the batch encoded as a segment; refuses
+    /// a batch above the size limit.
+    fn prepare(&self, target: &PublishTarget, events: &[EventData]) -> Result<Prepared, HubError> {
+        let partition = match target {
+            PublishTarget::Partition(p) => *p,
+            PublishTarget::PartitionKey(key) => partition_for_key(key, self.inner.partitions),
+        };
+        self.check_partition(partition)?;
+        let bytes: usize = events.iter().map(|e| e.body.len() + 64).sum();
+        let mut segment = SegmentWriter::with_capacity(bytes);
+        let mut size = 0usize;
+        for event in events {
+            let advance = segment.push(&event.body, &event.properties);
+            size += usize::try_from(advance).unwrap_or(usize::MAX) - 1;
+        }
+        if size > self.inner.max_batch_bytes {
+            return Err(HubError::BatchTooLarge {
+                hub: self.inner.name.clone(),
+                size,
+                limit: self.inner.max_batch_bytes,
+            });
+        }
+        Ok(Prepared {
+            partition,
+            events: segment.events(),
+            end_offset: segment.end_offset(),
+            data: segment.finish(),
+        })
+    }
+
     fn check_partition(&self, partition: u32) -> Result<(), HubError> {
         if partition < self.inner.partitions {
             Ok(())
@@ -274,49 +326,55 @@ impl SqliteHub {
 }
 
 impl Inner {
-    fn publish_blocking(
-        &self,
-        partition: u32,
-        events: &[(EventData, String)],
-    ) -> Result<(), HubError> {
+    /// Appends each batch to its partition as a segment, all in one
+    /// transaction: one fsync for the lot, each batch all or nothing with
+    /// the others.
+    fn publish_blocking(&self, batches: &[&Prepared]) -> Result<(), HubError> {
         self.pool
             .with(|conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let (last_sequence, mut next_offset, last_ms): (i64, i64, Option<i64>) = tx
-                    .query_row(
-                        "SELECT last_sequence, next_offset, last_enqueued_ms
-                         FROM hubflow_partitions WHERE hub_id = ?1 AND partition = ?2",
-                        params![self.hub_id, partition],
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                    )?;
-                let enqueued = now_ms().max(last_ms.unwrap_or(i64::MIN));
-                let mut sequence = last_sequence;
-                {
-                    let mut insert = tx.prepare_cached(
-                        "INSERT INTO hubflow_events
-                         (hub_id, partition, sequence_number, byte_offset, enqueued_ms, body, properties)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?;
-                    for (event, properties) in events {
-                        sequence += 1;
-                        insert.execute(params![
-                            self.hub_id,
-                            partition,
-                            sequence,
-                            next_offset,
-                            enqueued,
-                            event.body.as_ref(),
-                            properties,
-                        ])?;
-                        next_offset += 1 + (event.body.len() + properties.len()) as i64;
-                    }
+                for batch in batches {
+                    let partition = batch.partition;
+                    let (last_sequence, next_offset, last_ms): (i64, i64, Option<i64>) = tx
+                        .query_row(
+                            "SELECT last_sequence, next_offset, last_enqueued_ms
+                             FROM hubflow_partitions WHERE hub_id = ?1 AND partition = ?2",
+                            params![self.hub_id, partition],
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                        )?;
+                    let enqueued = now_ms().max(last_ms.unwrap_or(i64::MIN));
+                    let events = i64::try_from(batch.events).unwrap_or(i64::MAX);
+                    let first = last_sequence + 1;
+                    let last = last_sequence + events;
+                    let end = next_offset + i64::try_from(batch.end_offset).unwrap_or(i64::MAX);
+                    tx.prepare_cached(
+                        "INSERT INTO hubflow_segments
+                         (hub_id, partition, first_sequence, last_sequence, first_offset,
+                          enqueued_ms, last_enqueued_ms, events)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        self.hub_id,
+                        partition,
+                        first,
+                        last,
+                        next_offset,
+                        enqueued,
+                        batch.data
+                    ])?;
+                    tx.prepare_cached(
+                        "UPDATE hubflow_partitions
+                         SET last_sequence = ?3, next_offset = ?4, last_enqueued_ms = ?5
+                         WHERE hub_id = ?1 AND partition = ?2",
+                    )?
+                    .execute(params![
+                        self.hub_id,
+                        partition,
+                        last,
+                        end,
+                        enqueued
+                    ])?;
                 }
-                tx.execute(
-                    "UPDATE hubflow_partitions
-                     SET last_sequence = ?3, next_offset = ?4, last_enqueued_ms = ?5
-                     WHERE hub_id = ?1 AND partition = ?2",
-                    params![self.hub_id, partition, sequence, next_offset, enqueued],
-                )?;
                 tx.commit()
             })
             .map_err(|e| sql_error(&self.name, "publish failed", e))
@@ -326,27 +384,36 @@ impl Inner {
         let mut total = 0u64;
         for partition in 0..self.partitions {
             loop {
-                let deleted = self
+                let (segments, events) = self
                     .pool
                     .with(|conn| {
                         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                         // Enqueued times are non-decreasing along sequence
-                        // numbers, so the expired events are a prefix.
-                        let n = tx.execute(
-                            "DELETE FROM hubflow_events
-                             WHERE hub_id = ?1 AND partition = ?2 AND enqueued_ms < ?3
-                               AND sequence_number IN (
-                                 SELECT sequence_number FROM hubflow_events
-                                 WHERE hub_id = ?1 AND partition = ?2
-                                 ORDER BY sequence_number LIMIT ?4)",
-                            params![self.hub_id, partition, cutoff_ms, PRUNE_CHUNK],
-                        )?;
+                        // numbers, so the expired segments are a prefix.
+                        let deleted: Vec<(i64, i64)> = {
+                            let mut delete = tx.prepare_cached(
+                                "DELETE FROM hubflow_segments
+                                 WHERE hub_id = ?1 AND partition = ?2 AND last_enqueued_ms < ?3
+                                   AND first_sequence IN (
+                                     SELECT first_sequence FROM hubflow_segments
+                                     WHERE hub_id = ?1 AND partition = ?2
+                                     ORDER BY first_sequence LIMIT ?4)
+                                 RETURNING first_sequence, last_sequence",
+                            )?;
+                            delete
+                                .query_map(
+                                    params![self.hub_id, partition, cutoff_ms, PRUNE_CHUNK],
+                                    |row| Ok((row.get(0)?, row.get(1)?)),
+                                )?
+                                .collect::<rusqlite::Result<_>>()?
+                        };
                         tx.commit()?;
-                        Ok(n)
+                        let events: i64 = deleted.iter().map(|(f, l)| l - f + 1).sum();
+                        Ok((deleted.len() as i64, events))
                     })
                     .map_err(|e| sql_error(&self.name, "retention pass failed", e))?;
-                total += deleted as u64;
-                if (deleted as i64) < PRUNE_CHUNK {
+                total += events.max(0) as u64;
+                if segments < PRUNE_CHUNK {
                     break;
                 }
             }
@@ -365,7 +432,7 @@ impl Inner {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )?;
                 let first: Option<i64> = tx.query_row(
-                    "SELECT MIN(sequence_number) FROM hubflow_events
+                    "SELECT MIN(first_sequence) FROM hubflow_segments
                      WHERE hub_id = ?1 AND partition = ?2",
                     params![self.hub_id, partition],
                     |row| row.get(0),
@@ -407,44 +474,70 @@ impl Hub for SqliteHub {
     }
 
     async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError> {
-        let partition = match &target {
-            PublishTarget::Partition(p) => *p,
-            PublishTarget::PartitionKey(key) => partition_for_key(key, self.inner.partitions),
-        };
-        self.check_partition(partition)?;
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut size = 0usize;
-        let mut prepared = Vec::with_capacity(events.len());
-        for event in events {
-            let properties = serde_json::to_string(&event.properties)
-                .map_err(|e| other(&self.inner.name, format!("cannot encode properties: {e}")))?;
-            size += event.body.len() + properties.len();
-            prepared.push((event, properties));
-        }
-        if size > self.inner.max_batch_bytes {
-            return Err(HubError::BatchTooLarge {
-                hub: self.inner.name.clone(),
-                size,
-                limit: self.inner.max_batch_bytes,
-            });
-        }
-        let count = prepared.len() as u64;
-        let inner = self.inner.clone();
-        self.blocking(move || inner.publish_blocking(partition, &prepared))
-            .await?;
-        metrics::counter!("hubflow_embedded_hub_published_events_total", "hub" => self.inner.name.clone())
-            .increment(count);
+        self.publish_many(vec![(target, events)])
+            .await
+            .map_err(|unpublished| unpublished.error)
+    }
 
-        let publishes = self.inner.publishes.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.inner.retention.is_some()
-            && publishes.is_multiple_of(PRUNE_EVERY_PUBLISHES)
-            && let Err(error) = self.prune_expired().await
-        {
-            warn!(hub = %self.inner.name, %error, "retention pass failed");
+    async fn publish_many(
+        &self,
+        batches: Vec<(PublishTarget, Vec<EventData>)>,
+    ) -> Result<(), Unpublished> {
+        // Check every batch first; the ones before a bad one are published
+        // together, the bad one and the rest are handed back.
+        let mut prepared: Vec<(Prepared, Vec<EventData>)> = Vec::with_capacity(batches.len());
+        let mut refused = None;
+        let mut rest = batches.into_iter();
+        for (target, events) in rest.by_ref() {
+            match self.prepare(&target, &events) {
+                Ok(segment) => prepared.push((segment, events)),
+                Err(error) => {
+                    refused = Some((error, target, events));
+                    break;
+                }
+            }
         }
-        Ok(())
+        let count: u64 = prepared.iter().map(|(p, _)| p.events).sum();
+        if count > 0 {
+            let inner = self.inner.clone();
+            let (result, prepared) = tokio::task::spawn_blocking(move || {
+                let segments: Vec<&Prepared> = prepared.iter().map(|(p, _)| p).collect();
+                let result = inner.publish_blocking(&segments);
+                (result, prepared)
+            })
+            .await
+            .map_err(|e| Unpublished {
+                error: other(&self.inner.name, format!("database task failed: {e}")),
+                batches: Vec::new(),
+            })?;
+            if let Err(error) = result {
+                // Nothing of the transaction is in the hub: hand it all back.
+                let mut batches: Vec<(PublishTarget, Vec<EventData>)> = prepared
+                    .into_iter()
+                    .map(|(p, events)| (PublishTarget::Partition(p.partition), events))
+                    .collect();
+                batches.extend(refused.map(|(_, target, events)| (target, events)));
+                batches.extend(rest);
+                return Err(Unpublished { error, batches });
+            }
+            metrics::counter!("hubflow_embedded_hub_published_events_total", "hub" => self.inner.name.clone())
+                .increment(count);
+            let publishes = self.inner.publishes.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.inner.retention.is_some()
+                && publishes.is_multiple_of(PRUNE_EVERY_PUBLISHES)
+                && let Err(error) = self.prune_expired().await
+            {
+                warn!(hub = %self.inner.name, %error, "retention pass failed");
+            }
+        }
+        match refused {
+            None => Ok(()),
+            Some((error, target, events)) => {
+                let mut batches = vec![(target, events)];
+                batches.extend(rest);
+                Err(Unpublished { error, batches })
+            }
+        }
     }
 
     async fn open_receiver(
@@ -513,7 +606,6 @@ impl SqliteReceiver {
         let partition = self.partition;
         let next = self.next;
         let conn = self.conn.take();
-        let limit = i64::try_from(max_events).unwrap_or(i64::MAX);
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
                 Some(conn) => conn,
@@ -524,7 +616,7 @@ impl SqliteReceiver {
                     }
                 },
             };
-            let result = read_events(&conn, &inner, partition, next, limit);
+            let result = read_events(&conn, &inner, partition, next, max_events);
             (Some(conn), result)
         })
         .await
@@ -575,63 +667,66 @@ impl PartitionReceiver for SqliteReceiver {
     }
 }
 
+/// Up to `max_events` events from sequence number `next` on: the segment
+/// holding `next` (or the first after it) and those following it.
 fn read_events(
     conn: &Connection,
     inner: &Inner,
     partition: u32,
     next: i64,
-    limit: i64,
+    max_events: usize,
 ) -> Result<Vec<ReceivedEvent>, HubError> {
-    let rows = query_rows(conn, inner.hub_id, partition, next, limit)
-        .map_err(|e| sql_error(&inner.name, "receive failed", e))?;
-    rows.into_iter()
-        .map(|(sequence_number, offset, enqueued_time_ms, body, properties)| {
-            let properties: BTreeMap<String, String> = serde_json::from_str(&properties)
-                .map_err(|e| {
-                    other(
-                        &inner.name,
-                        format!(
-                            "partition {partition} event {sequence_number} has corrupt properties: {e}"
-                        ),
-                    )
-                })?;
-            Ok(ReceivedEvent {
-                partition,
-                sequence_number,
-                offset: offset.to_string(),
-                enqueued_time_ms,
-                body: Bytes::from(body),
-                properties,
-            })
-        })
-        .collect()
-}
-
-type Row = (i64, i64, i64, Vec<u8>, String);
-
-fn query_rows(
-    conn: &Connection,
-    hub_id: i64,
-    partition: u32,
-    next: i64,
-    limit: i64,
-) -> rusqlite::Result<Vec<Row>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT sequence_number, byte_offset, enqueued_ms, body, properties
-         FROM hubflow_events
-         WHERE hub_id = ?1 AND partition = ?2 AND sequence_number >= ?3
-         ORDER BY sequence_number LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(params![hub_id, partition, next, limit], |row| {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        ))
-    })?;
-    rows.collect()
+    let failed = |e| sql_error(&inner.name, "receive failed", e);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT first_sequence, first_offset, enqueued_ms, events
+             FROM hubflow_segments
+             WHERE hub_id = ?1 AND partition = ?2 AND first_sequence >= COALESCE(
+                 (SELECT MAX(first_sequence) FROM hubflow_segments
+                  WHERE hub_id = ?1 AND partition = ?2 AND first_sequence <= ?3), 0)
+             ORDER BY first_sequence",
+        )
+        .map_err(failed)?;
+    let mut rows = stmt
+        .query(params![inner.hub_id, partition, next])
+        .map_err(failed)?;
+    let mut events = Vec::new();
+    while events.len() < max_events {
+        let Some(row) = rows.next().map_err(failed)? else {
+            break;
+        };
+        let first_sequence: i64 = row.get(0).map_err(failed)?;
+        let first_offset: i64 = row.get(1).map_err(failed)?;
+        let enqueued_ms: i64 = row.get(2).map_err(failed)?;
+        let data: Vec<u8> = row.get(3).map_err(failed)?;
+        let corrupt = |e: SegmentError| {
+            other(
+                &inner.name,
+                format!("partition {partition} segment at {first_sequence}: {e}"),
+            )
+        };
+        let mut reader = SegmentReader::new(Bytes::from(data));
+        let mut sequence_number = first_sequence;
+        while events.len() < max_events {
+            let Some(event) = reader.next_event().map_err(corrupt)? else {
+                break;
+            };
+            if sequence_number >= next {
+                events.push(ReceivedEvent {
+                    partition,
+                    sequence_number,
+                    offset: (first_offset + i64::try_from(event.offset).unwrap_or(i64::MAX))
+                        .to_string(),
+                    enqueued_time_ms: enqueued_ms
+                        + i64::try_from(event.enqueued_delta).unwrap_or(0),
+                    body: event.body,
+                    properties: event.properties,
+                });
+            }
+            sequence_number += 1;
+        }
+    }
+    Ok(events)
 }
 
 enum OpenError {
@@ -654,6 +749,9 @@ fn ensure_hub(conn: &mut Connection, name: &str, partitions: u32) -> Result<i64,
         return Err(OpenError::NewerSchema(version));
     }
     tx.execute_batch(SCHEMA)?;
+    if version == 1 {
+        migrate_events_to_segments(&tx)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -686,6 +784,110 @@ fn ensure_hub(conn: &mut Connection, name: &str, partitions: u32) -> Result<i64,
     };
     tx.commit()?;
     Ok(id)
+}
+
+/// Schema 1 kept one row per event in `hubflow_events`: rewrite them as
+/// segments of up to [`MIGRATION_SEGMENT_EVENTS`] consecutive events,
+/// keeping every sequence number, offset and enqueued time, then drop it.
+fn migrate_events_to_segments(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let exists: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'hubflow_events'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !exists {
+        return Ok(());
+    }
+    struct Open {
+        hub_id: i64,
+        partition: i64,
+        first: i64,
+        last: i64,
+        first_offset: i64,
+        enqueued: i64,
+        last_enqueued: i64,
+        writer: SegmentWriter,
+    }
+    let flush = |open: Open| -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO hubflow_segments
+             (hub_id, partition, first_sequence, last_sequence, first_offset,
+              enqueued_ms, last_enqueued_ms, events)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            open.hub_id,
+            open.partition,
+            open.first,
+            open.last,
+            open.first_offset,
+            open.enqueued,
+            open.last_enqueued,
+            open.writer.finish()
+        ])?;
+        Ok(())
+    };
+    let mut migrated = 0u64;
+    let mut current: Option<Open> = None;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT hub_id, partition, sequence_number, byte_offset, enqueued_ms, body, properties
+             FROM hubflow_events ORDER BY hub_id, partition, sequence_number",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (hub_id, partition, sequence, offset, enqueued): (i64, i64, i64, i64, i64) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            );
+            let body: Vec<u8> = row.get(5)?;
+            let properties: String = row.get(6)?;
+            let properties: BTreeMap<String, String> =
+                serde_json::from_str(&properties).unwrap_or_default();
+            let continues = current.as_ref().is_some_and(|c| {
+                c.hub_id == hub_id
+                    && c.partition == partition
+                    && c.last + 1 == sequence
+                    && (c.writer.events() as usize) < MIGRATION_SEGMENT_EVENTS
+            });
+            if !continues && let Some(done) = current.take() {
+                flush(done)?;
+            }
+            let open = current.get_or_insert_with(|| Open {
+                hub_id,
+                partition,
+                first: sequence,
+                last: sequence - 1,
+                first_offset: offset,
+                enqueued,
+                last_enqueued: enqueued,
+                writer: SegmentWriter::with_capacity(64 * 1024),
+            });
+            let mut encoded = Vec::new();
+            encode_properties(&properties, &mut encoded);
+            open.writer.push_encoded(
+                u64::try_from(offset - open.first_offset).unwrap_or(0),
+                u64::try_from(enqueued - open.enqueued).unwrap_or(0),
+                &body,
+                &encoded,
+            );
+            open.last = sequence;
+            open.last_enqueued = enqueued;
+            migrated += 1;
+        }
+    }
+    if let Some(done) = current.take() {
+        flush(done)?;
+    }
+    tx.execute_batch("DROP TABLE hubflow_events")?;
+    info!(
+        events = migrated,
+        "embedded hub converted to segments (schema 2)"
+    );
+    Ok(())
 }
 
 /// A few idle connections to the file, opened on demand.

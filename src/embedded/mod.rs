@@ -1,7 +1,8 @@
 //! Embedded backends: what `hubflow run` uses when no cloud is configured.
 //!
 //! - [`hub`]: [`SqliteHub`], a durable partitioned event log in one SQLite
-//!   file (WAL mode) that several processes on one host can share.
+//!   file (WAL mode) that several processes on one host can share;
+//!   [`segment`] is how one published batch is encoded in it.
 //! - [`blob`]: [`FsBlobStore`], a blob store on a directory tree with
 //!   crash-safe writes and cross-process atomic conditional puts.
 //!
@@ -10,6 +11,7 @@
 
 pub mod blob;
 pub mod hub;
+pub mod segment;
 
 pub use blob::FsBlobStore;
 pub use hub::SqliteHub;

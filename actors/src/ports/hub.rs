@@ -100,6 +100,38 @@ pub enum PublishTarget {
     PartitionKey(String),
 }
 
+/// Publishes a hub did not make, handed back with the reason (see
+/// [`Hub::publish_many`]).
+#[derive(Debug)]
+pub struct Unpublished {
+    pub error: HubError,
+    /// The batch that failed first, then every batch after it, in order.
+    pub batches: Vec<(PublishTarget, Vec<EventData>)>,
+}
+
+/// Publishes `batches` in order with `publish`, which hands each batch back
+/// with its result; at the first failure, that batch and every later one
+/// come back in [`Unpublished`]. The loop of every [`Hub::publish_many`]
+/// that sends batch by batch.
+pub async fn publish_in_order<F, Fut>(
+    batches: Vec<(PublishTarget, Vec<EventData>)>,
+    mut publish: F,
+) -> Result<(), Unpublished>
+where
+    F: FnMut(PublishTarget, Vec<EventData>) -> Fut,
+    Fut: std::future::Future<Output = (Result<(), HubError>, PublishTarget, Vec<EventData>)>,
+{
+    let mut rest = batches.into_iter();
+    while let Some((target, events)) = rest.next() {
+        if let (Err(error), target, events) = publish(target, events).await {
+            let mut batches = vec![(target, events)];
+            batches.extend(rest);
+            return Err(Unpublished { error, batches });
+        }
+    }
+    Ok(())
+}
+
 /// What a partition holds now; used for lag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionProperties {
@@ -133,6 +165,24 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Publish a batch atomically: either every event is appended or none is.
     async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError>;
+
+    /// Publish several batches in order, each atomic on its own, made
+    /// durable together where the hub can (the embedded hub: one
+    /// transaction, one fsync for all of them). On failure the batches
+    /// before the failed one are in the hub and the rest come back in
+    /// [`Unpublished`], so the caller can split or retry them without
+    /// having kept a copy. The default publishes one by one (and copies
+    /// each batch to be able to hand it back).
+    async fn publish_many(
+        &self,
+        batches: Vec<(PublishTarget, Vec<EventData>)>,
+    ) -> Result<(), Unpublished> {
+        publish_in_order(batches, |target, events| async move {
+            let result = self.publish(target.clone(), events.clone()).await;
+            (result, target, events)
+        })
+        .await
+    }
 
     async fn open_receiver(
         &self,

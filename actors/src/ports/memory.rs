@@ -233,6 +233,51 @@ pub struct MemoryHub {
 }
 
 impl MemoryHub {
+    fn check_size(&self, events: &[EventData]) -> Result<(), HubError> {
+        if let Some(limit) = self.max_batch_bytes {
+            let size = events.iter().map(|e| e.body.len()).sum::<usize>();
+            if size > limit {
+                return Err(HubError::BatchTooLarge {
+                    hub: self.name.clone(),
+                    size,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError> {
+        {
+            let mut state = lock(&self.state);
+            let count = state.partitions.len() as u32;
+            let partition = match target {
+                PublishTarget::Partition(p) => p,
+                PublishTarget::PartitionKey(key) => partition_for_key(&key, count),
+            };
+            let log = state
+                .partitions
+                .get_mut(partition as usize)
+                .ok_or_else(|| self.no_partition(partition))?;
+            let now = chrono::Utc::now().timestamp_millis();
+            for event in events {
+                let seq = log.len() as i64;
+                log.push(StoredEvent {
+                    event: ReceivedEvent {
+                        partition,
+                        sequence_number: seq,
+                        offset: seq.to_string(),
+                        enqueued_time_ms: now,
+                        body: event.body,
+                        properties: event.properties,
+                    },
+                });
+            }
+        }
+        self.published.notify_waiters();
+        Ok(())
+    }
+
     pub fn new(name: impl Into<String>, partitions: u32) -> Self {
         MemoryHub {
             name: name.into(),
@@ -288,44 +333,8 @@ impl Hub for MemoryHub {
     }
 
     async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError> {
-        if let Some(limit) = self.max_batch_bytes {
-            let size = events.iter().map(|e| e.body.len()).sum::<usize>();
-            if size > limit {
-                return Err(HubError::BatchTooLarge {
-                    hub: self.name.clone(),
-                    size,
-                    limit,
-                });
-            }
-        }
-        {
-            let mut state = lock(&self.state);
-            let count = state.partitions.len() as u32;
-            let partition = match target {
-                PublishTarget::Partition(p) => p,
-                PublishTarget::PartitionKey(key) => partition_for_key(&key, count),
-            };
-            let log = state
-                .partitions
-                .get_mut(partition as usize)
-                .ok_or_else(|| self.no_partition(partition))?;
-            let now = chrono::Utc::now().timestamp_millis();
-            for event in events {
-                let seq = log.len() as i64;
-                log.push(StoredEvent {
-                    event: ReceivedEvent {
-                        partition,
-                        sequence_number: seq,
-                        offset: seq.to_string(),
-                        enqueued_time_ms: now,
-                        body: event.body,
-                        properties: event.properties,
-                    },
-                });
-            }
-        }
-        self.published.notify_waiters();
-        Ok(())
+        self.check_size(&events)?;
+        self.append(target, events)
     }
 
     async fn open_receiver(

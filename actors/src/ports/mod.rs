@@ -11,7 +11,7 @@ pub mod state;
 pub use blob::{BlobError, BlobProperties, BlobStore, ETag, PutCondition, validate_blob_name};
 pub use hub::{
     EventData, Hub, HubError, PartitionProperties, PartitionReceiver, PublishTarget, ReceivedEvent,
-    StartPosition, partition_for_key,
+    StartPosition, Unpublished, partition_for_key, publish_in_order,
 };
 pub use source::{DeadLetter, Page, Source, SourceCursor, SourceError, SourceRecord};
 pub use state::{StateError, StateStore, Versioned, checkpoint_name, ownership_name};

@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use azure_messaging_eventhubs::{RetryOptions, StartLocation, StartPosition as SdkStartPosition};
 use hubflow_actors::ports::{
     EventData, Hub, HubError, PartitionProperties, PartitionReceiver, PublishTarget, StartPosition,
+    Unpublished, publish_in_order,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -244,6 +245,49 @@ impl EventHubsHub {
         }
     }
 
+    /// One publish: one SDK batch holding every event, or nothing sent.
+    async fn publish_one(
+        &self,
+        target: &PublishTarget,
+        events: &[EventData],
+    ) -> Result<(), HubError> {
+        let batch_target = match target {
+            PublishTarget::Partition(p) => {
+                self.check_partition(*p).await?;
+                BatchTarget::Partition(p.to_string())
+            }
+            PublishTarget::PartitionKey(key) => BatchTarget::PartitionKey(key.clone()),
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match self.publish_inner(&batch_target, events).await {
+            Ok(bytes) => {
+                let hub = self.name.clone();
+                metrics::counter!("hubflow_eventhubs_send_batches_total", "hub" => hub.clone())
+                    .increment(1);
+                metrics::counter!("hubflow_eventhubs_sent_events_total", "hub" => hub.clone())
+                    .increment(events.len() as u64);
+                metrics::counter!("hubflow_eventhubs_sent_bytes_total", "hub" => hub.clone())
+                    .increment(bytes);
+                metrics::histogram!("hubflow_eventhubs_send_duration_seconds", "hub" => hub)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(PublishFailure::TooLarge { size, limit }) => {
+                metrics::counter!("hubflow_eventhubs_batches_too_large_total", "hub" => self.name.clone())
+                    .increment(1);
+                Err(HubError::BatchTooLarge {
+                    hub: self.name.clone(),
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                })
+            }
+            Err(PublishFailure::Sdk(error)) => Err(self.fail("publish", error)),
+        }
+    }
+
     async fn publish_inner(
         &self,
         target: &BatchTarget,
@@ -396,41 +440,21 @@ impl Hub for EventHubsHub {
     }
 
     async fn publish(&self, target: PublishTarget, events: Vec<EventData>) -> Result<(), HubError> {
-        let batch_target = match &target {
-            PublishTarget::Partition(p) => {
-                self.check_partition(*p).await?;
-                BatchTarget::Partition(p.to_string())
-            }
-            PublishTarget::PartitionKey(key) => BatchTarget::PartitionKey(key.clone()),
-        };
-        if events.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        match self.publish_inner(&batch_target, &events).await {
-            Ok(bytes) => {
-                let hub = self.name.clone();
-                metrics::counter!("hubflow_eventhubs_send_batches_total", "hub" => hub.clone())
-                    .increment(1);
-                metrics::counter!("hubflow_eventhubs_sent_events_total", "hub" => hub.clone())
-                    .increment(events.len() as u64);
-                metrics::counter!("hubflow_eventhubs_sent_bytes_total", "hub" => hub.clone())
-                    .increment(bytes);
-                metrics::histogram!("hubflow_eventhubs_send_duration_seconds", "hub" => hub)
-                    .record(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Err(PublishFailure::TooLarge { size, limit }) => {
-                metrics::counter!("hubflow_eventhubs_batches_too_large_total", "hub" => self.name.clone())
-                    .increment(1);
-                Err(HubError::BatchTooLarge {
-                    hub: self.name.clone(),
-                    size: usize::try_from(size).unwrap_or(usize::MAX),
-                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                })
-            }
-            Err(PublishFailure::Sdk(error)) => Err(self.fail("publish", error)),
-        }
+        self.publish_one(&target, &events).await
+    }
+
+    async fn publish_many(
+        &self,
+        batches: Vec<(PublishTarget, Vec<EventData>)>,
+    ) -> Result<(), Unpublished> {
+        // One send per batch (an Event Hubs batch targets one partition);
+        // the events stay ours until sent, so a refused batch comes back
+        // without a copy.
+        publish_in_order(batches, |target, events| async move {
+            let result = self.publish_one(&target, &events).await;
+            (result, target, events)
+        })
+        .await
     }
 
     async fn open_receiver(
