@@ -67,6 +67,11 @@ impl JsonPath {
         })
     }
 
+    /// The segments, `[]` for `$`.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
     /// True for `$`.
     pub fn is_root(&self) -> bool {
         self.segments.is_empty()

@@ -5,6 +5,7 @@
 //! a fresh token on a 401), the watermark parameter, and conditional
 //! headers for a page asked for again (a 304 is an empty, caught-up page).
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +28,7 @@ use super::extract::{
 use super::oauth::{TokenError, TokenSource};
 use super::paging::{CursorState, Observed, Step, Validators, advance, skip_unreadable};
 use super::ratelimit::RateLimiter;
+use super::scan::{Records, raw_lookup, scan_document};
 
 /// Connecting gives up after this long even when the request timeout is longer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +125,20 @@ impl HttpSource {
 
     fn key_name(&self) -> Option<&str> {
         self.settings.query_key.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// The body paths a page's values are read from: flags, the next
+    /// cursor or URL, a body watermark.
+    fn body_paths(&self) -> Vec<&super::extract::JsonPath> {
+        let s = &self.settings;
+        let mut paths: Vec<&super::extract::JsonPath> = Vec::new();
+        paths.extend(s.last_page_flag.as_ref());
+        paths.extend(s.has_more_flag.as_ref());
+        if let Pagination::Cursor { from, .. } | Pagination::NextUrl { from } = &s.pagination {
+            paths.push(from);
+        }
+        paths.extend(s.watermark.as_ref().and_then(|w| w.body_path()));
+        paths
     }
 
     /// The watermark the requests at `state` carry.
@@ -334,76 +350,97 @@ impl HttpSource {
             ));
         }
 
-        // Records and the body document (json only).
-        let (values, document) = if status == StatusCode::NO_CONTENT || (ndjson && body.is_empty())
-        {
-            (Vec::new(), None)
+        // The records (spans of the body) and the body values asked for.
+        let wanted = self.body_paths();
+        let wanted_segments: Vec<&[String]> = wanted.iter().map(|p| p.segments()).collect();
+        let (texts, found) = if status == StatusCode::NO_CONTENT || (ndjson && body.is_empty()) {
+            (Vec::new(), vec![None; wanted.len()])
         } else if ndjson {
             (
-                parse_ndjson(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
-                None,
+                split_ndjson(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
+                vec![None; wanted.len()],
             )
         } else {
-            let document: Value = serde_json::from_slice(&body).map_err(|e| {
-                let what = if e.is_eof() {
-                    "truncated json"
-                } else {
-                    "malformed json"
-                };
-                Failure::bad(format!("{what}: {e}"), body.clone())
-            })?;
-            let values = match self.settings.records.lookup(&document) {
-                Some(Value::Array(items)) => items.clone(),
-                Some(other) => {
+            let scanned = scan_document(&body, self.settings.records.segments(), &wanted_segments)
+                .map_err(|e| {
+                    let what = if e.is_eof() {
+                        "truncated json"
+                    } else {
+                        "malformed json"
+                    };
+                    Failure::bad(format!("{what}: {e}"), body.clone())
+                })?;
+            match scanned.records {
+                Records::Found(texts) => (texts, scanned.values),
+                Records::NotArray(what) => {
                     return Err(Failure::bad(
                         format!(
-                            "`{}` is {} (expected an array of records)",
-                            self.settings.records,
-                            kind(other)
+                            "`{}` is {what} (expected an array of records)",
+                            self.settings.records
                         ),
                         body,
                     ));
                 }
-                None => {
+                Records::Missing => {
                     return Err(Failure::bad(
                         format!("no records at `{}`", self.settings.records),
                         body,
                     ));
                 }
-            };
-            (values, Some(document))
+            }
+        };
+        let body_value = |path: &Option<super::extract::JsonPath>| {
+            let path = path.as_ref()?;
+            let i = wanted.iter().position(|w| *w == path)?;
+            found[i].as_ref()
         };
 
-        let mut records = Vec::with_capacity(values.len());
-        for value in &values {
-            let id = self
-                .settings
-                .id_field
-                .as_ref()
-                .and_then(|p| p.lookup(value))
-                .and_then(scalar_text)
-                .unwrap_or_else(|| content_id(value));
-            let payload = serde_json::to_vec(value)
-                .map_err(|e| Failure::bad(format!("record not serializable: {e}"), body.clone()))?;
-            records.push(SourceRecord {
-                id,
-                payload: Bytes::from(payload),
-            });
+        let mut records = Vec::with_capacity(texts.len());
+        let mut watermark_values = Vec::new();
+        let watermark_field = self
+            .settings
+            .watermark
+            .as_ref()
+            .and_then(|w| w.field_path());
+        for text in &texts {
+            let id = match &self.settings.id_field {
+                Some(path) => raw_lookup(text, path.segments())
+                    .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+                    .as_ref()
+                    .and_then(scalar_text),
+                None => None,
+            };
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let value: Value = serde_json::from_str(text).map_err(|e| {
+                        Failure::bad(format!("record is not json: {e}"), body.clone())
+                    })?;
+                    content_id(&value)
+                }
+            };
+            if let Some(path) = watermark_field
+                && let Some(value) = raw_lookup(text, path.segments())
+                    .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+                    .as_ref()
+                    .and_then(scalar_text)
+            {
+                watermark_values.push(value);
+            }
+            let payload = match text {
+                Cow::Borrowed(span) => body.slice_ref(span.as_bytes()),
+                Cow::Owned(owned) => Bytes::from(owned.clone()),
+            };
+            records.push(SourceRecord { id, payload });
         }
 
-        let flag = |path: &Option<super::extract::JsonPath>| {
-            path.as_ref()
-                .and_then(|p| document.as_ref().and_then(|d| p.lookup(d)))
-                .and_then(Value::as_bool)
-        };
+        let flag =
+            |path: &Option<super::extract::JsonPath>| body_value(path).and_then(Value::as_bool);
         let last_page = flag(&self.settings.last_page_flag) == Some(true)
             || flag(&self.settings.has_more_flag) == Some(false);
         let next_token = match pagination {
             Pagination::Cursor { from, .. } | Pagination::NextUrl { from } => {
-                let raw = document
-                    .as_ref()
-                    .and_then(|d| from.lookup(d))
-                    .and_then(scalar_text);
+                let raw = body_value(&Some(from.clone())).and_then(scalar_text);
                 match (raw, pagination) {
                     (Some(raw), Pagination::NextUrl { .. }) => {
                         Some(self.next_url(&position, &raw, &body)?)
@@ -449,7 +486,12 @@ impl HttpSource {
                 }
             };
         if let Some(w) = &self.settings.watermark {
-            let (high, odd) = w.observe(state.high.clone(), document.as_ref(), &values);
+            let body_watermark = w.body_path().cloned();
+            let (high, odd) = w.observe(
+                state.high.clone(),
+                body_value(&body_watermark),
+                watermark_values,
+            );
             if let Some(first) = odd.first() {
                 warn!(source = %self.settings.name, ignored = odd.len(), value = %first, "watermark values of another kind ignored");
             }
@@ -621,29 +663,23 @@ async fn read_body(mut response: reqwest::Response, max: u64) -> Result<Bytes, B
     }
 }
 
-fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, String> {
+/// The records of an NDJSON body, each line validated as one JSON value.
+fn split_ndjson(body: &[u8]) -> Result<Vec<Cow<'_, str>>, String> {
     let mut out = Vec::new();
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value = serde_json::from_slice(line)
+        serde_json::from_slice::<serde::de::IgnoredAny>(line)
             .map_err(|e| format!("malformed ndjson line {}: {e}", i + 1))?;
-        out.push(value);
+        let text = std::str::from_utf8(line)
+            .map_err(|e| format!("malformed ndjson line {}: invalid utf-8: {e}", i + 1))?;
+        out.push(Cow::Borrowed(
+            text.trim_matches(|c: char| c.is_ascii_whitespace()),
+        ));
     }
     Ok(out)
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn token_failure(error: TokenError) -> Failure {

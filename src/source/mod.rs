@@ -25,6 +25,7 @@
 //! - [`secret`]: [`SecretString`] (literal, `{ env = .. }`, `{ file = .. }`);
 //! - [`paging`]: the cursor JSON and how each pagination style advances;
 //! - [`extract`]: body paths, ids, `Link`/`Retry-After` parsing, redaction;
+//! - [`scan`]: records found in a body as byte spans, without a DOM;
 //! - [`oauth`]: client credentials tokens ([`oauth::TokenSource`]);
 //! - [`ratelimit`]: token bucket and rate-limit headers;
 //! - [`watermark`]: incremental sync values and their ordering;
@@ -36,6 +37,7 @@ pub mod http;
 pub mod oauth;
 pub mod paging;
 pub mod ratelimit;
+pub mod scan;
 pub mod secret;
 pub mod watermark;
 

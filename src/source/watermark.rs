@@ -110,32 +110,43 @@ impl WatermarkConfig {
 
 impl Watermark {
     /// The highest watermark after a page: `high` raised by the page's
-    /// records (field) or replaced by the body's value (from). Returns the
-    /// values that could not be compared, for a warning.
+    /// records' `field` values (`fields`, as text) or replaced by the body's
+    /// value at `from` (`body`). Returns the values that could not be
+    /// compared, for a warning.
     pub fn observe(
         &self,
         high: Option<String>,
-        document: Option<&Value>,
-        records: &[Value],
+        body: Option<&Value>,
+        fields: impl IntoIterator<Item = String>,
     ) -> (Option<String>, Vec<String>) {
         match &self.source {
-            WatermarkSource::Body(path) => {
-                let value = document.and_then(|d| path.lookup(d)).and_then(scalar_text);
-                (value.or(high), Vec::new())
-            }
-            WatermarkSource::Field(path) => {
+            WatermarkSource::Body(_) => (body.and_then(scalar_text).or(high), Vec::new()),
+            WatermarkSource::Field(_) => {
                 let mut high = high;
                 let mut odd = Vec::new();
-                for record in records {
-                    let Some(value) = path.lookup(record).and_then(scalar_text) else {
-                        continue;
-                    };
+                for value in fields {
                     if let Err(value) = raise(&mut high, value) {
                         odd.push(value);
                     }
                 }
                 (high, odd)
             }
+        }
+    }
+
+    /// The body path of a `from` watermark.
+    pub fn body_path(&self) -> Option<&JsonPath> {
+        match &self.source {
+            WatermarkSource::Body(path) => Some(path),
+            WatermarkSource::Field(_) => None,
+        }
+    }
+
+    /// The record path of a `field` watermark.
+    pub fn field_path(&self) -> Option<&JsonPath> {
+        match &self.source {
+            WatermarkSource::Field(path) => Some(path),
+            WatermarkSource::Body(_) => None,
         }
     }
 
@@ -269,14 +280,21 @@ mod tests {
             json!({"meta": {"updated": 17}}),
             json!({"meta": {"updated": "2024-05-01T08:30:00Z"}}),
         ];
-        let (high, odd) = w.observe(None, None, &records);
+        let path = w.field_path().unwrap();
+        let texts = |records: &[Value]| -> Vec<String> {
+            records
+                .iter()
+                .filter_map(|r| path.lookup(r).and_then(scalar_text))
+                .collect()
+        };
+        let (high, odd) = w.observe(None, None, texts(&records));
         assert_eq!(high.as_deref(), Some("2024-05-01T09:00:00Z"));
         assert_eq!(odd, vec!["17".to_string()]);
         // A later page with older values does not lower it.
         let (high, _) = w.observe(
             high,
             None,
-            &[json!({"meta": {"updated": "2024-04-01T00:00:00Z"}})],
+            texts(&[json!({"meta": {"updated": "2024-04-01T00:00:00Z"}})]),
         );
         assert_eq!(high.as_deref(), Some("2024-05-01T09:00:00Z"));
         assert_eq!(
@@ -299,9 +317,14 @@ mod tests {
         }
         .validate()
         .unwrap();
-        let (high, _) = w.observe(Some("b".into()), Some(&json!({"meta": {"sync": "a"}})), &[]);
+        let at = |body: &Value| w.body_path().unwrap().lookup(body).cloned();
+        let (high, _) = w.observe(
+            Some("b".into()),
+            at(&json!({"meta": {"sync": "a"}})).as_ref(),
+            Vec::new(),
+        );
         assert_eq!(high.as_deref(), Some("a"));
-        let (high, _) = w.observe(high, Some(&json!({"meta": {}})), &[]);
+        let (high, _) = w.observe(high, at(&json!({"meta": {}})).as_ref(), Vec::new());
         assert_eq!(w.next(Some("z"), high).as_deref(), Some("a"));
     }
 
