@@ -1,41 +1,55 @@
 //! The fetcher: polls one [`Source`], publishes its records to the ingest hub
 //! and stores the source cursor once the records are durable there.
 //!
-//! Order of effects per page (the delivery guarantee rests on it):
-//! 1. fetch the page from the stored cursor;
-//! 2. group records by `partition_for_key(id)` and publish each group;
-//! 3. compare-and-swap the cursor record (the etag fences a second fetcher).
+//! Pages are read ahead: a reader task walks the source from the stored
+//! cursor, following each page's `next`, and hands pages over a bounded
+//! channel ([`READ_AHEAD_PAGES`]), so page N+1 is requested while page N is
+//! published. The actor takes every page that is ready (at least one) and
+//! commits them as a group, in order:
+//! 1. group their records by `partition_for_key(id)` and publish all groups
+//!    in one [`Hub::publish_many`] (the embedded hub makes them durable with
+//!    one transaction);
+//! 2. compare-and-swap the cursor record to the last page's `next` (the etag
+//!    fences a second fetcher).
 //!
-//! A crash between 2 and 3 re-publishes the page on restart; the transformer's
-//! dedupe window removes those duplicates. A crash before 2 loses nothing.
+//! A crash between 1 and 2 re-publishes those pages on restart; the
+//! transformer's dedupe window removes the duplicates. A crash before 1
+//! loses nothing: pages read ahead but not published are fetched again from
+//! the stored cursor.
 //!
 //! Transient errors (and unusable responses that cannot be skipped) are
-//! retried in place after [`RetryDelay`]; once a failure streak exhausts the
-//! [`RetryBudget`] the fetcher fails with the last error, and its supervisor
-//! restarts it with backoff from the stored cursor.
+//! retried after [`RetryDelay`] from the stored cursor (the reader stops at
+//! the failed page); once a failure streak exhausts the [`RetryBudget`] the
+//! fetcher fails with the last error, and its supervisor restarts it with
+//! backoff from the stored cursor.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hubflow_supervision::{ActorProbe, ExitReason};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::ports::{
-    BlobStore, DeadLetter, ETag, EventData, Hub, HubError, PublishTarget, Source, SourceCursor,
-    SourceError, StateStore, partition_for_key,
+    BlobStore, DeadLetter, ETag, EventData, Hub, HubError, Page, PublishTarget, Source,
+    SourceCursor, SourceError, StateStore, Unpublished, partition_for_key,
 };
 use crate::record::{PROP_FETCHED_MS, PROP_ID, PROP_SOURCE};
 use crate::retry::{RetryBudget, RetryDelay};
 use crate::{now_ms, write_dead_letter};
 
+/// Pages a reader fetches ahead of the publishes.
+pub const READ_AHEAD_PAGES: usize = 4;
+/// Records published as one group at most (pages are never split).
+const GROUP_MAX_RECORDS: usize = 20_000;
+
 /// Messages the fetcher understands.
 #[derive(Debug)]
 pub enum FetcherMsg {
-    /// Fetch the next page (sent by the fetcher to itself).
+    /// Publish the next ready pages (sent by the fetcher to itself).
     Poll,
     /// Stop polling until [`FetcherMsg::Resume`]; in-flight work completes.
     Pause,
@@ -99,6 +113,51 @@ pub struct FetcherState {
     poll_scheduled: bool,
     /// When the current failure streak began.
     failing_since: Option<tokio::time::Instant>,
+    /// The walk ahead of the stored cursor, while one runs.
+    reader: Option<Reader>,
+}
+
+/// A page as the reader got it, with the cursor it was requested at.
+struct Fetched {
+    from: SourceCursor,
+    result: Result<Page, SourceError>,
+}
+
+/// A task fetching pages ahead; aborted when dropped.
+struct Reader {
+    pages: mpsc::Receiver<Fetched>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reader {
+    /// Walks `source` from `cursor` until a page is caught up or fails.
+    fn start(source: Arc<dyn Source>, mut cursor: SourceCursor) -> Reader {
+        let (tx, pages) = mpsc::channel(READ_AHEAD_PAGES);
+        let task = tokio::spawn(async move {
+            loop {
+                let result = source.fetch(&cursor).await;
+                let next = match &result {
+                    Ok(page) if !page.caught_up => Some(page.next.clone()),
+                    _ => None,
+                };
+                let from = std::mem::take(&mut cursor);
+                if tx.send(Fetched { from, result }).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(next) => cursor = next,
+                    None => return,
+                }
+            }
+        });
+        Reader { pages, task }
+    }
 }
 
 pub struct Fetcher;
@@ -145,6 +204,7 @@ impl Actor for Fetcher {
             status,
             poll_scheduled: false,
             failing_since: None,
+            reader: None,
             params,
         };
         if !state.status.paused {
@@ -199,6 +259,7 @@ impl Actor for Fetcher {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.reader = None;
         state.params.probe.set_busy(false);
         Ok(())
     }
@@ -216,51 +277,118 @@ fn schedule(myself: &ActorRef<FetcherMsg>, state: &mut FetcherState, delay: Dura
     }
 }
 
-/// Fetch, publish and commit one page. Returns how long to wait before the
-/// next poll. Errors returned from here fail the actor (its supervisor
-/// restarts it with backoff); recoverable conditions are handled inside.
+/// Take the pages that are ready (waiting for the first), publish and commit
+/// them, and handle a failed page. Returns how long to wait before the next
+/// poll. Errors returned from here fail the actor (its supervisor restarts
+/// it with backoff); recoverable conditions are handled inside.
 async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessingErr> {
-    let source = Arc::clone(&state.params.source);
-    let result = source.fetch(&state.cursor.cursor).await;
-    match result {
-        Ok(page) => {
-            let count = page.records.len() as u64;
-            publish_page(state, &page.records).await?;
-            state.cursor.cursor = page.next;
-            state.cursor.pages += 1;
-            state.cursor.records += count;
-            state.cursor.updated_ms = now_ms();
-            state.cursor.caught_up = page.caught_up;
-            commit_cursor(state).await?;
-            state.status.pages += 1;
-            state.status.records_published += count;
-            state.status.records_total = state.cursor.records;
-            state.status.consecutive_errors = 0;
-            state.status.last_error = None;
-            state.failing_since = None;
-            let source_label = state.status.source.clone();
-            metrics::counter!("hubflow_fetcher_pages_total", "source" => source_label.clone())
-                .increment(1);
-            metrics::counter!("hubflow_fetcher_records_total", "source" => source_label)
-                .increment(count);
-            debug!(source = %state.status.source, records = count, caught_up = page.caught_up, "page published");
-            if page.caught_up {
-                state.status.caught_up = true;
-                Ok(state.params.poll_interval)
-            } else {
-                Ok(Duration::ZERO)
+    let cursor = state.cursor.cursor.clone();
+    let reader = state
+        .reader
+        .get_or_insert_with(|| Reader::start(Arc::clone(&state.params.source), cursor));
+    let Some(first) = reader.pages.recv().await else {
+        // The reader ended without a page (it panicked): start over.
+        state.reader = None;
+        return Ok(state.params.retry.delay(1));
+    };
+    let mut pages = Vec::new();
+    let mut failed = None;
+    let mut records = 0usize;
+    let mut next = Some(first);
+    while let Some(fetched) = next.take() {
+        if fetched.from != state.cursor.cursor && pages.is_empty() {
+            // Read ahead from a cursor that is no longer ours: start over.
+            state.reader = None;
+            return Ok(Duration::ZERO);
+        }
+        match fetched.result {
+            Ok(page) => {
+                records += page.records.len();
+                let last = page.caught_up;
+                pages.push(page);
+                if last || records >= GROUP_MAX_RECORDS {
+                    break;
+                }
+            }
+            Err(error) => {
+                failed = Some(error);
+                break;
             }
         }
-        Err(SourceError::Transient {
+        next = state.reader.as_mut().and_then(|r| r.pages.try_recv().ok());
+    }
+    let caught_up = pages.last().is_some_and(|p| p.caught_up);
+    if !pages.is_empty() {
+        commit_pages(state, pages).await?;
+    }
+    if caught_up || failed.is_some() {
+        // The reader stopped there; the next poll starts a new one from the
+        // stored cursor.
+        state.reader = None;
+    }
+    match failed {
+        None if caught_up => {
+            state.status.caught_up = true;
+            Ok(state.params.poll_interval)
+        }
+        None => Ok(Duration::ZERO),
+        Some(error) => handle_failure(state, error).await,
+    }
+}
+
+/// Publish the records of `pages` as one group, then store the cursor after
+/// the last of them.
+async fn commit_pages(
+    state: &mut FetcherState,
+    pages: Vec<Page>,
+) -> Result<(), ActorProcessingErr> {
+    let count: u64 = pages.iter().map(|p| p.records.len() as u64).sum();
+    let page_count = pages.len() as u64;
+    let mut last = None;
+    let mut records = Vec::with_capacity(count as usize);
+    for page in pages {
+        records.extend(page.records);
+        last = Some((page.next, page.caught_up));
+    }
+    publish_records(state, records).await?;
+    if let Some((next, caught_up)) = last {
+        state.cursor.cursor = next;
+        state.cursor.caught_up = caught_up;
+    }
+    state.cursor.pages += page_count;
+    state.cursor.records += count;
+    state.cursor.updated_ms = now_ms();
+    commit_cursor(state).await?;
+    state.status.pages += page_count;
+    state.status.records_published += count;
+    state.status.records_total = state.cursor.records;
+    state.status.consecutive_errors = 0;
+    state.status.last_error = None;
+    state.failing_since = None;
+    let source_label = state.status.source.clone();
+    metrics::counter!("hubflow_fetcher_pages_total", "source" => source_label.clone())
+        .increment(page_count);
+    metrics::counter!("hubflow_fetcher_records_total", "source" => source_label).increment(count);
+    debug!(source = %state.status.source, pages = page_count, records = count, "pages published");
+    Ok(())
+}
+
+/// A page that failed: retry later, skip it, or fail the actor.
+async fn handle_failure(
+    state: &mut FetcherState,
+    error: SourceError,
+) -> Result<Duration, ActorProcessingErr> {
+    match error {
+        SourceError::Transient {
             message,
             retry_after,
             ..
-        }) => {
+        } => {
             let delay = note_error(state, "transient", &message);
             check_budget(state)?;
             Ok(retry_after.map_or(delay, |r| r.max(delay)))
         }
-        Err(SourceError::BadResponse(letter, skip_to)) => {
+        SourceError::BadResponse(letter, skip_to) => {
             let delay = note_error(state, "bad_response", &letter.reason);
             dead_letter(state, &letter).await?;
             if let Some(next) = skip_to {
@@ -273,7 +401,7 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
             check_budget(state)?;
             Ok(delay)
         }
-        Err(SourceError::Fatal { message, .. }) => {
+        SourceError::Fatal { message, .. } => {
             note_error(state, "fatal", &message);
             state
                 .params
@@ -343,58 +471,66 @@ async fn dead_letter(
     Ok(())
 }
 
-async fn publish_page(
+/// Publish `records` grouped by partition, in chunks of at most
+/// `max_publish_events`, all in one [`Hub::publish_many`]. A chunk the hub
+/// finds too large is split in halves and retried; a single record too
+/// large for any batch is dead-lettered (it can never be published).
+async fn publish_records(
     state: &mut FetcherState,
-    records: &[crate::ports::SourceRecord],
+    records: Vec<crate::ports::SourceRecord>,
 ) -> Result<(), ActorProcessingErr> {
     let fetched = now_ms().to_string();
+    let source = state.status.source.clone();
     let mut by_partition: BTreeMap<u32, Vec<EventData>> = BTreeMap::new();
     for record in records {
         let partition = partition_for_key(&record.id, state.partitions);
         by_partition.entry(partition).or_default().push(
-            EventData::new(Bytes::clone(&record.payload))
-                .with_property(PROP_ID, record.id.clone())
-                .with_property(PROP_SOURCE, state.status.source.clone())
+            EventData::new(record.payload)
+                .with_property(PROP_ID, record.id)
+                .with_property(PROP_SOURCE, source.clone())
                 .with_property(PROP_FETCHED_MS, fetched.clone()),
         );
     }
     let chunk = state.params.max_publish_events.max(1);
-    for (partition, events) in by_partition {
-        // Chunks in order; a chunk the hub finds too large is split in
-        // halves and retried, and a single record too large for any batch
-        // is dead-lettered (it can never be published).
-        let mut pending: VecDeque<Vec<EventData>> = VecDeque::new();
-        let mut events = events;
+    let mut pending: VecDeque<(PublishTarget, Vec<EventData>)> = VecDeque::new();
+    for (partition, mut events) in by_partition {
         while !events.is_empty() {
             let rest = events.split_off(chunk.min(events.len()));
-            pending.push_back(events);
+            pending.push_back((PublishTarget::Partition(partition), events));
             events = rest;
         }
-        while let Some(batch) = pending.pop_front() {
-            match state
-                .params
-                .hub
-                .publish(PublishTarget::Partition(partition), batch.clone())
-                .await
-            {
-                Ok(()) => {}
-                Err(HubError::BatchTooLarge { .. }) if batch.len() > 1 => {
-                    let mut first = batch;
-                    let second = first.split_off(first.len() / 2);
-                    pending.push_front(second);
-                    pending.push_front(first);
-                    metrics::counter!("hubflow_fetcher_batch_splits_total", "source" => state.status.source.clone())
-                        .increment(1);
-                }
-                Err(HubError::BatchTooLarge { size, limit, .. }) => {
-                    let Some(event) = batch.into_iter().next() else {
-                        continue;
-                    };
+    }
+    while !pending.is_empty() {
+        let batches: Vec<_> = pending.drain(..).collect();
+        let Err(Unpublished { error, batches }) = state.params.hub.publish_many(batches).await
+        else {
+            return Ok(());
+        };
+        let mut batches = VecDeque::from(batches);
+        let Some((target, failed)) = batches.pop_front() else {
+            return Ok(());
+        };
+        match error {
+            HubError::BatchTooLarge { .. } if failed.len() > 1 => {
+                let mut first = failed;
+                let second = first.split_off(first.len() / 2);
+                pending.push_back((target.clone(), first));
+                pending.push_back((target, second));
+                metrics::counter!("hubflow_fetcher_batch_splits_total", "source" => source.clone())
+                    .increment(1);
+            }
+            HubError::BatchTooLarge { size, limit, .. } => {
+                let partition = match target {
+                    PublishTarget::Partition(p) => p,
+                    PublishTarget::PartitionKey(_) => 0,
+                };
+                if let Some(event) = failed.into_iter().next() {
                     oversized_record(state, partition, event, size, limit).await?;
                 }
-                Err(error) => return Err(error.into()),
             }
+            error => return Err(error.into()),
         }
+        pending.extend(batches);
     }
     Ok(())
 }
@@ -451,6 +587,7 @@ mod tests {
     use crate::ports::memory::{MemoryBlobStore, MemoryHub};
     use crate::ports::{Page, SourceRecord, StartPosition};
     use async_trait::async_trait;
+    use bytes::Bytes;
     use std::sync::Mutex;
 
     /// A scripted source: serves `total` records in pages of `page`, with
