@@ -33,7 +33,9 @@ use hubflow_actors::notices::{NoticeListener, NoticeListenerParams, WakeBoard};
 use hubflow_actors::pauses::Pauses;
 use hubflow_actors::ports::{BlobStore, Hub, Source, StateStore, checkpoint_name};
 use hubflow_actors::retry::RetryDelay;
-use hubflow_actors::transformer::{self, TransformCheckpoint, Transformer, TransformerParams};
+use hubflow_actors::transformer::{
+    self, CurateSlots, TransformCheckpoint, Transformer, TransformerParams,
+};
 use hubflow_supervision::{
     Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, RootHandle, Strategy,
     SupervisorSpec, start_root,
@@ -64,6 +66,8 @@ pub struct Backends {
     /// Operator pauses, read by the fetcher and consumer factories so a
     /// restarted actor stays paused (see `hubflow_actors::pauses`).
     pub pauses: Pauses,
+    /// How many curations this node's transformers run at once.
+    pub curate_slots: CurateSlots,
 }
 
 impl Backends {
@@ -106,6 +110,7 @@ impl Backends {
             curated_dir,
             board: WakeBoard::default(),
             pauses: Pauses::default(),
+            curate_slots: CurateSlots::per_core(),
         })
     }
 
@@ -479,6 +484,7 @@ pub fn transform_partition_spec(
         poll_wait: Duration::from_millis(cfg.transform.poll_ms),
         transform: settings.transform.current().1,
         window_cache: Default::default(),
+        curate_slots: backends.curate_slots.clone(),
         probe: Default::default(),
     };
     ChildSpec::new(

@@ -10,17 +10,16 @@
 //!   from durable state and the supervision status tree: per-partition lag
 //!   (hub last enqueued sequence minus the writer and the transformer
 //!   checkpoints), actor queue depths, busy/stalled gauges, restarts, stored
-//!   dead letters, and a sampled end-to-end latency (hub enqueued time to the
-//!   transformer checkpoint that covers the event). It is refreshed by the
-//!   service loop and on every scrape.
+//!   dead letters. It is refreshed by the service loop and on every scrape.
+//!   (The end-to-end latency, fetch to queryable, is recorded by the
+//!   transformers when they commit, one observation per record.)
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hubflow_actors::blob_writer::Checkpoint;
-use hubflow_actors::ports::{StartPosition, checkpoint_name};
+use hubflow_actors::ports::checkpoint_name;
 use hubflow_actors::transformer::{self, TransformCheckpoint};
 use hubflow_supervision::{NodeKind, NodeState, StatusNode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -35,13 +34,10 @@ use crate::pipeline::{Backends, INGEST_HUB};
 /// The default log filter when `HUBFLOW_LOG` is not set.
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
-/// Consumer group used for the latency sampler's reads of hub "ingest"
-/// (reads are stateless; the name only shows up in the hub's own logs).
-const SAMPLER_GROUP: &str = "$hubflow-metrics";
-
 /// Buckets of the `*_latency_seconds` histograms (seconds to an hour).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+    0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0, 60.0, 120.0, 300.0,
+    900.0, 3600.0,
 ];
 /// Buckets of every other histogram (mostly short operations).
 const DEFAULT_BUCKETS: &[f64] = &[
@@ -206,7 +202,7 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
     (
         Histogram,
         "hubflow_end_to_end_latency_seconds",
-        "hub enqueued time to the transformer checkpoint covering the event, sampled on the last event of each checkpoint advance",
+        "fetch of a record to its curated commit (queryable), one observation per curated record",
     ),
     (
         Gauge,
@@ -553,8 +549,6 @@ fn describe_metrics() {
 /// The metrics computed outside the actors; see the module docs.
 #[derive(Default)]
 pub struct PipelineMetrics {
-    /// Transformer checkpoint per partition at the previous refresh.
-    transformed: BTreeMap<u32, i64>,
     /// When stored dead letters were last counted (listing is not free).
     dlq_counted: Option<Instant>,
 }
@@ -567,7 +561,7 @@ impl PipelineMetrics {
         Self::default()
     }
 
-    /// Refresh every computed gauge and take latency samples.
+    /// Refresh every computed gauge.
     pub async fn refresh(
         &mut self,
         settings: &Settings,
@@ -631,53 +625,8 @@ impl PipelineMetrics {
                 .set((last - landed).max(0) as f64);
             metrics::gauge!("hubflow_transformer_lag_events", "partition" => label)
                 .set((last + 1 - curated_next).max(0) as f64);
-            if let Some(cp) = next {
-                self.sample_latency(backends, partition, cp.value).await;
-            }
         }
         Ok(())
-    }
-
-    /// When the transformer checkpoint of `partition` moved since the last
-    /// refresh, read the last event it now covers from the hub and record how
-    /// long it took from enqueue to that checkpoint.
-    async fn sample_latency(
-        &mut self,
-        backends: &Backends,
-        partition: u32,
-        cp: TransformCheckpoint,
-    ) {
-        let previous = self.transformed.insert(partition, cp.next_sequence);
-        // The first observation only sets the baseline: work done before
-        // this process started says nothing about current latency.
-        let Some(previous) = previous else { return };
-        if cp.next_sequence <= previous {
-            return;
-        }
-        let last = cp.next_sequence - 1;
-        let event = async {
-            let mut receiver = backends
-                .ingest
-                .open_receiver(
-                    SAMPLER_GROUP,
-                    partition,
-                    StartPosition::SequenceNumber {
-                        value: last,
-                        inclusive: true,
-                    },
-                )
-                .await?;
-            receiver.receive(1, Duration::from_millis(50)).await
-        };
-        match event.await {
-            Ok(events) => {
-                if let Some(e) = events.first().filter(|e| e.sequence_number == last) {
-                    let seconds = (cp.updated_ms - e.enqueued_time_ms).max(0) as f64 / 1000.0;
-                    metrics::histogram!("hubflow_end_to_end_latency_seconds").record(seconds);
-                }
-            }
-            Err(error) => warn!(partition, %error, "cannot sample end-to-end latency"),
-        }
     }
 }
 

@@ -281,16 +281,14 @@ async fn write_batch(state: &mut WriterState, events: Vec<ReceivedEvent>) -> any
     Ok(state.status.next_sequence)
 }
 
-fn to_raw_record(event: ReceivedEvent) -> RawRecord {
+fn to_raw_record(mut event: ReceivedEvent) -> RawRecord {
     let id = event
         .properties
-        .get(PROP_ID)
-        .cloned()
+        .remove(PROP_ID)
         .unwrap_or_else(|| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&event.body)));
     let source = event
         .properties
-        .get(PROP_SOURCE)
-        .cloned()
+        .remove(PROP_SOURCE)
         .unwrap_or_else(|| "unknown".to_string());
     let fetched_time_ms = event
         .properties
@@ -304,7 +302,7 @@ fn to_raw_record(event: ReceivedEvent) -> RawRecord {
         offset: event.offset,
         enqueued_time_ms: event.enqueued_time_ms,
         fetched_time_ms,
-        payload: event.body.to_vec(),
+        payload: event.body,
     }
 }
 

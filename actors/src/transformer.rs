@@ -74,7 +74,31 @@ pub struct TransformerParams {
     /// The dedupe window, kept across restarts of this partition's
     /// transformer within the process (see [`WindowCache`]).
     pub window_cache: WindowCache,
+    /// Curations that may run at once on this node (shared by its
+    /// transformers): one per core keeps the cores busy and memory bounded.
+    pub curate_slots: CurateSlots,
     pub probe: ActorProbe,
+}
+
+/// The node's permits to curate, shared by its transformers.
+#[derive(Clone, Debug)]
+pub struct CurateSlots(Arc<tokio::sync::Semaphore>);
+
+impl CurateSlots {
+    pub fn new(slots: usize) -> Self {
+        CurateSlots(Arc::new(tokio::sync::Semaphore::new(slots.max(1))))
+    }
+
+    /// One slot per core.
+    pub fn per_core() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+impl Default for CurateSlots {
+    fn default() -> Self {
+        Self::per_core()
+    }
 }
 
 /// The transformer checkpoint record.
@@ -129,6 +153,17 @@ pub struct TransformerState {
     /// The schema registry as last read or written.
     known: KnownSchemas,
     status: TransformerStatus,
+    /// The wait for the next walk, while one is armed.
+    waiter: Option<Waiter>,
+}
+
+/// A task that casts the next [`TransformerMsg::Poll`]; aborted when dropped.
+struct Waiter(tokio::task::JoinHandle<()>);
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub struct Transformer;
@@ -190,6 +225,7 @@ impl Actor for Transformer {
             etag,
             window,
             known: KnownSchemas::default(),
+            waiter: None,
         })
     }
 
@@ -201,19 +237,26 @@ impl Actor for Transformer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TransformerMsg::Poll => {
+                state.waiter = None;
                 if state.status.paused {
                     return Ok(());
                 }
-                // A wake-up is a hint; the walk finds what there is.
-                let wait = state.params.poll_wait;
-                let _ = tokio::time::timeout(wait, state.wake.notified()).await;
                 state.params.probe.tick();
                 if let Err(error) = walk_chain(state).await {
                     state.status.last_error = Some(format!("{error:#}"));
                     state.params.probe.publish(&state.status);
                     return Err(error.into());
                 }
-                let _ = myself.cast(TransformerMsg::Poll);
+                // Walk again on a wake-up (a hint: the walk finds what there
+                // is) or after `poll_wait`. The wait runs beside the actor,
+                // so a stop is not held up by it.
+                let wake = Arc::clone(&state.wake);
+                let wait = state.params.poll_wait;
+                let me = myself.clone();
+                state.waiter = Some(Waiter(tokio::spawn(async move {
+                    let _ = tokio::time::timeout(wait, wake.notified()).await;
+                    let _ = me.cast(TransformerMsg::Poll);
+                })));
             }
             TransformerMsg::Pause => {
                 state.status.paused = true;
@@ -223,6 +266,7 @@ impl Actor for Transformer {
                 if state.status.paused {
                     state.status.paused = false;
                     state.params.probe.set_busy(true);
+                    state.waiter = None;
                     let _ = myself.cast(TransformerMsg::Poll);
                 }
             }
@@ -236,6 +280,7 @@ impl Actor for Transformer {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.waiter = None;
         state.params.probe.set_busy(false);
         Ok(())
     }
@@ -308,15 +353,73 @@ async fn find_next_blob(
     Ok(later)
 }
 
+/// What became of one raw blob on the blocking pool.
+enum Curated {
+    Done {
+        output: CuratedOutput,
+        /// The payloads of rejected records, for their dead letters.
+        rejected_bodies: BTreeMap<String, bytes::Bytes>,
+        dropped: u64,
+        /// Records curated per fetch time (a page's records share one).
+        fetched: Freshness,
+    },
+    Corrupt(raw::RawError),
+}
+
 async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> anyhow::Result<()> {
     let params = state.params.clone();
     let blob = name.to_name();
     let partition_label = params.partition.to_string();
     let (bytes, _) = params.raw.get(&params.raw_container, &blob).await?;
-    let decoded = tokio::task::spawn_blocking(move || raw::decode(&bytes)).await?;
-    let batch = match decoded {
-        Ok(batch) => batch,
-        Err(error) => {
+
+    // Decode in place, drop duplicates and curate in one blocking step: the
+    // records are read from the decompressed archive without copies.
+    let next = state.status.next_sequence;
+    let window = state.window.clone();
+    let known = state.known.schemas.clone();
+    let options = params.options.clone();
+    let transform = params.transform.clone();
+    let stem = name.stem();
+    let raw_blob = format!("{}/{}", params.raw_container, blob);
+    let slot = Arc::clone(&params.curate_slots.0).acquire_owned().await?;
+    let curated = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let mut buf = raw::RawBuf::default();
+        let batch = match raw::decode_into(&bytes, &mut buf) {
+            Ok(batch) => batch,
+            Err(error) => return Ok(Curated::Corrupt(error)),
+        };
+        let mut inputs = CurateInput::from_archived(batch);
+        inputs.retain(|r| r.sequence_number >= next);
+        let before = inputs.len();
+        let inputs = window.filter_inputs(inputs)?;
+        let dropped = (before - inputs.len()) as u64;
+        let output = curated::curate_with(
+            &inputs,
+            &raw_blob,
+            &stem,
+            &known,
+            &options,
+            transform.as_deref(),
+        )?;
+        let rejected_bodies = curated::rejected_payloads(&inputs, &output);
+        let fetched = Freshness::of(&inputs);
+        Ok::<_, anyhow::Error>(Curated::Done {
+            output,
+            rejected_bodies,
+            dropped,
+            fetched,
+        })
+    })
+    .await??;
+    let (output, rejected_bodies, dropped, fetched) = match curated {
+        Curated::Done {
+            output,
+            rejected_bodies,
+            dropped,
+            fetched,
+        } => (output, rejected_bodies, dropped, fetched),
+        Curated::Corrupt(error) => {
             warn!(partition = params.partition, blob, %error, "corrupt raw blob, quarantining");
             raw::quarantine(
                 params.raw.as_ref(),
@@ -330,35 +433,6 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
             return commit(state, name.last_seq + 1).await;
         }
     };
-
-    let mut batch = batch;
-    let next = state.status.next_sequence;
-    batch.records.retain(|r| r.sequence_number >= next);
-    let before = batch.records.len();
-    let batch = state.window.filter(batch)?;
-    let dropped = (before - batch.records.len()) as u64;
-
-    let known = state.known.schemas.clone();
-    let options = params.options.clone();
-    let transform = params.transform.clone();
-    let stem = name.stem();
-    let raw_blob = format!("{}/{}", params.raw_container, blob);
-    let output = tokio::task::spawn_blocking(move || {
-        let inputs = CurateInput::from_raw(&batch);
-        let output = curated::curate_with(
-            &inputs,
-            &raw_blob,
-            &stem,
-            &known,
-            &options,
-            transform.as_deref(),
-        )?;
-        // The payloads of rejected records, for their dead letters.
-        let bodies = curated::rejected_payloads(&inputs, &output);
-        Ok::<_, anyhow::Error>((output, bodies))
-    })
-    .await??;
-    let (output, rejected_bodies) = output;
 
     state.known.register(&state.params.state, &output).await?;
     for file in &output.files {
@@ -419,7 +493,33 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
         partition = params.partition,
         blob, rows, dropped, "raw blob curated"
     );
-    commit(state, name.last_seq + 1).await
+    commit(state, name.last_seq + 1).await?;
+    fetched.record(now_ms());
+    Ok(())
+}
+
+/// How many records of a curated batch were fetched when, to record the
+/// time from fetch to queryable of each once the batch is committed.
+#[derive(Debug, Default)]
+struct Freshness(BTreeMap<i64, u64>);
+
+impl Freshness {
+    fn of(inputs: &[CurateInput<'_>]) -> Self {
+        let mut counts = BTreeMap::new();
+        for input in inputs {
+            *counts.entry(input.fetched_time_ms).or_insert(0u64) += 1;
+        }
+        Freshness(counts)
+    }
+
+    /// One `hubflow_end_to_end_latency_seconds` observation per record.
+    fn record(&self, committed_ms: i64) {
+        let histogram = metrics::histogram!("hubflow_end_to_end_latency_seconds");
+        for (fetched_ms, count) in &self.0 {
+            let seconds = (committed_ms - fetched_ms).max(0) as f64 / 1000.0;
+            histogram.record_many(seconds, usize::try_from(*count).unwrap_or(usize::MAX));
+        }
+    }
 }
 
 /// Merge each source's batch schema into the registry before any file that
@@ -580,6 +680,7 @@ impl WindowCache {
 }
 
 /// One actor's use of a [`WindowCache`].
+#[derive(Clone)]
 pub struct WindowClaim {
     cache: WindowCache,
     token: u64,
@@ -626,13 +727,16 @@ impl WindowClaim {
         Ok(())
     }
 
-    /// [`DedupeWindow::filter`]; the window is stale until the next commit.
-    fn filter(&self, batch: RawBatch) -> Result<RawBatch, Superseded> {
+    /// [`DedupeWindow::filter_inputs`]; the window is stale until the next commit.
+    fn filter_inputs<'a>(
+        &self,
+        inputs: Vec<CurateInput<'a>>,
+    ) -> Result<Vec<CurateInput<'a>>, Superseded> {
         let mut c = self.owned()?;
         c.valid_at = None;
         Ok(match c.window.as_mut() {
-            Some(w) => w.filter(batch),
-            None => batch,
+            Some(w) => w.filter_inputs(inputs),
+            None => inputs,
         })
     }
 }
@@ -692,6 +796,12 @@ impl DedupeWindow {
         batch.records.retain(|r| self.insert(&r.id, &r.payload));
         batch
     }
+
+    /// [`DedupeWindow::filter`] over borrowed records.
+    pub fn filter_inputs<'a>(&mut self, mut inputs: Vec<CurateInput<'a>>) -> Vec<CurateInput<'a>> {
+        inputs.retain(|r| self.insert(r.id, r.payload));
+        inputs
+    }
 }
 
 /// Replay the ids of the raw blobs just before `next_sequence`, so duplicates
@@ -719,21 +829,25 @@ async fn rebuild_window(
         start -= 1;
         covered += (names[start].last_seq - names[start].first_seq + 1) as usize;
     }
+    let mut buf = raw::RawBuf::default();
     for name in &names[start..] {
         let (bytes, _) = params
             .raw
             .get(&params.raw_container, &name.to_name())
             .await?;
-        match tokio::task::spawn_blocking(move || raw::decode(&bytes)).await? {
-            Ok(batch) => {
-                for r in &batch.records {
-                    window.insert(&r.id, &r.payload);
+        let (w, b, result) = tokio::task::spawn_blocking(move || {
+            let result = raw::decode_into(&bytes, &mut buf).map(|batch| {
+                for r in batch.records.iter() {
+                    window.insert(r.id.as_str(), r.payload.as_slice());
                 }
-            }
-            // It will be quarantined if it is ever transformed; here it is only history.
-            Err(error) => {
-                warn!(blob = name.to_name(), %error, "skipping unreadable blob in dedupe replay")
-            }
+            });
+            (window, buf, result)
+        })
+        .await?;
+        (window, buf) = (w, b);
+        // It will be quarantined if it is ever transformed; here it is only history.
+        if let Err(error) = result {
+            warn!(blob = name.to_name(), %error, "skipping unreadable blob in dedupe replay")
         }
     }
     Ok(window)
@@ -754,7 +868,7 @@ mod tests {
             offset: seq.to_string(),
             enqueued_time_ms: 1_767_225_600_000 + seq,
             fetched_time_ms: 1_767_225_600_000,
-            payload: format!(r#"{{"id":"evt-{i}","n":{i},"user":{{"name":"u{i}"}}}}"#).into_bytes(),
+            payload: format!(r#"{{"id":"evt-{i}","n":{i},"user":{{"name":"u{i}"}}}}"#).into(),
         }
     }
 
@@ -792,6 +906,7 @@ mod tests {
                 poll_wait: Duration::from_millis(20),
                 transform: None,
                 window_cache: WindowCache::default(),
+                curate_slots: CurateSlots::new(2),
                 probe: ActorProbe::default(),
             }
         }
@@ -936,7 +1051,7 @@ mod tests {
     async fn non_object_payloads_are_dead_lettered_once() {
         let f = Fixture::new().await;
         let mut bad = record(7, 0);
-        bad.payload = b"[not json".to_vec();
+        bad.payload = bytes::Bytes::from_static(b"[not json");
         let batch = RawBatch {
             hub: "ingest".into(),
             partition: 1,
@@ -1020,20 +1135,21 @@ mod tests {
                     offset: i.to_string(),
                     enqueued_time_ms: 0,
                     fetched_time_ms: 0,
-                    payload: b"{}".to_vec(),
+                    payload: bytes::Bytes::from_static(b"{}"),
                 })
                 .collect(),
         };
-        assert_eq!(first.filter(batch.clone()).unwrap().records.len(), 2);
+        let inputs = CurateInput::from_raw(&batch);
+        assert_eq!(first.filter_inputs(inputs.clone()).unwrap().len(), 2);
         // Filtered but not committed (a crash here): stale, so rebuilt.
         assert!(!first.is_valid_at(0) && !first.is_valid_at(2));
         first.mark_valid_at(2).unwrap();
         let second = cache.claim();
         assert!(second.is_valid_at(2), "a restart reuses it");
         // The first actor, still winding down, can no longer touch it.
-        assert!(first.filter(batch.clone()).is_err());
+        assert!(first.filter_inputs(inputs.clone()).is_err());
         assert!(first.mark_valid_at(4).is_err());
-        assert_eq!(second.filter(batch).unwrap().records.len(), 0, "remembered");
+        assert_eq!(second.filter_inputs(inputs).unwrap().len(), 0, "remembered");
         assert_eq!(second.len(), 2);
     }
 }

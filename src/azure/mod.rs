@@ -111,6 +111,7 @@ pub async fn azure_backends(settings: &Settings) -> anyhow::Result<Backends> {
                 curated_dir: None,
                 board: Default::default(),
                 pauses: Default::default(),
+                curate_slots: Default::default(),
             });
         }
         None => Backends::embedded(settings).await?,

@@ -728,6 +728,7 @@ mod tests {
             curated_dir: None,
             board: Default::default(),
             pauses: Default::default(),
+            curate_slots: Default::default(),
         };
         backends.ensure_containers(settings).await.unwrap();
         backends

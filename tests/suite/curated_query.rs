@@ -46,6 +46,7 @@ fn write_batch(
             sequence_number: r.seq,
             offset: "0",
             enqueued_time_ms: r.time,
+            fetched_time_ms: r.time,
             payload: &r.payload,
         })
         .collect();

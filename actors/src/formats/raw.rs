@@ -60,8 +60,40 @@ pub struct RawRecord {
     pub offset: String,
     pub enqueued_time_ms: i64,
     pub fetched_time_ms: i64,
-    /// The record as fetched (JSON text), byte for byte.
-    pub payload: Vec<u8>,
+    /// The record as fetched (JSON text), byte for byte. Archived exactly
+    /// as a `Vec<u8>`, from the hub event's buffer without a copy.
+    #[rkyv(with = BytesAsVec)]
+    pub payload: Bytes,
+}
+
+/// Archives [`Bytes`] as an `ArchivedVec<u8>` (the layout of a `Vec<u8>`
+/// field), serializing straight from the shared buffer.
+pub struct BytesAsVec;
+
+impl rkyv::with::ArchiveWith<Bytes> for BytesAsVec {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve_with(field: &Bytes, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(field.len(), resolver, out);
+    }
+}
+
+impl<S> rkyv::with::SerializeWith<Bytes, S> for BytesAsVec
+where
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+{
+    fn serialize_with(field: &Bytes, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::<u8>::serialize_from_slice(field.as_ref(), serializer)
+    }
+}
+
+impl<D: rkyv::rancor::Fallible + ?Sized>
+    rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<u8>, Bytes, D> for BytesAsVec
+{
+    fn deserialize_with(field: &rkyv::vec::ArchivedVec<u8>, _: &mut D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::copy_from_slice(field.as_slice()))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -185,23 +217,28 @@ pub fn read_header(blob: &[u8]) -> Result<RawHeader, RawError> {
     Ok(header)
 }
 
-/// Validate and decode a raw blob.
-pub fn decode(blob: &[u8]) -> Result<RawBatch, RawError> {
+/// The buffer a raw blob's archive is decompressed into, aligned for rkyv.
+/// Reuse one across blobs to keep the allocation.
+#[derive(Default)]
+pub struct RawBuf(rkyv::util::AlignedVec<16>);
+
+/// Validate a raw blob and read it in place: the archive is decompressed
+/// into `buf` and checked by bytecheck, and the records are read from it
+/// without copying (the payloads stay in `buf`).
+pub fn decode_into<'b>(blob: &[u8], buf: &'b mut RawBuf) -> Result<&'b ArchivedRawBatch, RawError> {
     let header = read_header(blob)?;
-    let capacity = header.uncompressed_len as usize;
-    let archive = zstd::bulk::decompress(&blob[HEADER_LEN..], capacity)
+    let len = usize::try_from(header.uncompressed_len)
+        .map_err(|_| RawError::TooLarge(header.uncompressed_len))?;
+    buf.0.clear();
+    buf.0.resize(len, 0);
+    let written = zstd::bulk::decompress_to_buffer(&blob[HEADER_LEN..], &mut buf.0[..])
         .map_err(|e| RawError::Decompress(e.to_string()))?;
-    if archive.len() as u64 != header.uncompressed_len {
+    if written != len {
         return Err(RawError::Decompress(format!(
-            "expected {} bytes, got {}",
-            header.uncompressed_len,
-            archive.len()
+            "expected {len} bytes, got {written}"
         )));
     }
-    // rkyv needs the archive aligned; a Vec<u8> from zstd is not guaranteed to be.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
-    aligned.extend_from_slice(&archive);
-    let batch = rkyv::from_bytes::<RawBatch, rancor::Error>(&aligned)
+    let batch = rkyv::access::<ArchivedRawBatch, rancor::Error>(&buf.0[..])
         .map_err(|e| RawError::Archive(e.to_string()))?;
     if batch.records.len() != header.records as usize {
         return Err(RawError::RecordCount {
@@ -210,6 +247,15 @@ pub fn decode(blob: &[u8]) -> Result<RawBatch, RawError> {
         });
     }
     Ok(batch)
+}
+
+/// Validate and decode a raw blob into owned values (the payloads copied
+/// out); [`decode_into`] reads them in place.
+pub fn decode(blob: &[u8]) -> Result<RawBatch, RawError> {
+    let mut buf = RawBuf::default();
+    let archived = decode_into(blob, &mut buf)?;
+    rkyv::deserialize::<RawBatch, rancor::Error>(archived)
+        .map_err(|e| RawError::Archive(e.to_string()))
 }
 
 #[derive(Serialize)]
@@ -279,7 +325,7 @@ mod tests {
                     offset: (100 + i).to_string(),
                     enqueued_time_ms: 1_700_000_000_000 + i as i64,
                     fetched_time_ms: 1_700_000_000_000,
-                    payload: format!(r#"{{"id":"evt-{i}","n":{i}}}"#).into_bytes(),
+                    payload: format!(r#"{{"id":"evt-{i}","n":{i}}}"#).into(),
                 })
                 .collect(),
         }
@@ -321,6 +367,30 @@ mod tests {
             let mut bad = encoded.clone();
             bad[at] ^= 0x40;
             assert!(decode(&bad).is_err(), "flip at {at} decoded");
+        }
+    }
+
+    #[test]
+    fn decoding_in_place_reads_what_was_written_and_refuses_what_decode_refuses() {
+        let b = batch(300);
+        let encoded = encode(&b, 3).unwrap();
+        let mut buf = RawBuf::default();
+        let view = decode_into(&encoded, &mut buf).unwrap();
+        assert_eq!(view.records.len(), 300);
+        assert_eq!(view.first_seq.to_native(), b.first_seq);
+        for (a, r) in view.records.iter().zip(&b.records) {
+            assert_eq!(a.id.as_str(), r.id);
+            assert_eq!(a.payload.as_slice(), &r.payload[..]);
+            assert_eq!(a.sequence_number.to_native(), r.sequence_number);
+        }
+        let small = encode(&batch(20), 3).unwrap();
+        for len in 0..small.len() {
+            assert!(decode_into(&small[..len], &mut buf).is_err(), "{len}");
+        }
+        for at in 0..small.len() {
+            let mut bad = small.clone();
+            bad[at] ^= 0x40;
+            assert!(decode_into(&bad, &mut buf).is_err(), "flip at {at}");
         }
     }
 
