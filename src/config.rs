@@ -137,6 +137,10 @@ pub struct BatchConfig {
     pub max_records: usize,
     pub max_bytes: usize,
     pub max_age_ms: u64,
+    /// Cut a batch once nothing more arrived for this long (the partition
+    /// caught up), so the tail of a load or a quiet source is not held for
+    /// `max_age_ms`.
+    pub idle_ms: u64,
     /// zstd level of raw blobs (1..=22).
     pub zstd_level: i32,
 }
@@ -147,6 +151,7 @@ impl Default for BatchConfig {
             max_records: 10_000,
             max_bytes: 8 * 1024 * 1024,
             max_age_ms: 2_000,
+            idle_ms: 100,
             zstd_level: 3,
         }
     }
@@ -377,6 +382,9 @@ impl Config {
         if self.batch.max_records == 0 {
             return Err(field("batch.max_records", "must be at least 1"));
         }
+        if self.batch.idle_ms == 0 || self.batch.idle_ms > self.batch.max_age_ms.max(1) {
+            return Err(field("batch.idle_ms", "must be 1..=batch.max_age_ms"));
+        }
         if self.batch.max_bytes < 1024 {
             return Err(field("batch.max_bytes", "must be at least 1024"));
         }
@@ -449,6 +457,7 @@ impl Config {
             max_records: self.batch.max_records,
             max_bytes: self.batch.max_bytes,
             max_age: Duration::from_millis(self.batch.max_age_ms),
+            idle: Duration::from_millis(self.batch.idle_ms),
         };
         let curate = CurateOptions {
             zstd_level: self.transform.zstd_level,
@@ -562,6 +571,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("storage.raw_container"), "{err}");
+        for idle in ["idle_ms = 0", "idle_ms = 5000\nmax_age_ms = 2000"] {
+            let err = parse(&format!("[batch]\n{idle}\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("batch.idle_ms"), "{err}");
+        }
     }
 
     #[test]

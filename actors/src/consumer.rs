@@ -21,12 +21,15 @@ use tracing::{info, warn};
 use crate::blob_writer::WriterMsg;
 use crate::ports::{Hub, PartitionReceiver, ReceivedEvent, StartPosition};
 
-/// When a batch is cut.
+/// When a batch is cut: full (records or bytes), old (`max_age` since its
+/// first event), or idle (nothing more arrived for `idle`, so the partition
+/// has caught up: waiting longer would only delay what is there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchLimits {
     pub max_records: usize,
     pub max_bytes: usize,
     pub max_age: Duration,
+    pub idle: Duration,
 }
 
 impl Default for BatchLimits {
@@ -35,6 +38,7 @@ impl Default for BatchLimits {
             max_records: 10_000,
             max_bytes: 8 * 1024 * 1024,
             max_age: Duration::from_secs(5),
+            idle: Duration::from_millis(100),
         }
     }
 }
@@ -199,6 +203,7 @@ async fn pull(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
         Some(started) => limits
             .max_age
             .saturating_sub(started.elapsed())
+            .min(limits.idle)
             .min(state.params.max_wait),
         None => state.params.max_wait,
     };
@@ -207,6 +212,8 @@ async fn pull(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
         .saturating_sub(state.pending.len())
         .max(1);
     let events = state.receiver.receive(room, wait).await?;
+    // Nothing came while a batch waited: the partition is caught up.
+    let idle = events.is_empty() && !state.pending.is_empty();
     if !events.is_empty() && state.batch_started.is_none() {
         state.batch_started = Some(Instant::now());
     }
@@ -218,7 +225,7 @@ async fn pull(state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
     let old = state
         .batch_started
         .is_some_and(|started| started.elapsed() >= limits.max_age);
-    if !state.pending.is_empty() && (full || old) {
+    if !state.pending.is_empty() && (full || old || idle) {
         flush(state).await?;
     }
     Ok(())
@@ -360,10 +367,40 @@ mod tests {
             max_records: 10,
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(2),
+            idle: Duration::from_secs(60),
         };
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 25).await;
         assert_eq!(raw_ranges(&blobs).await, vec![(0, 9), (10, 19), (20, 24)]);
+        consumer.stop(None);
+        writer.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_partition_cuts_its_batch_before_max_age() {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        let blobs = Arc::new(MemoryBlobStore::new());
+        blobs.create_container("raw").await.unwrap();
+        blobs.create_container("state").await.unwrap();
+        publish(&hub, 0, 0..7).await;
+        let limits = BatchLimits {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+            idle: Duration::from_millis(100),
+        };
+        let started = tokio::time::Instant::now();
+        let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
+        wait_for_position(&probe, 7).await;
+        assert_eq!(raw_ranges(&blobs).await, vec![(0, 6)]);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cut by idleness, not age"
+        );
+        // Events that arrive later start a batch of their own.
+        publish(&hub, 0, 7..9).await;
+        wait_for_position(&probe, 9).await;
+        assert_eq!(raw_ranges(&blobs).await, vec![(0, 6), (7, 8)]);
         consumer.stop(None);
         writer.stop(None);
     }
@@ -379,6 +416,7 @@ mod tests {
             max_records: 10,
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(100),
+            idle: Duration::from_secs(60),
         };
         let (writer, consumer, probe) = start_with(hub.clone(), blobs.clone(), limits, true).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -402,6 +440,7 @@ mod tests {
             max_records: 10,
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(1),
+            idle: Duration::from_secs(60),
         };
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 10).await;
@@ -425,6 +464,7 @@ mod tests {
             max_records: 2,
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(1),
+            idle: Duration::from_secs(60),
         };
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         writer.kill();
@@ -491,6 +531,7 @@ mod tests {
             max_records: 500,
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(1),
+            idle: Duration::from_secs(60),
         };
         let (consumer, _) = Actor::spawn(
             None,
