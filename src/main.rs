@@ -13,6 +13,12 @@ use hubflow::query::{self, OutputFormat};
 use hubflow::service::{self, Hooks, RunOptions, ServiceError};
 use hubflow::telemetry::{self, LogControl};
 
+/// mimalloc: per-thread free lists suit the data path, which allocates and
+/// frees a page's and a batch's buffers on different threads (BENCHMARKS.md
+/// has the measurement against the system allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hubflow",
@@ -208,7 +214,21 @@ async fn main_inner(cli: Cli, logs: LogControl) -> anyhow::Result<()> {
     }
 }
 
+/// Transparent huge pages off for this process: the data path allocates and
+/// frees batch-sized buffers, and with THP every first touch of a fresh
+/// region zeroes 2 MiB (the kernel's `clear_page` was the largest single
+/// cost of a load before this, BENCHMARKS.md) and counts 2 MiB of RSS.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integer arguments
+    // and only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let logs = init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -149,8 +149,16 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     }
 
     let interactive = std::io::stderr().is_terminal();
-    let mut tick =
-        tokio::time::interval(options.status_every.unwrap_or(Duration::from_millis(500)));
+    // An exit-when-idle run checks progress often (the check reads a few
+    // small records, and a run should end as soon as it is done); the
+    // status line keeps its own pace.
+    let every = if options.exit_when_idle {
+        Duration::from_millis(100)
+    } else {
+        options.status_every.unwrap_or(Duration::from_millis(500))
+    };
+    let mut tick = tokio::time::interval(every);
+    let mut printed: Option<tokio::time::Instant> = None;
     let mut idle_checks = 0;
     let stop = loop {
         tokio::select! {
@@ -165,7 +173,10 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
                         continue;
                     }
                 };
-                if options.status_every.is_some() {
+                if let Some(status_every) = options.status_every
+                    && printed.is_none_or(|at| at.elapsed() >= status_every)
+                {
+                    printed = Some(tokio::time::Instant::now());
                     print_status(&progress, &pipeline, interactive);
                 }
                 if pipeline.root.snapshot().state == hubflow_supervision::NodeState::Failed {
