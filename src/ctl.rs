@@ -43,6 +43,12 @@ pub struct CtlArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
+    /// Liveness: GET /healthz; exit status 0 only on 200 (container
+    /// healthchecks; needs no token).
+    Health,
+    /// Readiness: GET /readyz; exit status 0 only on 200, otherwise the
+    /// reason the node is not ready (needs no token).
+    Ready,
     /// The status tree, progress and versions.
     Status,
     /// Pause a source (`--source NAME`) or all ingest (`--ingest`).
@@ -240,6 +246,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     };
     match args.command {
+        CtlCommand::Health => {
+            let v = client.get("/healthz").await?;
+            print(&v, "ok".to_string());
+        }
+        CtlCommand::Ready => {
+            let v = client.get("/readyz").await?;
+            print(&v, "ready".to_string());
+        }
         CtlCommand::Status => {
             let status = client.get("/status").await?;
             print(&status, render_status(&status));

@@ -11,10 +11,11 @@
 //!   summary, body schema, handler) and every handler;
 //! - [`openapi`]: the OpenAPI 3 document, built from the same table.
 //!
-//! Access: read endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`,
-//! `/openapi.json`, listings) are open on a loopback address; every control
-//! call needs `Authorization: Bearer <token>`, and on a non-loopback address
-//! every call does. With no token configured, control calls are refused, and
+//! Access: the probes (`/healthz`, `/readyz`) are open on every address,
+//! for kubelets and container healthchecks; read endpoints (`/metrics`,
+//! `/status`, `/openapi.json`, listings) are open on a loopback address;
+//! every control call needs `Authorization: Bearer <token>`, and on a
+//! non-loopback address every call but the probes does. With no token configured, control calls are refused, and
 //! the server refuses to start on a non-loopback address.
 
 pub mod auth;

@@ -41,10 +41,12 @@ pub fn document(routes: &[Route]) -> Value {
         if route.body.is_some() || !path_params(route.path).is_empty() {
             responses.insert("400".into(), error_response("invalid input"));
         }
-        responses.insert(
-            "401".into(),
-            error_response("missing or wrong bearer token (control calls; every call on a non-loopback address)"),
-        );
+        if route.access != Access::Probe {
+            responses.insert(
+                "401".into(),
+                error_response("missing or wrong bearer token (control calls; every call on a non-loopback address)"),
+            );
+        }
         if route.access == Access::Control {
             responses.insert(
                 "403".into(),

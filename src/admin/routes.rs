@@ -37,6 +37,10 @@ use crate::telemetry::{self, LogError};
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Liveness and readiness: open on every address, so a kubelet, a load
+    /// balancer or a container healthcheck can probe without the token.
+    /// They answer a state, never data or configuration.
+    Probe,
     /// Open on a loopback address; needs the token on any other.
     Read,
     /// Always needs the token (changes the running state).
@@ -105,10 +109,10 @@ impl Route {
 
 /// Every endpoint of the admin API.
 pub fn routes() -> Vec<Route> {
-    use Access::{Control, Read};
+    use Access::{Control, Probe, Read};
     vec![
-        Route::get("/healthz", Read, "The process is alive", healthz),
-        Route::get("/readyz", Read, "The pipeline is started and its root supervisor has not failed (503 otherwise)", readyz),
+        Route::get("/healthz", Probe, "The process is alive", healthz),
+        Route::get("/readyz", Probe, "The pipeline is started and its root supervisor has not failed (503 otherwise)", readyz),
         Route::get("/metrics", Read, "Prometheus text exposition of every metric", metrics),
         Route::get("/status", Read, "Supervision status tree, progress from durable state, versions and replay jobs", status),
         Route::get("/openapi.json", Read, "This document", openapi_json),
@@ -133,12 +137,17 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The admin router. `require_token_everywhere` is set on non-loopback
-/// addresses: then read routes need the token too.
+/// addresses: then read routes need the token too (probes never do).
 pub fn router(state: AdminState, require_token_everywhere: bool) -> Router {
     let mut router = Router::new();
     for route in routes() {
         let mut handler = route.handler;
-        if route.access == Access::Control || require_token_everywhere {
+        let needs_token = match route.access {
+            Access::Probe => false,
+            Access::Read => require_token_everywhere,
+            Access::Control => true,
+        };
+        if needs_token {
             handler =
                 handler.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         }

@@ -44,13 +44,19 @@ fn config(dir: &std::path::Path, url: &str, token: Option<&str>) -> Config {
 }
 
 async fn start(total: u64, token: Option<&str>) -> Node {
+    start_on(total, token, "127.0.0.1:0").await
+}
+
+async fn start_on(total: u64, token: Option<&str>, listen: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let demo = common::DemoServer::start(DemoConfig {
         total,
         ..DemoConfig::default()
     })
     .await;
-    let settings = config(dir.path(), &demo.url, token).validate().unwrap();
+    let mut config = config(dir.path(), &demo.url, token);
+    config.admin.listen = Some(listen.parse().unwrap());
+    let settings = config.validate().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());
     let hooks = Hooks {
@@ -701,6 +707,60 @@ async fn without_a_token_reads_work_and_control_is_refused() {
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_non_loopback_address_probes_are_open_and_everything_else_needs_the_token() {
+    let mut node = start_on(100, Some(TOKEN), "0.0.0.0:0").await;
+    // The listener answers on loopback too; what counts is where it listens.
+    node.addr = SocketAddr::from(([127, 0, 0, 1], node.addr.port()));
+    let (code, body) = node.get("/healthz").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..300 {
+        ready = node.get("/readyz").await.0;
+        if ready == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, StatusCode::OK);
+    for path in ["/status", "/metrics", "/openapi.json", "/dlq"] {
+        assert_eq!(node.get(path).await.0, StatusCode::UNAUTHORIZED, "{path}");
+        let (code, _) = node
+            .call(reqwest::Method::GET, path, Some(TOKEN), None)
+            .await;
+        assert_eq!(code, StatusCode::OK, "{path} with the token");
+    }
+    // The container healthcheck and a readiness gate, without the token.
+    let (ok, stdout, stderr) = node.ctl(&["health"], None);
+    assert!(ok && stdout.contains("ok"), "{stdout} {stderr}");
+    let (ok, stdout, stderr) = node.ctl(&["ready"], None);
+    assert!(ok && stdout.contains("ready"), "{stdout} {stderr}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn ctl_health_fails_when_nothing_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let out = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        .args([
+            "ctl",
+            "--timeout-secs",
+            "2",
+            "--addr",
+            &addr.to_string(),
+            "health",
+        ])
+        .env_remove("HUBFLOW_ADMIN_TOKEN")
+        .env("HUBFLOW_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("healthz"), "{stderr}");
 }
 
 #[tokio::test]
