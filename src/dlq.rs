@@ -36,7 +36,7 @@ use hubflow_actors::record::{PROP_FETCHED_MS, PROP_ID, PROP_SOURCE};
 use serde::{Deserialize, Serialize};
 
 /// Stage name of records the transformer rejected.
-pub const TRANSFORM_STAGE: &str = "transform";
+pub use hubflow_actors::transformer::TRANSFORM_STAGE;
 /// Stage prefix of responses a source could not use.
 pub const SOURCE_STAGE_PREFIX: &str = "source/";
 

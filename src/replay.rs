@@ -7,10 +7,11 @@
 //! choice of blob where two overlap), decoded with `formats::raw`, passed
 //! through a dedupe window rebuilt from the blobs before the range (as the
 //! transformer does after a restart), and curated with `formats::curated`
-//! and the transform in effect when the replay starts, against the schema
-//! registry (merged through the transformer's [`KnownSchemas`]). Files are written under their deterministic
-//! names, so a replay rewrites what the transformer wrote (or would write):
-//! replaying twice, or a range the transformer also covers, never adds rows.
+//! and the transform in effect when the replay starts, and landed, through
+//! the transformer's own [`curate_batch`] and [`Landing`]: schemas merged
+//! into the registry, files under their deterministic names, so a replay
+//! rewrites what the transformer wrote (or would write): replaying twice,
+//! or a range the transformer also covers, never adds rows.
 //!
 //! A time range selects the blobs holding at least one record enqueued in
 //! it; a blob is always replayed whole (its curated files are named after
@@ -18,7 +19,7 @@
 //!
 //! Rejected records are dead-lettered under the transformer's deterministic
 //! keys, only when that dead letter does not exist yet (a redriven one keeps
-//! its marker). Corrupt blobs are reported and skipped (the transformer
+//! its marker; the transformer does the same). Corrupt blobs are reported and skipped (the transformer
 //! quarantines them; replay does not move blobs).
 //!
 //! [`ReplayJobs`] runs replays as background jobs with observable progress
@@ -30,13 +31,14 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, Utc};
-use hubflow_actors::dead_letter::write_dead_letter_at;
 use hubflow_actors::formats::curated::{self, BatchTransform, CurateInput, CurateOptions};
 use hubflow_actors::formats::raw::{self, RawBatch};
 use hubflow_actors::now_ms;
-use hubflow_actors::ports::{BlobProperties, BlobStore, PutCondition, StateStore};
+use hubflow_actors::ports::{BlobProperties, BlobStore, StateStore};
 use hubflow_actors::record::RawBlobName;
-use hubflow_actors::transformer::{DedupeWindow, KnownSchemas, SchemaRecord};
+use hubflow_actors::transformer::{
+    DedupeWindow, KnownSchemas, Landing, SchemaRecord, curate_batch,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -365,6 +367,13 @@ pub async fn replay(
         schemas: load_known(ctx).await?,
         outputs: BTreeMap::new(),
     };
+    let landing = Landing {
+        registry: &ctx.state,
+        curated: ctx.curated.as_ref(),
+        curated_container: &ctx.curated_container,
+        dead_letters: ctx.dead_letters.as_ref(),
+        dead_letter_container: &ctx.dead_letter_container,
+    };
     for (name, start, _) in chain {
         let blob = name.to_name();
         let mut batch = match read_blob(ctx, &name).await? {
@@ -398,61 +407,22 @@ pub async fn replay(
         let options = ctx.options.clone();
         let snapshot = known.schemas.clone();
         let transform = ctx.transform.clone();
-        let (output, bodies) = tokio::task::spawn_blocking(move || {
+        let curated = tokio::task::spawn_blocking(move || {
             let inputs = CurateInput::from_raw(&batch);
-            let output = curated::curate_with(
+            curate_batch(
                 &inputs,
                 &raw_blob,
                 &stem,
                 &snapshot,
                 &options,
                 transform.as_deref(),
-            )?;
-            // The payloads of rejected records, for their dead letters.
-            let bodies = curated::rejected_payloads(&inputs, &output);
-            Ok::<_, anyhow::Error>((output, bodies))
+            )
         })
         .await??;
-        known.register(&ctx.state, &output).await?;
-        for file in &output.files {
-            ctx.curated
-                .put(
-                    &ctx.curated_container,
-                    &file.path,
-                    file.data.clone(),
-                    PutCondition::None,
-                )
-                .await
-                .with_context(|| format!("writing {}/{}", ctx.curated_container, file.path))?;
-        }
-        for (index, rejected) in output.rejected.iter().enumerate() {
-            let key = format!("{}-{index:06}", name.stem());
-            let info = format!("{}/{key}.json", crate::dlq::TRANSFORM_STAGE);
-            match ctx
-                .dead_letters
-                .properties(&ctx.dead_letter_container, &info)
-                .await
-            {
-                Ok(_) => continue,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
-            let context = serde_json::json!({
-                "raw_blob": blob,
-                "record_id": rejected.id,
-                "source": rejected.source,
-            });
-            write_dead_letter_at(
-                ctx.dead_letters.as_ref(),
-                &ctx.dead_letter_container,
-                crate::dlq::TRANSFORM_STAGE,
-                &key,
-                &rejected.reason,
-                &context,
-                bodies.get(&rejected.id).cloned().unwrap_or_default(),
-            )
+        landing
+            .land(&mut known, &blob, &name.stem(), &curated)
             .await?;
-        }
+        let output = curated.output;
         let rows: u64 = output.files.iter().map(|f| f.rows as u64).sum();
         progress.blobs_done += 1;
         progress.rows += rows;

@@ -42,6 +42,7 @@ use crate::notices::WakeBoard;
 use crate::now_ms;
 use crate::ports::{BlobStore, ETag, PutCondition, StateStore};
 use crate::record::RawBlobName;
+use bytes::Bytes;
 
 #[derive(Debug)]
 pub enum TransformerMsg {
@@ -356,9 +357,7 @@ async fn find_next_blob(
 /// What became of one raw blob on the blocking pool.
 enum Curated {
     Done {
-        output: CuratedOutput,
-        /// The payloads of rejected records, for their dead letters.
-        rejected_bodies: BTreeMap<String, bytes::Bytes>,
+        batch: CuratedBatch,
         dropped: u64,
         /// Records curated per fetch time (a page's records share one).
         fetched: Freshness,
@@ -394,7 +393,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
         let before = inputs.len();
         let inputs = window.filter_inputs(inputs)?;
         let dropped = (before - inputs.len()) as u64;
-        let output = curated::curate_with(
+        let batch = curate_batch(
             &inputs,
             &raw_blob,
             &stem,
@@ -402,23 +401,20 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
             &options,
             transform.as_deref(),
         )?;
-        let rejected_bodies = curated::rejected_payloads(&inputs, &output);
         let fetched = Freshness::of(&inputs);
         Ok::<_, anyhow::Error>(Curated::Done {
-            output,
-            rejected_bodies,
+            batch,
             dropped,
             fetched,
         })
     })
     .await??;
-    let (output, rejected_bodies, dropped, fetched) = match curated {
+    let (batch, dropped, fetched) = match curated {
         Curated::Done {
-            output,
-            rejected_bodies,
+            batch,
             dropped,
             fetched,
-        } => (output, rejected_bodies, dropped, fetched),
+        } => (batch, dropped, fetched),
         Curated::Corrupt(error) => {
             warn!(partition = params.partition, blob, %error, "corrupt raw blob, quarantining");
             raw::quarantine(
@@ -434,40 +430,17 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
         }
     };
 
-    state.known.register(&state.params.state, &output).await?;
-    for file in &output.files {
-        params
-            .curated
-            .put(
-                &params.curated_container,
-                &file.path,
-                file.data.clone(),
-                PutCondition::None,
-            )
-            .await?;
-    }
-    for (index, rejected) in output.rejected.iter().enumerate() {
-        let context = serde_json::json!({
-            "raw_blob": blob,
-            "record_id": rejected.id,
-            "source": rejected.source,
-        });
-        let key = format!("{}-{index:06}", name.stem());
-        let body = rejected_bodies
-            .get(&rejected.id)
-            .cloned()
-            .unwrap_or_default();
-        write_dead_letter_at(
-            params.dead_letters.as_ref(),
-            &params.dead_letter_container,
-            "transform",
-            &key,
-            &rejected.reason,
-            &context,
-            body,
-        )
+    let landing = Landing {
+        registry: &params.state,
+        curated: params.curated.as_ref(),
+        curated_container: &params.curated_container,
+        dead_letters: params.dead_letters.as_ref(),
+        dead_letter_container: &params.dead_letter_container,
+    };
+    landing
+        .land(&mut state.known, &blob, &name.stem(), &batch)
         .await?;
-    }
+    let output = batch.output;
     for conflict in &output.conflicts {
         warn!(partition = params.partition, ?conflict, "schema widened");
     }
@@ -519,6 +492,111 @@ impl Freshness {
             let seconds = (committed_ms - fetched_ms).max(0) as f64 / 1000.0;
             histogram.record_many(seconds, usize::try_from(*count).unwrap_or(usize::MAX));
         }
+    }
+}
+
+/// Stage name of the dead letters of records the transformer rejected.
+pub const TRANSFORM_STAGE: &str = "transform";
+
+/// A raw blob's records curated, with the payloads of the rejected ones
+/// (for their dead letters).
+pub struct CuratedBatch {
+    pub output: CuratedOutput,
+    pub rejected_bodies: BTreeMap<String, Bytes>,
+}
+
+/// Curate the records of one raw blob (blocking: call it on a blocking
+/// thread). The transformer and replay both curate through it.
+pub fn curate_batch(
+    inputs: &[CurateInput<'_>],
+    raw_blob: &str,
+    stem: &str,
+    known: &BTreeMap<String, SchemaRef>,
+    options: &CurateOptions,
+    transform: Option<&dyn BatchTransform>,
+) -> Result<CuratedBatch, curated::CurateError> {
+    let output = curated::curate_with(inputs, raw_blob, stem, known, options, transform)?;
+    let rejected_bodies = curated::rejected_payloads(inputs, &output);
+    Ok(CuratedBatch {
+        output,
+        rejected_bodies,
+    })
+}
+
+/// Where curated batches land: the schema registry, the curated container
+/// and the dead letters. The transformer and replay both land through it.
+pub struct Landing<'a> {
+    pub registry: &'a StateStore,
+    pub curated: &'a dyn BlobStore,
+    pub curated_container: &'a str,
+    pub dead_letters: &'a dyn BlobStore,
+    pub dead_letter_container: &'a str,
+}
+
+impl Landing<'_> {
+    /// Land the curated batch of raw blob `blob` (its name in the raw
+    /// container; `stem` names its files and dead letters): the schemas
+    /// into the registry first, so a query always finds a schema covering
+    /// every file; then the files (deterministic names: landing again
+    /// rewrites the same bytes); then one dead letter per rejected record,
+    /// unless it is there already (a restart or a replay must not undo an
+    /// operator's redrive mark).
+    pub async fn land(
+        &self,
+        known: &mut KnownSchemas,
+        blob: &str,
+        stem: &str,
+        batch: &CuratedBatch,
+    ) -> anyhow::Result<()> {
+        let output = &batch.output;
+        known.register(self.registry, output).await?;
+        for file in &output.files {
+            self.curated
+                .put(
+                    self.curated_container,
+                    &file.path,
+                    file.data.clone(),
+                    PutCondition::None,
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("writing {}/{}: {e}", self.curated_container, file.path)
+                })?;
+        }
+        for (index, rejected) in output.rejected.iter().enumerate() {
+            let key = format!("{stem}-{index:06}");
+            let info = format!("{TRANSFORM_STAGE}/{key}.json");
+            match self
+                .dead_letters
+                .properties(self.dead_letter_container, &info)
+                .await
+            {
+                Ok(_) => continue,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            let context = serde_json::json!({
+                "raw_blob": blob,
+                "record_id": rejected.id,
+                "source": rejected.source,
+            });
+            let body = batch
+                .rejected_bodies
+                .get(&rejected.id)
+                .cloned()
+                .unwrap_or_default();
+            write_dead_letter_at(
+                self.dead_letters,
+                self.dead_letter_container,
+                TRANSFORM_STAGE,
+                &key,
+                &rejected.reason,
+                &context,
+                body,
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -870,6 +948,69 @@ mod tests {
             fetched_time_ms: 1_767_225_600_000,
             payload: format!(r#"{{"id":"evt-{i}","n":{i},"user":{{"name":"u{i}"}}}}"#).into(),
         }
+    }
+
+    #[tokio::test]
+    async fn landing_again_rewrites_files_and_keeps_existing_dead_letters() {
+        let blobs = Arc::new(MemoryBlobStore::new());
+        for c in ["curated", "state", "dlq"] {
+            blobs.create_container(c).await.unwrap();
+        }
+        let good = record(1, 0);
+        let mut bad = record(2, 1);
+        bad.payload = Bytes::from_static(b"{\"id\": \"evt-2\", broken");
+        let raw = RawBatch {
+            hub: "ingest".into(),
+            partition: 0,
+            first_seq: 0,
+            last_seq: 1,
+            created_ms: 0,
+            records: vec![good, bad],
+        };
+        let inputs = CurateInput::from_raw(&raw);
+        let batch = curate_batch(
+            &inputs,
+            "raw/blob",
+            "stem",
+            &BTreeMap::new(),
+            &CurateOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(batch.output.rejected.len(), 1);
+        let registry = StateStore::new(blobs.clone(), "state");
+        let landing = Landing {
+            registry: &registry,
+            curated: blobs.as_ref(),
+            curated_container: "curated",
+            dead_letters: blobs.as_ref(),
+            dead_letter_container: "dlq",
+        };
+        let mut known = KnownSchemas::default();
+        landing
+            .land(&mut known, "blob", "stem", &batch)
+            .await
+            .unwrap();
+        let info = format!("{TRANSFORM_STAGE}/stem-000000.json");
+        let (body, _) = blobs
+            .get("dlq", &format!("{TRANSFORM_STAGE}/stem-000000.body"))
+            .await
+            .unwrap();
+        assert_eq!(&body[..], &b"{\"id\": \"evt-2\", broken"[..]);
+        // An operator marks it (a redrive); landing again must keep that.
+        let marked = Bytes::from_static(b"{\"redriven\": true}");
+        blobs
+            .put("dlq", &info, marked.clone(), PutCondition::None)
+            .await
+            .unwrap();
+        let mut known = KnownSchemas::default();
+        landing
+            .land(&mut known, "blob", "stem", &batch)
+            .await
+            .unwrap();
+        assert_eq!(blobs.get("dlq", &info).await.unwrap().0, marked);
+        let files = blobs.list("curated", "").await.unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
     }
 
     struct Fixture {
