@@ -164,6 +164,9 @@ pub struct FetcherConfig {
     pub poll_interval_ms: u64,
     /// Events per hub publish call.
     pub max_publish_events: usize,
+    /// Pages requested ahead of the publishes (1..=256); the pages ready
+    /// when a publish starts are made durable together.
+    pub read_ahead_pages: usize,
     /// First retry delay after a transient source error; doubles up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -174,6 +177,7 @@ impl Default for FetcherConfig {
         FetcherConfig {
             poll_interval_ms: 2_000,
             max_publish_events: 500,
+            read_ahead_pages: hubflow_actors::fetcher::READ_AHEAD_PAGES,
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
         }
@@ -395,6 +399,9 @@ impl Config {
             if !(1..=22).contains(&level) {
                 return Err(field(path, "must be 1..=22"));
             }
+        }
+        if !(1..=256).contains(&self.fetcher.read_ahead_pages) {
+            return Err(field("fetcher.read_ahead_pages", "must be 1..=256"));
         }
         if self.fetcher.max_publish_events == 0 {
             return Err(field("fetcher.max_publish_events", "must be at least 1"));

@@ -361,6 +361,7 @@ fn fetcher_spec_with(
         dead_letter_container: cfg.storage.dead_letter_container.clone(),
         poll_interval: Duration::from_millis(cfg.fetcher.poll_interval_ms),
         max_publish_events: cfg.fetcher.max_publish_events,
+        read_ahead_pages: cfg.fetcher.read_ahead_pages,
         retry: RetryDelay {
             initial: Duration::from_millis(cfg.fetcher.retry_initial_ms),
             max: Duration::from_millis(cfg.fetcher.retry_max_ms),

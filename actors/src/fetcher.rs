@@ -3,7 +3,7 @@
 //!
 //! Pages are read ahead: a reader task walks the source from the stored
 //! cursor, following each page's `next`, and hands pages over a bounded
-//! channel ([`READ_AHEAD_PAGES`]), so page N+1 is requested while page N is
+//! channel (`read_ahead_pages`, default [`READ_AHEAD_PAGES`]), so page N+1 is requested while page N is
 //! published. The actor takes every page that is ready (at least one) and
 //! commits them as a group, in order:
 //! 1. group their records by `partition_for_key(id)` and publish all groups
@@ -42,7 +42,7 @@ use crate::retry::{RetryBudget, RetryDelay};
 use crate::{now_ms, write_dead_letter};
 
 /// Pages a reader fetches ahead of the publishes.
-pub const READ_AHEAD_PAGES: usize = 4;
+pub const READ_AHEAD_PAGES: usize = 16;
 /// Records published as one group at most (pages are never split).
 const GROUP_MAX_RECORDS: usize = 20_000;
 
@@ -69,6 +69,9 @@ pub struct FetcherParams {
     pub poll_interval: Duration,
     /// Events per publish call (the hub also bounds bytes).
     pub max_publish_events: usize,
+    /// Pages requested ahead of the publishes (at least 1); the pages
+    /// ready when a publish starts are committed together.
+    pub read_ahead_pages: usize,
     pub retry: RetryDelay,
     /// When to stop retrying in place and fail (the supervisor restarts).
     pub retry_budget: RetryBudget,
@@ -137,8 +140,8 @@ impl Drop for Reader {
 
 impl Reader {
     /// Walks `source` from `cursor` until a page is caught up or fails.
-    fn start(source: Arc<dyn Source>, mut cursor: SourceCursor) -> Reader {
-        let (tx, pages) = mpsc::channel(READ_AHEAD_PAGES);
+    fn start(source: Arc<dyn Source>, mut cursor: SourceCursor, read_ahead: usize) -> Reader {
+        let (tx, pages) = mpsc::channel(read_ahead.max(1));
         let task = tokio::spawn(async move {
             loop {
                 let result = source.fetch(&cursor).await;
@@ -283,9 +286,13 @@ fn schedule(myself: &ActorRef<FetcherMsg>, state: &mut FetcherState, delay: Dura
 /// it with backoff); recoverable conditions are handled inside.
 async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessingErr> {
     let cursor = state.cursor.cursor.clone();
-    let reader = state
-        .reader
-        .get_or_insert_with(|| Reader::start(Arc::clone(&state.params.source), cursor));
+    let reader = state.reader.get_or_insert_with(|| {
+        Reader::start(
+            Arc::clone(&state.params.source),
+            cursor,
+            state.params.read_ahead_pages,
+        )
+    });
     let Some(first) = reader.pages.recv().await else {
         // The reader ended without a page (it panicked): start over.
         state.reader = None;
@@ -642,6 +649,7 @@ mod tests {
             dead_letter_container: "dead-letters".into(),
             poll_interval: Duration::from_secs(60),
             max_publish_events: 7,
+            read_ahead_pages: READ_AHEAD_PAGES,
             retry: RetryDelay::new(Duration::from_millis(10), Duration::from_millis(100)),
             retry_budget: RetryBudget::UNLIMITED,
             probe: ActorProbe::new(),

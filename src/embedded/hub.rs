@@ -928,6 +928,10 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Segments are large blobs: with 64 KiB pages one is read and written
+    // in a few page I/Os instead of hundreds of 4 KiB overflow pages. Only
+    // a new, empty file takes it (an existing hub keeps its page size).
+    conn.pragma_update(None, "page_size", 65536)?;
     // Switching to WAL needs a moment of exclusive access; another process
     // opening the file at the same time can make it report busy.
     let mut attempt = 0;

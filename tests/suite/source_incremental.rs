@@ -471,6 +471,7 @@ async fn run_fetcher(
         dead_letter_container: "dead-letters".into(),
         poll_interval: Duration::from_secs(60),
         max_publish_events: 50,
+        read_ahead_pages: hubflow_actors::fetcher::READ_AHEAD_PAGES,
         retry: RetryDelay::new(Duration::from_millis(5), Duration::from_millis(50)),
         retry_budget: RetryBudget::UNLIMITED,
         probe: ActorProbe::new(),
