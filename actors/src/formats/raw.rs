@@ -130,8 +130,19 @@ fn header_checksum(header: &[u8]) -> u32 {
 
 /// Serialize, compress and frame a batch.
 pub fn encode(batch: &RawBatch, zstd_level: i32) -> Result<Vec<u8>, RawError> {
-    let archive =
-        rkyv::to_bytes::<rancor::Error>(batch).map_err(|e| RawError::Encode(e.to_string()))?;
+    // Sized up front (payloads, their strings and a margin per record), so
+    // the archive does not grow by copying.
+    let estimate = 1024
+        + batch
+            .records
+            .iter()
+            .map(|r| r.payload.len() + r.id.len() + r.source.len() + r.offset.len() + 96)
+            .sum::<usize>();
+    let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+        batch,
+        rkyv::util::AlignedVec::<16>::with_capacity(estimate),
+    )
+    .map_err(|e| RawError::Encode(e.to_string()))?;
     let payload =
         zstd::bulk::compress(&archive, zstd_level).map_err(|e| RawError::Encode(e.to_string()))?;
     let count = u32::try_from(batch.records.len())

@@ -599,8 +599,11 @@ fn curate_impl(
     }
     let mut out = CuratedOutput::default();
 
+    // An upper bound of the elements (a JSON element takes at least two
+    // bytes, `1,`, except a scalar root): the tape never grows by copying,
+    // and the capacity it does not use is never touched, so costs no memory.
     let payload_bytes: usize = records.iter().map(|r| r.payload.len()).sum();
-    let mut tape = Tape::with_capacity(payload_bytes / 8);
+    let mut tape = Tape::with_capacity(payload_bytes / 2 + records.len());
     let mut by_source = accept(records, &mut tape, &mut out.rejected, read);
     for (source, accepted) in by_source.iter_mut() {
         let (data, renames) = infer_with_fallback(
