@@ -289,10 +289,12 @@ pub async fn tree(
     // Sources, partitions and transformers are isolated from each other: one
     // that keeps failing is marked failed (an operator restarts it by path)
     // while the others run on.
-    let mut source_sup =
-        supervisor(SOURCES_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures();
-    let mut ingest_sup =
-        supervisor(INGEST_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures();
+    let mut source_sup = supervisor(SOURCES_SUPERVISOR, Strategy::OneForOne, settings)
+        .isolate_failures()
+        .stop_children_together();
+    let mut ingest_sup = supervisor(INGEST_SUPERVISOR, Strategy::OneForOne, settings)
+        .isolate_failures()
+        .stop_children_together();
     let mut transform_sup = transform_supervisor(settings);
     if !settings.config.cluster.enabled {
         for source in sources {
@@ -311,8 +313,9 @@ pub async fn tree(
     }
     // Every node listens to every landed partition: Event Grid puts a
     // blob's notice on any of them, and a node's transformers need theirs.
-    let mut notices_sup =
-        supervisor(NOTICES_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures();
+    let mut notices_sup = supervisor(NOTICES_SUPERVISOR, Strategy::OneForOne, settings)
+        .isolate_failures()
+        .stop_children_together();
     for landed_partition in backends
         .landed
         .partition_ids()
@@ -526,7 +529,9 @@ pub async fn transform_group_spec(pipeline: &Pipeline) -> anyhow::Result<ChildSp
 }
 
 fn transform_supervisor(settings: &Settings) -> SupervisorSpec {
-    supervisor(TRANSFORM_SUPERVISOR, Strategy::OneForOne, settings).isolate_failures()
+    supervisor(TRANSFORM_SUPERVISOR, Strategy::OneForOne, settings)
+        .isolate_failures()
+        .stop_children_together()
 }
 
 struct FetcherFactory(FetcherParams, Pauses);

@@ -201,6 +201,11 @@ pub struct SupervisorSpec {
     /// escalates to the parent; `false` marks only that child failed and
     /// keeps its siblings running (per-partition isolation).
     pub escalate: bool,
+    /// Stop the children all at once on shutdown instead of one after
+    /// another in reverse start order: for siblings that do not depend on
+    /// each other (one per partition), so a shutdown waits for the slowest
+    /// in-flight message, not for the sum of them.
+    pub stop_together: bool,
     pub children: Vec<ChildSpec>,
 }
 
@@ -213,6 +218,7 @@ impl SupervisorSpec {
             intensity: Intensity::default(),
             health_interval: Duration::from_secs(1),
             escalate: true,
+            stop_together: false,
             children: Vec::new(),
         }
     }
@@ -237,6 +243,13 @@ impl SupervisorSpec {
     /// escalating, so one poisoned partition never stops its siblings.
     pub fn isolate_failures(mut self) -> Self {
         self.escalate = false;
+        self
+    }
+
+    /// The children are independent: stop them concurrently on shutdown
+    /// (see [`SupervisorSpec::stop_together`]).
+    pub fn stop_children_together(mut self) -> Self {
+        self.stop_together = true;
         self
     }
 

@@ -387,13 +387,24 @@ impl Actor for Supervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Graceful: dependents first (reverse start order), each finishing
-        // its in-flight message.
-        for slot in state.slots.iter_mut().rev() {
-            if let Some(cell) = slot.cell.take() {
-                stop_gracefully(cell).await;
+        // Graceful: each child finishes its in-flight message. Dependents
+        // first (reverse start order), or all at once when independent.
+        if state.spec.stop_together {
+            let mut stopping = tokio::task::JoinSet::new();
+            for cell in state.slots.iter_mut().filter_map(|s| s.cell.take()) {
+                stopping.spawn(stop_gracefully(cell));
             }
-            slot.status.set_state(NodeState::Stopped);
+            while stopping.join_next().await.is_some() {}
+            for slot in &state.slots {
+                slot.status.set_state(NodeState::Stopped);
+            }
+        } else {
+            for slot in state.slots.iter_mut().rev() {
+                if let Some(cell) = slot.cell.take() {
+                    stop_gracefully(cell).await;
+                }
+                slot.status.set_state(NodeState::Stopped);
+            }
         }
         if state.status.state() != NodeState::Failed {
             state.status.set_state(NodeState::Stopped);

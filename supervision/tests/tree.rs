@@ -25,6 +25,8 @@ enum WorkerMsg {
     Finish,
     /// Work for a while, then count the work as done.
     Slow(Arc<AtomicU32>),
+    /// `Slow`, then again, until stopped.
+    Loop(Arc<AtomicU32>),
 }
 
 struct Worker;
@@ -70,6 +72,12 @@ impl Actor for Worker {
             WorkerMsg::Finish => {
                 probe.set_exit(ExitReason::Completed);
                 myself.stop(None);
+            }
+            WorkerMsg::Loop(done) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                probe.tick();
+                let _ = myself.send_message(WorkerMsg::Loop(done));
             }
             WorkerMsg::Slow(done) => {
                 probe.set_busy(true);
@@ -709,4 +717,42 @@ async fn a_group_whose_children_fail_during_probation_is_rolled_back() {
     })
     .await;
     Arc::into_inner(root).unwrap().shutdown().await;
+}
+
+/// Shutdown of three siblings that keep working in 200 ms steps (started
+/// 50 ms apart): in reverse order, each finishing its step while the others
+/// start new ones, or all at once when they are independent.
+async fn shutdown_of_three_busy(together: bool) -> Duration {
+    let mut spec = SupervisorSpec::new("root", Strategy::OneForOne)
+        .child(worker("a", Restart::Permanent))
+        .child(worker("b", Restart::Permanent))
+        .child(worker("c", Restart::Permanent));
+    if together {
+        spec = spec.stop_children_together();
+    }
+    let root = start_root(spec).await.unwrap();
+    let done = Arc::new(AtomicU32::new(0));
+    for path in ["root/a", "root/b", "root/c"] {
+        send(&root, path, WorkerMsg::Loop(done.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = tokio::time::Instant::now();
+    root.shutdown().await;
+    assert!(
+        done.load(Ordering::SeqCst) >= 3,
+        "every in-flight step finished"
+    );
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn independent_children_stop_together_dependent_ones_in_order() {
+    let sequential = shutdown_of_three_busy(false).await;
+    let together = shutdown_of_three_busy(true).await;
+    // Paused time: the only time that passes is the workers' sleeps.
+    // Sequential: c's step ends, then b's next one, then a's next one.
+    assert!(sequential >= Duration::from_millis(350), "{sequential:?}");
+    // Together: each finishes the step it is in.
+    assert!(together < Duration::from_millis(250), "{together:?}");
 }
