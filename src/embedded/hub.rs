@@ -993,3 +993,102 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hubflow_actors::ports::{EventData, Hub, PublishTarget, StartPosition};
+
+    /// A file written by schema 1 (one row per event) opens as schema 2
+    /// with every event, offset, enqueued time and property kept, and
+    /// publishing continues after the last migrated sequence number.
+    #[tokio::test]
+    async fn a_schema_1_file_is_converted_to_segments_with_every_event_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        drop(SqliteHub::open(&path, "ingest", 2, None).unwrap());
+        let mut offsets = Vec::new();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DROP TABLE hubflow_segments;
+                 CREATE TABLE hubflow_events (
+                     hub_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+                     sequence_number INTEGER NOT NULL, byte_offset INTEGER NOT NULL,
+                     enqueued_ms INTEGER NOT NULL, body BLOB NOT NULL,
+                     properties TEXT NOT NULL,
+                     PRIMARY KEY (hub_id, partition, sequence_number));",
+            )
+            .unwrap();
+            let hub_id: i64 = conn
+                .query_row(
+                    "SELECT id FROM hubflow_hubs WHERE name = 'ingest'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let mut offset = 0i64;
+            for seq in 0..5i64 {
+                let body = format!("{{\"n\":{seq}}}");
+                conn.execute(
+                    "INSERT INTO hubflow_events VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        hub_id,
+                        seq,
+                        offset,
+                        1_000 + 10 * seq,
+                        body.as_bytes(),
+                        format!("{{\"id\":\"r{seq}\"}}")
+                    ],
+                )
+                .unwrap();
+                offsets.push(offset);
+                offset += body.len() as i64;
+            }
+            conn.execute(
+                "UPDATE hubflow_partitions SET last_sequence = 4, next_offset = ?2,
+                 last_enqueued_ms = 1040 WHERE hub_id = ?1 AND partition = 1",
+                params![hub_id, offset],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+
+        let hub = SqliteHub::open(&path, "ingest", 2, None).unwrap();
+        let mut receiver = hub
+            .open_receiver("$Default", 1, StartPosition::Earliest)
+            .await
+            .unwrap();
+        let events = receiver
+            .receive(100, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 5);
+        for (i, event) in events.iter().enumerate() {
+            let seq = i as i64;
+            assert_eq!(event.sequence_number, seq);
+            assert_eq!(event.offset, offsets[i].to_string());
+            assert_eq!(event.enqueued_time_ms, 1_000 + 10 * seq);
+            assert_eq!(&event.body[..], format!("{{\"n\":{seq}}}").as_bytes());
+            assert_eq!(event.properties.get("id"), Some(&format!("r{seq}")));
+        }
+        hub.publish(PublishTarget::Partition(1), vec![EventData::new("next")])
+            .await
+            .unwrap();
+        let more = receiver
+            .receive(100, Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].sequence_number, 5);
+        let conn = Connection::open(&path).unwrap();
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'hubflow_events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the schema 1 table is gone");
+    }
+}
