@@ -109,14 +109,23 @@ def running_nodes(tree, out):
 
 
 def chaos(admin, rate, stop, counts):
-    """Faults at `rate` per second until `stop` is set."""
+    """Faults at `rate` per second until `stop` is set. The running actors
+    are read from /status once a second, not before every fault, so the
+    rate holds (a fault on an actor that has gone meanwhile is refused and
+    counted as such)."""
     rng = random.Random(7)
     turn = 0
-    while not stop.wait(1.0 / rate):
-        code, status = admin.call("GET", "/status")
-        if code != 200 or not status:
-            continue
-        paths = running_nodes(status.get("tree") or {}, [])
+    paths, read_at = [], 0.0
+    next_at = time.monotonic()
+    while True:
+        next_at += 1.0 / rate
+        if stop.wait(max(0.0, next_at - time.monotonic())):
+            break
+        if time.monotonic() - read_at >= 1.0:
+            code, status = admin.call("GET", "/status")
+            if code == 200 and status:
+                paths = running_nodes(status.get("tree") or {}, [])
+                read_at = time.monotonic()
         for i in range(len(KINDS)):
             kind, pattern = KINDS[(turn + i) % len(KINDS)]
             candidates = [p for p in paths if pattern.match(p)]
