@@ -19,8 +19,9 @@
 //!
 //! Rejected records are dead-lettered under the transformer's deterministic
 //! keys, only when that dead letter does not exist yet (a redriven one keeps
-//! its marker; the transformer does the same). Corrupt blobs are reported and skipped (the transformer
-//! quarantines them; replay does not move blobs).
+//! its marker; the transformer does the same). Corrupt blobs are reported
+//! and skipped (the transformer quarantines them; replay does not move
+//! blobs).
 //!
 //! [`ReplayJobs`] runs replays as background jobs with observable progress
 //! (the admin port's `POST /replay`, `GET /replay/{id}` and `/status`).

@@ -3,9 +3,9 @@
 //!
 //! Pages are read ahead: a reader task walks the source from the stored
 //! cursor, following each page's `next`, and hands pages over a bounded
-//! channel (`read_ahead_pages`, default [`READ_AHEAD_PAGES`]), so page N+1 is requested while page N is
-//! published. The actor takes every page that is ready (at least one) and
-//! commits them as a group, in order:
+//! channel (`read_ahead_pages`, default [`READ_AHEAD_PAGES`]), so page N+1
+//! is requested while page N is published. The actor takes every page that
+//! is ready (at least one) and commits them as a group, in order:
 //! 1. group their records by `partition_for_key(id)` and publish all groups
 //!    in one [`Hub::publish_many`] (the embedded hub makes them durable with
 //!    one transaction);

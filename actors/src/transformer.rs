@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use hubflow_supervision::ActorProbe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,6 @@ use crate::notices::WakeBoard;
 use crate::now_ms;
 use crate::ports::{BlobStore, ETag, PutCondition, StateStore};
 use crate::record::RawBlobName;
-use bytes::Bytes;
 
 #[derive(Debug)]
 pub enum TransformerMsg {
