@@ -205,6 +205,14 @@ pub struct TransformConfig {
     /// [`crate::transform`]); absent: the identity transform.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+    /// `version` and `sql` are only the first version: once the spec log
+    /// (`specs/transform` in the state container) exists, every node runs
+    /// its version. `true` forces the file's spec over it as a new version
+    /// (logged; also the repair of a corrupt log).
+    pub override_stored: bool,
+    /// How often each node reads the spec log to follow swaps made on other
+    /// nodes (ms).
+    pub sync_ms: u64,
 }
 
 /// Who publishes the "landed" notifications (see `hubflow_actors::notices`).
@@ -228,6 +236,8 @@ impl Default for TransformConfig {
             notices: LandedNotices::Writer,
             zstd_level: 3,
             max_row_group_rows: 128 * 1024,
+            override_stored: false,
+            sync_ms: 1_000,
         }
     }
 }
@@ -318,6 +328,15 @@ impl Settings {
     pub fn data_dir(&self) -> &Path {
         &self.config.pipeline.data_dir
     }
+
+    /// This node's id (`[cluster] node_id`, default `<hostname>-<pid>`),
+    /// also outside a cluster: spec logs record who wrote what.
+    pub fn node_id(&self) -> String {
+        self.config
+            .cluster
+            .validate()
+            .map_or_else(|_| "local".to_string(), |c| c.node_id)
+    }
 }
 
 impl Config {
@@ -405,6 +424,9 @@ impl Config {
         }
         if self.fetcher.max_publish_events == 0 {
             return Err(field("fetcher.max_publish_events", "must be at least 1"));
+        }
+        if !(100..=60_000).contains(&self.transform.sync_ms) {
+            return Err(field("transform.sync_ms", "must be 100..=60000"));
         }
         if self.transform.max_row_group_rows == 0 {
             return Err(field("transform.max_row_group_rows", "must be at least 1"));

@@ -76,8 +76,13 @@ pub enum CtlCommand {
     },
     /// Show the log filter, or set it (`info,hubflow_actors=debug`).
     LogLevel { filter: Option<String> },
-    /// The transformation spec in effect, the previous one and the history.
-    Transform,
+    /// The transform: the version in effect, drift from the config file,
+    /// every version (who, when, outcome) and the raw ranges each curated;
+    /// `rollback` and `backfill` change it.
+    Transform {
+        #[command(subcommand)]
+        command: Option<TransformCommand>,
+    },
     /// Hot-swap the transformation spec (validated, dry-run, drained and
     /// replaced, rolled back automatically if it fails its probation).
     Swap {
@@ -91,6 +96,28 @@ pub enum CtlCommand {
         sql_file: Option<std::path::PathBuf>,
         #[arg(long)]
         probation_secs: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransformCommand {
+    /// Swap back to an earlier version on every node (dry run and
+    /// probation as a swap).
+    Rollback {
+        /// The version to return to; default: the newest promoted one
+        /// before the active version.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        probation_secs: Option<u64>,
+    },
+    /// Replay everything curated since version SINCE first ran, with
+    /// version WITH (default: the active one): one replay per partition.
+    Backfill {
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        with: Option<String>,
     },
 }
 
@@ -115,6 +142,9 @@ pub struct ReplayArgs {
     pub from_time: Option<String>,
     #[arg(long)]
     pub to_time: Option<String>,
+    /// The transform version to curate with; default: the active version.
+    #[arg(long = "version")]
+    pub version: Option<String>,
     /// Print the job id and return at once.
     #[arg(long)]
     pub no_wait: bool,
@@ -195,6 +225,13 @@ impl Client {
         let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        // Who asks, for the spec log's history (`by`).
+        if let Some(user) = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty() && u.len() <= 64 && u.is_ascii())
+        {
+            request = request.header("x-hubflow-operator", user);
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -319,27 +356,54 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 format!("log filter: {}", v["filter"].as_str().unwrap_or("?")),
             );
         }
-        CtlCommand::Transform => {
+        CtlCommand::Transform { command: None } => {
             let v = client.get("/transform").await?;
-            let history: Vec<String> = v["history"]
+            print(&v, render_transform(&v));
+        }
+        CtlCommand::Transform {
+            command: Some(TransformCommand::Rollback { to, probation_secs }),
+        } => {
+            let mut body = json!({});
+            if let Some(to) = &to {
+                body["to"] = json!(to);
+            }
+            if let Some(p) = probation_secs {
+                body["probation_secs"] = json!(p);
+            }
+            let v = client.post("/transform/rollback", &body).await?;
+            print(&v, swap_text(&v));
+        }
+        CtlCommand::Transform {
+            command: Some(TransformCommand::Backfill { since, with }),
+        } => {
+            let mut body = json!({ "since": since });
+            if let Some(with) = &with {
+                body["with"] = json!(with);
+            }
+            let v = client.post("/transform/backfill", &body).await?;
+            let jobs: Vec<String> = v["jobs"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|e| {
+                .map(|j| {
                     format!(
-                        "  {} {}",
-                        e["version"].as_str().unwrap_or("?"),
-                        e["outcome"].as_str().unwrap_or("?")
+                        "  partition {}: sequences {}..={} (replay {})",
+                        j["partition"], j["from_sequence"], j["to_sequence"], j["id"]
                     )
                 })
                 .collect();
             print(
                 &v,
                 format!(
-                    "active: {}\nprevious: {}\nhistory:\n{}",
-                    v["active"]["version"].as_str().unwrap_or("?"),
-                    v["previous"]["version"].as_str().unwrap_or("-"),
-                    history.join("\n")
+                    "backfill of everything since {since} with transform version {} (dry run: {} rows in, {} out):\n{}",
+                    v["with"].as_str().unwrap_or("?"),
+                    v["dry_run"]["rows_in"],
+                    v["dry_run"]["rows_out"],
+                    if jobs.is_empty() {
+                        "  nothing to replay".to_string()
+                    } else {
+                        jobs.join("\n")
+                    }
                 ),
             );
         }
@@ -362,16 +426,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 body["probation_secs"] = json!(p);
             }
             let v = client.post("/transform", &body).await?;
-            let text = match v["outcome"].as_str() {
-                Some("promoted") => format!("{label} is active"),
-                Some("rolled_back") => format!(
-                    "{label} failed and was rolled back to {}: {}",
-                    v["restored"].as_str().unwrap_or("?"),
-                    v["error"].as_str().unwrap_or("?")
-                ),
-                _ => v.to_string(),
-            };
-            print(&v, text);
+            print(&v, swap_text(&v));
         }
         CtlCommand::Replay(replay) => run_replay(&client, replay, json_out).await?,
         CtlCommand::Dlq { command } => match command {
@@ -440,6 +495,72 @@ fn target_body(target: &Target) -> Value {
     }
 }
 
+/// A swap's or rollback's answer as text.
+fn swap_text(v: &Value) -> String {
+    let version = v["version"].as_str().unwrap_or("?");
+    match v["outcome"].as_str() {
+        Some("promoted") => format!("{version} (seq {}) is active on every node", v["seq"]),
+        Some("rolled_back") => format!(
+            "{version} failed and was rolled back to {} on every node: {}",
+            v["restored"].as_str().unwrap_or("?"),
+            v["error"].as_str().unwrap_or("?")
+        ),
+        _ => v.to_string(),
+    }
+}
+
+/// `GET /transform` as text: what runs, drift, the versions and their ranges.
+pub fn render_transform(v: &Value) -> String {
+    let mut out = format!(
+        "running: {} (seq {})\nconfig file: {}{}\n",
+        v["active"]["version"].as_str().unwrap_or("?"),
+        v["seq"],
+        v["config"]["version"].as_str().unwrap_or("?"),
+        if v["drift"] == true {
+            " (differs from the running version: the spec log wins)"
+        } else {
+            ""
+        }
+    );
+    if let Some(p) = v["log"]["probation"].as_object() {
+        out.push_str(&format!("in probation: seq {}\n", p["seq"]));
+    }
+    out.push_str("versions:\n");
+    for e in v["log"]["entries"].as_array().into_iter().flatten() {
+        let version = e["version"].as_str().unwrap_or("?");
+        out.push_str(&format!(
+            "  {:>4} {:<16} {:<11} {:<8} by {} on {}{}\n",
+            e["seq"],
+            version,
+            e["outcome"].as_str().unwrap_or("?"),
+            e["origin"].as_str().unwrap_or("?"),
+            e["by"].as_str().unwrap_or("?"),
+            e["node"].as_str().unwrap_or("?"),
+            e["detail"]
+                .as_str()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ));
+        let ranges = &v["ranges"][version];
+        for r in ranges["curated"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "         curated p{} sequences {}..{}\n",
+                r["partition"], r["from_sequence"], r["to_sequence"]
+            ));
+        }
+        for r in ranges["replayed"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "         replayed p{} ({} rows, job {} {})\n",
+                r["partition"],
+                r["rows"],
+                r["job"],
+                r["state"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    out
+}
+
 fn list(v: &Value) -> String {
     v.as_array()
         .map(|a| {
@@ -458,6 +579,7 @@ async fn run_replay(client: &Client, args: ReplayArgs, json_out: bool) -> anyhow
         ("to_sequence", args.to_sequence.map(|v| json!(v))),
         ("from_time", args.from_time.map(|v| json!(v))),
         ("to_time", args.to_time.map(|v| json!(v))),
+        ("version", args.version.clone().map(|v| json!(v))),
     ] {
         if let Some(v) = value {
             body[key] = v;
@@ -467,6 +589,17 @@ async fn run_replay(client: &Client, args: ReplayArgs, json_out: bool) -> anyhow
     let id = started["id"]
         .as_u64()
         .context("the server did not return a replay id")?;
+    // Say which version rewrites the files before following the job.
+    eprintln!(
+        "replay {id} of partition {} curates with transform version {}{}",
+        args.partition,
+        started["transform_version"].as_str().unwrap_or("?"),
+        if args.version.is_some() {
+            " (as asked)"
+        } else {
+            " (the active version; --version picks another)"
+        }
+    );
     if args.no_wait {
         if json_out {
             println!("{}", serde_json::to_string_pretty(&started)?);
@@ -483,7 +616,8 @@ async fn run_replay(client: &Client, args: ReplayArgs, json_out: bool) -> anyhow
     let progress = loop {
         let progress = client.get(&format!("/replay/{id}")).await?;
         let line = format!(
-            "replay {id}: {}/{} blobs, {} rows, {} files{}",
+            "replay {id} ({}): {}/{} blobs, {} rows, {} files{}",
+            progress["transform_version"].as_str().unwrap_or("?"),
             progress["blobs_done"],
             progress["blobs_total"],
             progress["rows"],

@@ -28,7 +28,9 @@
 //! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
 //!   used by the chaos tests and the chaos throughput benchmark.
 //! - [`transform`]: transformation specs (SQL over each curated batch,
-//!   versioned), their dry run and hot swap with automatic roll back.
+//!   versioned), their dry run and hot swap with automatic roll back, kept
+//!   durable and applied on every node through [`specs`], the versioned
+//!   spec logs in the state container.
 //! - [`testkit`]: the port contract suites every backend must pass.
 
 pub mod admin;
@@ -46,6 +48,7 @@ pub mod query;
 pub mod replay;
 pub mod service;
 pub mod source;
+pub mod specs;
 pub mod telemetry;
 pub mod testkit;
 pub mod transform;

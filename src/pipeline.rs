@@ -153,6 +153,13 @@ impl Pipeline {
         sources: Vec<Arc<dyn Source>>,
     ) -> anyhow::Result<Pipeline> {
         backends.ensure_containers(&settings).await?;
+        // The stored transform version, before any transformer starts.
+        crate::transform::sync::bootstrap(
+            &settings,
+            &crate::transform::sync::store(&settings, &backends),
+        )
+        .await
+        .context("reading the transform spec log")?;
         let spec = tree(&settings, &backends, sources.clone()).await?;
         let root = start_root(spec)
             .await
@@ -332,7 +339,7 @@ pub async fn tree(
         .child(
             transform_sup
                 .into_child()
-                .with_version(settings.transform.current().0),
+                .with_version(settings.transform.current().version),
         )
         .child(notices_sup.into_child())
         .child(ingest_sup.into_child())
@@ -486,7 +493,7 @@ pub fn transform_partition_spec(
         options: settings.curate.clone(),
         dedupe_window: cfg.transform.dedupe_window,
         poll_wait: Duration::from_millis(cfg.transform.poll_ms),
-        transform: settings.transform.current().1,
+        transform: settings.transform.current(),
         window_cache: Default::default(),
         curate_slots: backends.curate_slots.clone(),
         probe: Default::default(),
@@ -497,7 +504,7 @@ pub fn transform_partition_spec(
         Arc::new(TransformerFactory(transform)),
     )
     .with_stall_timeout(stall)
-    .with_version(settings.transform.current().0)
+    .with_version(settings.transform.current().version)
 }
 
 /// The transform group as it should run now: the transformers of the
@@ -525,7 +532,7 @@ pub async fn transform_group_spec(pipeline: &Pipeline) -> anyhow::Result<ChildSp
     }
     Ok(spec
         .into_child()
-        .with_version(pipeline.settings.transform.current().0))
+        .with_version(pipeline.settings.transform.current().version))
 }
 
 fn transform_supervisor(settings: &Settings) -> SupervisorSpec {

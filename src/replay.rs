@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, Utc};
-use hubflow_actors::formats::curated::{self, BatchTransform, CurateInput, CurateOptions};
+use hubflow_actors::formats::curated::{self, CurateInput, CurateOptions, CurateTransform};
 use hubflow_actors::formats::raw::{self, RawBatch};
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::{BlobProperties, BlobStore, StateStore};
@@ -63,6 +63,10 @@ pub struct ReplayRequest {
     /// Records enqueued before this instant (RFC 3339).
     #[serde(default)]
     pub to_time: Option<DateTime<Utc>>,
+    /// The transform version to curate with (a label from the spec log);
+    /// absent: the active version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,10 +146,11 @@ pub struct ReplayContext {
     pub state: StateStore,
     pub options: CurateOptions,
     pub dedupe_window: usize,
-    /// The transform in effect when the replay starts (`None` is the
-    /// identity): replayed files get the shape and the version stamp the
-    /// transformers give new files.
-    pub transform: Option<Arc<dyn BatchTransform>>,
+    /// This node's id, in the replay records.
+    pub node: String,
+    /// The transform the replay curates with: the active version unless
+    /// the request names another (see [`ReplayContext::with_version`]).
+    pub transform: CurateTransform,
 }
 
 impl ReplayContext {
@@ -162,7 +167,8 @@ impl ReplayContext {
             state: backends.state(settings),
             options: settings.curate.clone(),
             dedupe_window: settings.config.transform.dedupe_window,
-            transform: settings.transform.current().1,
+            node: settings.node_id(),
+            transform: settings.transform.current(),
         }
     }
 }
@@ -180,6 +186,8 @@ pub enum JobState {
 pub struct ReplayProgress {
     pub id: u64,
     pub request: ReplayRequest,
+    /// The transform version the replay curates with.
+    pub transform_version: String,
     pub state: JobState,
     /// Raw blobs selected by name (a time range may skip some once read).
     pub blobs_total: u64,
@@ -200,6 +208,7 @@ impl ReplayProgress {
         ReplayProgress {
             id,
             request,
+            transform_version: String::new(),
             state: JobState::Running,
             blobs_total: 0,
             blobs_done: 0,
@@ -410,14 +419,7 @@ pub async fn replay(
         let transform = ctx.transform.clone();
         let curated = tokio::task::spawn_blocking(move || {
             let inputs = CurateInput::from_raw(&batch);
-            curate_batch(
-                &inputs,
-                &raw_blob,
-                &stem,
-                &snapshot,
-                &options,
-                transform.as_deref(),
-            )
+            curate_batch(&inputs, &raw_blob, &stem, &snapshot, &options, &transform)
         })
         .await??;
         landing
@@ -435,6 +437,14 @@ pub async fn replay(
         report(progress);
     }
     Ok(())
+}
+
+/// Prefix of the durable replay records in the state container.
+pub const REPLAY_RECORDS: &str = "replays/";
+
+/// Name of a replay's record: by partition, then start time.
+pub fn replay_record_name(partition: u32, started_ms: i64, node: &str, id: u64) -> String {
+    format!("{REPLAY_RECORDS}{partition:05}/{started_ms:013}-{node}-{id}")
 }
 
 /// Background replay jobs and their progress.
@@ -490,10 +500,16 @@ impl ReplayJobs {
             }
             id
         };
-        info!(id, ?request, "replay started");
+        let version = ctx.transform.version.clone();
+        self.lock()
+            .jobs
+            .entry(id)
+            .and_modify(|p| p.transform_version = version.clone());
+        info!(id, ?request, transform_version = version, "replay started");
         let jobs = self.clone();
         tokio::spawn(async move {
             let mut progress = ReplayProgress::new(id, request.clone());
+            progress.transform_version = version;
             let result = replay(
                 &ctx,
                 &request,
@@ -519,6 +535,12 @@ impl ReplayJobs {
                     progress.error = Some(format!("{error:#}"));
                     warn!(id, error = %format!("{error:#}"), "replay failed");
                 }
+            }
+            // The durable record of what this replay rewrote, with which
+            // version (`GET /transform` lists them per version).
+            let name = replay_record_name(request.partition, progress.started_ms, &ctx.node, id);
+            if let Err(error) = ctx.state.store(&name, &progress).await {
+                warn!(id, %error, "cannot write the replay record");
             }
             jobs.lock().jobs.insert(id, progress);
         });

@@ -120,6 +120,12 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     let shutdown_deadline = admin_settings.shutdown_deadline;
     let pipeline = Arc::new(Pipeline::start(settings, backends, sources).await?);
     info!("pipeline started");
+    // Follow transform swaps made on any node (the durable spec log).
+    let (sync_stop, sync_stopped) = tokio::sync::watch::channel(false);
+    let sync_task = tokio::spawn(crate::transform::sync::run_sync(
+        Arc::downgrade(&pipeline),
+        sync_stopped,
+    ));
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut admin_state = None;
@@ -209,6 +215,13 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
         // The admin port goes first: no new control calls during the drain,
         // and the pipeline is ours alone again.
         let _ = admin_stop.send(());
+        let _ = sync_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(2), sync_task)
+            .await
+            .is_err()
+        {
+            warn!("transform sync did not stop within 2s");
+        }
         if let Some(task) = admin_task
             && tokio::time::timeout(Duration::from_secs(2), task)
                 .await

@@ -4,41 +4,43 @@
 //! query over the table `batch` (one source's curated batch: its data
 //! columns then the metadata columns), run by DataFusion between inference
 //! and Parquet. Projections, renames, casts, filters and derived columns are
-//! all SQL; the metadata columns must stay in the output. No SQL is the
-//! identity transform (the default).
+//! all SQL; the metadata columns must stay in the output (the curate step
+//! stamps `_transform_version` itself). No SQL is the identity transform
+//! (the default).
 //!
-//! [`swap`] changes the running transform without stopping the dataflow:
-//! 1. validate: parse the SQL, build the transform;
-//! 2. dry-run it on the newest raw blob (decode, curate, transform), so a
-//!    spec that cannot run is refused before anything stops;
-//! 3. replace the `pipeline/transform` group through the supervision tree:
-//!    the old transformers drain (finish their blob, checkpoint, stop), the
-//!    new ones start from those checkpoints;
-//! 4. watch the new group through its probation: if any transformer fails,
-//!    restarts or stalls, the previous version is restored automatically.
-//!
-//! [`ActiveTransform`] holds the version in effect (what new partition
-//! groups start with, for the cluster's ownership manager) and the history
-//! of every attempt, shown on the status API.
-
+//! Layout:
+//! - this file: the spec, [`SqlTransform`], [`ActiveTransform`] (the
+//!   version this node runs, its local history and the config's spec, for
+//!   drift) and [`dry_run`];
+//! - `sync.rs`: durable, cluster-wide versions. Every version is kept in
+//!   the spec log (`specs/transform` in the state container, see
+//!   [`crate::specs`]); a swap on any node's admin port is validated,
+//!   dry-run on the newest raw blob, and proposed there by compare-and-swap;
+//!   every node then converges on it: drains and replaces its own transform
+//!   group, watched through a probation that is cluster-wide (one node's
+//!   failure rolls the log back, and every node follows). A node starts
+//!   with the log's stable version, not the config file's, unless the
+//!   config asks for an override (`[transform] override_stored`).
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use crate::pipeline::{Pipeline, ROOT_SUPERVISOR, TRANSFORM_SUPERVISOR};
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
-use hubflow_actors::formats::curated::{self, BatchTransform, CurateInput, METADATA_COLUMNS};
+use hubflow_actors::formats::curated::{
+    self, BatchTransform, CurateInput, CurateTransform, IDENTITY_VERSION,
+};
 use hubflow_actors::formats::raw;
 use hubflow_actors::record::RawBlobName;
-use hubflow_supervision::ReplaceOutcome;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
 
-use crate::pipeline::{Pipeline, ROOT_SUPERVISOR, TRANSFORM_SUPERVISOR};
+pub mod sync;
+
+pub use sync::{SPEC_RECORD, SwapOptions, SwapOutcome, swap};
 
 /// The version label of the identity transform.
-pub const IDENTITY: &str = "identity";
+pub const IDENTITY: &str = IDENTITY_VERSION;
 
 /// A transformation as operators submit it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +73,12 @@ pub enum TransformError {
         raw_blob: String,
         message: String,
     },
-    #[error("a swap is already in progress")]
-    Busy,
+    #[error("a swap is already in progress: {0}")]
+    Busy(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the spec store: {0}")]
+    Store(#[from] crate::specs::SpecError),
     #[error("the transform group cannot be replaced: {0}")]
     Tree(String),
     #[error("cannot read raw data for the dry run: {0}")]
@@ -154,37 +160,59 @@ impl BatchTransform for SqlTransform {
     }
 }
 
-/// One step of the transform's history.
+/// One step of this node's transform history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TransformEvent {
     pub at_ms: i64,
     pub version: String,
-    /// `refused`, `promoted`, `rolled_back`.
+    /// `refused`, `promoted`, `rolled_back`, `applied`, `apply_failed`.
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
-/// What the status API shows about the transform.
+/// What the status API shows about the transform on this node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TransformStatus {
     pub active: TransformSpec,
+    /// Its sequence number in the durable spec log (0 before the first
+    /// read of the store).
+    pub seq: u64,
     pub previous: Option<TransformSpec>,
     pub swapping: bool,
+    /// The config file's spec, and whether the running one differs.
+    pub config: TransformSpec,
+    pub drift: bool,
     pub history: Vec<TransformEvent>,
 }
 
 struct Active {
     spec: TransformSpec,
+    seq: u64,
     transform: Option<Arc<dyn BatchTransform>>,
     previous: Option<TransformSpec>,
     swapping: bool,
+    config: TransformSpec,
     history: VecDeque<TransformEvent>,
 }
 
-/// The transform in effect, shared by every clone of the settings.
+/// What [`ActiveTransform::begin`] replaced, to put back on a failure.
+pub(crate) struct Previous {
+    spec: TransformSpec,
+    seq: u64,
+    transform: Option<Arc<dyn BatchTransform>>,
+}
+
+/// The transform in effect on this node, shared by every clone of the
+/// settings: what new transformers (and partitions a cluster moves here)
+/// start with, kept equal to the spec log's active version by
+/// [`sync::converge`].
 #[derive(Clone)]
-pub struct ActiveTransform(Arc<Mutex<Active>>);
+pub struct ActiveTransform {
+    inner: Arc<Mutex<Active>>,
+    /// Held while this node applies a version: one change at a time.
+    applying: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl std::fmt::Debug for ActiveTransform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,38 +225,106 @@ impl std::fmt::Debug for ActiveTransform {
 const HISTORY: usize = 50;
 
 impl ActiveTransform {
+    /// The config file's spec; the store's version replaces it at start.
     pub fn new(spec: TransformSpec) -> Result<ActiveTransform, TransformError> {
         let transform = SqlTransform::build(&spec)?;
-        Ok(ActiveTransform(Arc::new(Mutex::new(Active {
-            spec,
-            transform,
-            previous: None,
-            swapping: false,
-            history: VecDeque::new(),
-        }))))
+        Ok(ActiveTransform {
+            inner: Arc::new(Mutex::new(Active {
+                config: spec.clone(),
+                spec,
+                seq: 0,
+                transform,
+                previous: None,
+                swapping: false,
+                history: VecDeque::new(),
+            })),
+            applying: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Active> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The transform new transformers start with.
-    pub fn current(&self) -> (String, Option<Arc<dyn BatchTransform>>) {
+    pub fn current(&self) -> CurateTransform {
         let a = self.lock();
-        (a.spec.version.clone(), a.transform.clone())
+        CurateTransform {
+            version: a.spec.version.clone(),
+            transform: a.transform.clone(),
+        }
+    }
+
+    /// The running spec and its sequence number in the spec log.
+    pub fn running(&self) -> (TransformSpec, u64) {
+        let a = self.lock();
+        (a.spec.clone(), a.seq)
+    }
+
+    /// The config file's spec.
+    pub fn config_spec(&self) -> TransformSpec {
+        self.lock().config.clone()
     }
 
     pub fn status(&self) -> TransformStatus {
         let a = self.lock();
         TransformStatus {
             active: a.spec.clone(),
+            seq: a.seq,
             previous: a.previous.clone(),
             swapping: a.swapping,
+            drift: !same_spec(&a.spec, &a.config),
+            config: a.config.clone(),
             history: a.history.iter().cloned().collect(),
         }
     }
 
-    fn record(&self, version: &str, outcome: &str, detail: Option<String>) {
+    /// Run `spec` (sequence `seq` of the log) from now on, before any
+    /// transformer starts (the start of the node).
+    pub(crate) fn set(&self, spec: TransformSpec, seq: u64) -> Result<(), TransformError> {
+        let transform = SqlTransform::build(&spec)?;
+        let mut a = self.lock();
+        a.spec = spec;
+        a.seq = seq;
+        a.transform = transform;
+        Ok(())
+    }
+
+    /// Start moving to `spec`: new partition groups start with it at once.
+    pub(crate) fn begin(
+        &self,
+        spec: TransformSpec,
+        seq: u64,
+        transform: Option<Arc<dyn BatchTransform>>,
+    ) -> Previous {
+        let mut a = self.lock();
+        a.swapping = true;
+        let previous = Previous {
+            spec: std::mem::replace(&mut a.spec, spec),
+            seq: std::mem::replace(&mut a.seq, seq),
+            transform: std::mem::replace(&mut a.transform, transform),
+        };
+        previous
+    }
+
+    /// The move is done: `applied` or back to `previous`.
+    pub(crate) fn finish(&self, previous: Previous, applied: bool) {
+        let mut a = self.lock();
+        a.swapping = false;
+        if applied {
+            a.previous = Some(previous.spec);
+        } else {
+            a.spec = previous.spec;
+            a.seq = previous.seq;
+            a.transform = previous.transform;
+        }
+    }
+
+    pub(crate) async fn applying(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.applying.lock().await
+    }
+
+    pub(crate) fn record(&self, version: &str, outcome: &str, detail: Option<String>) {
         let mut a = self.lock();
         if a.history.len() == HISTORY {
             a.history.pop_front();
@@ -240,6 +336,19 @@ impl ActiveTransform {
             detail,
         });
     }
+}
+
+/// Two specs run the same transform (same label and same SQL, ignoring
+/// surrounding whitespace).
+pub fn same_spec(a: &TransformSpec, b: &TransformSpec) -> bool {
+    let sql = |s: &TransformSpec| {
+        s.sql
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_string)
+    };
+    a.version.trim() == b.version.trim() && sql(a) == sql(b)
 }
 
 /// How a dry run went.
@@ -260,6 +369,10 @@ pub async fn dry_run(
     version: &str,
     transform: Option<Arc<dyn BatchTransform>>,
 ) -> Result<DryRun, TransformError> {
+    let transform = CurateTransform {
+        version: version.to_string(),
+        transform,
+    };
     let cfg = &pipeline.settings.config;
     let container = &cfg.storage.raw_container;
     let blobs = pipeline
@@ -297,13 +410,13 @@ pub async fn dry_run(
     let blob_name = raw_blob.clone();
     let output = tokio::task::spawn_blocking(move || {
         let inputs = CurateInput::from_raw(&batch);
-        let out = curated::curate_with(
+        let out = curated::curate_versioned(
             &inputs,
             &blob_name,
             "dry-run",
             &Default::default(),
             &options,
-            transform.as_deref(),
+            &transform,
         );
         (inputs.len(), out)
     })
@@ -328,133 +441,6 @@ pub async fn dry_run(
             })
             .collect(),
     })
-}
-
-/// How a swap ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum SwapOutcome {
-    Promoted {
-        version: String,
-        dry_run: DryRun,
-    },
-    RolledBack {
-        version: String,
-        restored: String,
-        error: String,
-    },
-}
-
-/// Timing of a swap.
-#[derive(Debug, Clone, Copy)]
-pub struct SwapOptions {
-    /// How long the old transformers get to finish their blob.
-    pub drain_deadline: Duration,
-    /// How long the new version must stay healthy to be kept.
-    pub probation: Duration,
-}
-
-impl Default for SwapOptions {
-    fn default() -> Self {
-        SwapOptions {
-            drain_deadline: Duration::from_secs(30),
-            probation: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Validate, dry-run and hot-swap the transform (see the module docs).
-pub async fn swap(
-    pipeline: &Pipeline,
-    spec: TransformSpec,
-    options: SwapOptions,
-) -> Result<SwapOutcome, TransformError> {
-    let active = pipeline.settings.transform.clone();
-    let refuse = |e: TransformError| {
-        active.record(&spec.version, "refused", Some(e.to_string()));
-        warn!(version = spec.version, error = %e, "transform refused");
-        e
-    };
-    let transform = SqlTransform::build(&spec).map_err(refuse)?;
-    let dry = dry_run(pipeline, &spec.version, transform.clone())
-        .await
-        .map_err(refuse)?;
-    if let Some((source, columns)) = dry.columns.iter().find(|(_, c)| {
-        METADATA_COLUMNS
-            .iter()
-            .any(|m| !c.iter().any(|name| name == m))
-    }) {
-        return Err(refuse(TransformError::DryRun {
-            version: spec.version.clone(),
-            raw_blob: dry.raw_blob.clone().unwrap_or_default(),
-            message: format!("output of {source} lacks metadata columns: {columns:?}"),
-        }));
-    }
-    let previous = {
-        let mut a = active.lock();
-        if a.swapping {
-            return Err(TransformError::Busy);
-        }
-        a.swapping = true;
-        let previous = (a.spec.clone(), a.transform.clone());
-        // New partition groups (cluster moves) start with the new version.
-        a.spec = spec.clone();
-        a.transform = transform;
-        previous
-    };
-    info!(
-        version = spec.version,
-        from = previous.0.version,
-        "swapping transform"
-    );
-    let group = crate::pipeline::transform_group_spec(pipeline)
-        .await
-        .map_err(|e| TransformError::Tree(format!("{e:#}")));
-    let outcome = match group {
-        Ok(group) => pipeline
-            .root
-            .replace(
-                ROOT_SUPERVISOR,
-                group,
-                options.drain_deadline,
-                options.probation,
-            )
-            .await
-            .map_err(|e| TransformError::Tree(e.to_string())),
-        Err(e) => Err(e),
-    };
-    let mut a = active.lock();
-    a.swapping = false;
-    match outcome {
-        Ok(ReplaceOutcome::Promoted { .. }) => {
-            a.previous = Some(previous.0);
-            drop(a);
-            active.record(&spec.version, "promoted", None);
-            info!(version = spec.version, "transform promoted");
-            Ok(SwapOutcome::Promoted {
-                version: spec.version,
-                dry_run: dry,
-            })
-        }
-        Ok(ReplaceOutcome::RolledBack { error, .. }) => {
-            a.spec = previous.0.clone();
-            a.transform = previous.1;
-            drop(a);
-            active.record(&spec.version, "rolled_back", Some(error.clone()));
-            warn!(version = spec.version, %error, "transform rolled back");
-            Ok(SwapOutcome::RolledBack {
-                version: spec.version,
-                restored: previous.0.version,
-                error,
-            })
-        }
-        Err(e) => {
-            a.spec = previous.0;
-            a.transform = previous.1;
-            drop(a);
-            Err(refuse(e))
-        }
-    }
 }
 
 /// The path of the transform group in the tree.

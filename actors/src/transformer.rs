@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::dead_letter::write_dead_letter_at;
-use crate::formats::curated::{self, BatchTransform, CurateInput, CurateOptions, CuratedOutput};
+use crate::formats::curated::{self, CurateInput, CurateOptions, CurateTransform, CuratedOutput};
 use crate::formats::raw::{self, RawBatch};
 use crate::notices::WakeBoard;
 use crate::now_ms;
@@ -69,9 +69,9 @@ pub struct TransformerParams {
     /// How many recent (id, payload) keys are remembered to drop duplicates.
     pub dedupe_window: usize,
     pub poll_wait: Duration,
-    /// Reshapes each batch before Parquet (a versioned SQL spec); `None` is
-    /// the identity.
-    pub transform: Option<Arc<dyn BatchTransform>>,
+    /// Reshapes each batch before Parquet (a versioned SQL spec), and the
+    /// version label its rows, files and checkpoint ranges carry.
+    pub transform: CurateTransform,
     /// The dedupe window, kept across restarts of this partition's
     /// transformer within the process (see [`WindowCache`]).
     pub window_cache: WindowCache,
@@ -108,6 +108,54 @@ pub struct TransformCheckpoint {
     /// First sequence number of the next raw blob to transform.
     pub next_sequence: i64,
     pub updated_ms: i64,
+    /// Which transform version curated which sequence range, oldest first:
+    /// consecutive commits of one version share a range; the newest
+    /// [`MAX_VERSION_RANGES`] are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionRange>,
+}
+
+/// Sequence numbers `from_sequence..to_sequence` of a partition, curated by
+/// transform `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    pub version: String,
+    pub from_sequence: i64,
+    /// Exclusive: the checkpoint's `next_sequence` after the range.
+    pub to_sequence: i64,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// How many version ranges a checkpoint keeps.
+pub const MAX_VERSION_RANGES: usize = 64;
+
+impl TransformCheckpoint {
+    /// The checkpoint after `version` curated `self.next_sequence..next`.
+    pub fn advanced(&self, next: i64, version: &str, at_ms: i64) -> TransformCheckpoint {
+        let mut versions = self.versions.clone();
+        match versions.last_mut() {
+            Some(last) if last.version == version && last.to_sequence == self.next_sequence => {
+                last.to_sequence = next;
+                last.to_ms = at_ms;
+            }
+            _ if next > self.next_sequence => versions.push(VersionRange {
+                version: version.to_string(),
+                from_sequence: self.next_sequence,
+                to_sequence: next,
+                from_ms: at_ms,
+                to_ms: at_ms,
+            }),
+            _ => {}
+        }
+        let excess = versions.len().saturating_sub(MAX_VERSION_RANGES);
+        versions.drain(..excess);
+        TransformCheckpoint {
+            next_sequence: next,
+            updated_ms: at_ms,
+            versions,
+        }
+    }
 }
 
 /// A source's schema as the registry keeps it.
@@ -149,6 +197,8 @@ pub struct TransformerStatus {
 pub struct TransformerState {
     params: TransformerParams,
     wake: Arc<tokio::sync::Notify>,
+    /// The checkpoint as last read or written.
+    checkpoint: TransformCheckpoint,
     etag: Option<ETag>,
     window: WindowClaim,
     /// The schema registry as last read or written.
@@ -191,10 +241,11 @@ impl Actor for Transformer {
         // either found by the walk or announced to us.
         let wake = params.board.line(params.partition);
         let name = checkpoint_name(&params.ingest_hub, params.partition);
-        let (next_sequence, etag) = match params.state.load::<TransformCheckpoint>(&name).await? {
-            Some(v) => (v.value.next_sequence, Some(v.etag)),
-            None => (0, None),
+        let (checkpoint, etag) = match params.state.load::<TransformCheckpoint>(&name).await? {
+            Some(v) => (v.value, Some(v.etag)),
+            None => (TransformCheckpoint::default(), None),
         };
+        let next_sequence = checkpoint.next_sequence;
         // A restart in this process reuses the window when it is exactly as
         // of the checkpoint; otherwise it is rebuilt from the raw blobs.
         // An actor of an earlier generation that is still winding down (a
@@ -223,6 +274,7 @@ impl Actor for Transformer {
             },
             params,
             wake,
+            checkpoint,
             etag,
             window,
             known: KnownSchemas::default(),
@@ -393,14 +445,7 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
         let before = inputs.len();
         let inputs = window.filter_inputs(inputs)?;
         let dropped = (before - inputs.len()) as u64;
-        let batch = curate_batch(
-            &inputs,
-            &raw_blob,
-            &stem,
-            &known,
-            &options,
-            transform.as_deref(),
-        )?;
+        let batch = curate_batch(&inputs, &raw_blob, &stem, &known, &options, &transform)?;
         let fetched = Freshness::of(&inputs);
         Ok::<_, anyhow::Error>(Curated::Done {
             batch,
@@ -513,9 +558,9 @@ pub fn curate_batch(
     stem: &str,
     known: &BTreeMap<String, SchemaRef>,
     options: &CurateOptions,
-    transform: Option<&dyn BatchTransform>,
+    transform: &CurateTransform,
 ) -> Result<CuratedBatch, curated::CurateError> {
-    let output = curated::curate_with(inputs, raw_blob, stem, known, options, transform)?;
+    let output = curated::curate_versioned(inputs, raw_blob, stem, known, options, transform)?;
     let rejected_bodies = curated::rejected_payloads(inputs, &output);
     Ok(CuratedBatch {
         output,
@@ -696,16 +741,16 @@ impl KnownSchemas {
 
 async fn commit(state: &mut TransformerState, next_sequence: i64) -> anyhow::Result<()> {
     let params = &state.params;
-    let record = TransformCheckpoint {
-        next_sequence,
-        updated_ms: now_ms(),
-    };
+    let record = state
+        .checkpoint
+        .advanced(next_sequence, &params.transform.version, now_ms());
     let name = checkpoint_name(&params.ingest_hub, params.partition);
     let etag = params
         .state
         .compare_and_swap(&name, &record, state.etag.as_ref())
         .await?;
     state.etag = Some(etag);
+    state.checkpoint = record;
     state.status.next_sequence = next_sequence;
     state.window.mark_valid_at(next_sequence)?;
     Ok(())
@@ -974,7 +1019,7 @@ mod tests {
             "stem",
             &BTreeMap::new(),
             &CurateOptions::default(),
-            None,
+            &CurateTransform::identity(),
         )
         .unwrap();
         assert_eq!(batch.output.rejected.len(), 1);
@@ -1045,7 +1090,7 @@ mod tests {
                 options: CurateOptions::default(),
                 dedupe_window: 1000,
                 poll_wait: Duration::from_millis(20),
-                transform: None,
+                transform: CurateTransform::identity(),
                 window_cache: WindowCache::default(),
                 curate_slots: CurateSlots::new(2),
                 probe: ActorProbe::default(),
@@ -1241,6 +1286,42 @@ mod tests {
         assert_eq!((status.rows, status.blobs), (8, 2));
         actor.stop(None);
         handle.await.unwrap();
+    }
+
+    #[test]
+    fn checkpoints_remember_which_version_curated_which_range() {
+        let cp = TransformCheckpoint::default()
+            .advanced(10, "identity", 1)
+            .advanced(25, "identity", 2)
+            .advanced(25, "v2", 3) // nothing new: no empty range
+            .advanced(40, "v2", 4)
+            .advanced(50, "identity", 5);
+        let got: Vec<_> = cp
+            .versions
+            .iter()
+            .map(|r| (r.version.as_str(), r.from_sequence, r.to_sequence))
+            .collect();
+        assert_eq!(
+            got,
+            [("identity", 0, 25), ("v2", 25, 40), ("identity", 40, 50)]
+        );
+        assert_eq!(
+            (
+                cp.next_sequence,
+                cp.versions[1].from_ms,
+                cp.versions[1].to_ms
+            ),
+            (50, 4, 4)
+        );
+        // Old checkpoints (no ranges) still read; the list is bounded.
+        let old: TransformCheckpoint =
+            serde_json::from_str(r#"{"next_sequence":7,"updated_ms":1}"#).unwrap();
+        let mut cp = old;
+        for i in 0..(MAX_VERSION_RANGES as i64 + 5) {
+            cp = cp.advanced(cp.next_sequence + 1, if i % 2 == 0 { "a" } else { "b" }, i);
+        }
+        assert_eq!(cp.versions.len(), MAX_VERSION_RANGES);
+        assert_eq!(cp.versions.last().unwrap().to_sequence, cp.next_sequence);
     }
 
     #[test]

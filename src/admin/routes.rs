@@ -129,8 +129,10 @@ pub fn routes() -> Vec<Route> {
         Route::get("/replay/{id}", Read, "One replay job's progress", get_replay),
         Route::get("/dlq", Read, "List dead letters (query: stage, pending_only, limit)", list_dlq),
         Route::get("/dlq/{*id}", Read, "Inspect one dead letter (id = <stage>/<key>)", get_dlq),
-        Route::get("/transform", Read, "The transformation spec in effect, the previous one, and every swap attempt", get_transform),
-        Route::post("/transform", Control, "Hot-swap the transformation spec: validate, dry-run on the newest raw blob, drain and replace the transform group, roll back if it fails its probation", swap_transform).body(schemas::transform),
+        Route::get("/transform", Read, "The transformation spec this node runs, drift from its config file, the durable spec log (every version: who, when, dry run, outcome) and, per version, the raw ranges it curated and replayed", get_transform),
+        Route::post("/transform", Control, "Hot-swap the transformation spec on every node: validate, dry-run on the newest raw blob, propose it in the durable spec log (409 if another swap won or is in probation), each node drains and replaces its transform group, one node's failure in the probation rolls back everywhere", swap_transform).body(schemas::transform),
+        Route::post("/transform/rollback", Control, "Swap back to an earlier version (default: the newest promoted one before the active version), with the same dry run and probation as a swap", rollback_transform).body(schemas::rollback),
+        Route::post("/transform/backfill", Control, "Replay everything curated since version `since` first ran, with version `with` (default: the active one), after a dry run; one replay job per partition", backfill_transform).body(schemas::backfill).success(StatusCode::ACCEPTED),
         Route::post("/sources/{name}", Control, "Hot-swap a source's settings (the [[sources]] table as JSON): validated, the fetcher replaced from its saved cursor, rolled back if it fails its probation", swap_source).body(schemas::source),
         Route::post("/dlq/redrive", Control, "Republish a transform dead letter to hub ingest (optionally with a corrected payload) and mark it redriven", redrive_dlq).body(schemas::redrive),
     ]
@@ -599,8 +601,22 @@ async fn panic_actor(
 // Control: transformation spec (hot swap)
 // ---------------------------------------------------------------------------
 
-async fn get_transform(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!(state.pipeline().settings.transform.status()))
+async fn get_transform(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    use crate::transform::{SPEC_RECORD, TransformSpec, sync};
+    let pipeline = state.pipeline();
+    let local = pipeline.settings.transform.status();
+    let log = sync::store(&pipeline.settings, &pipeline.backends)
+        .load::<TransformSpec>(SPEC_RECORD)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map(|r| r.log);
+    let ranges = sync::ranges(&pipeline.settings, &pipeline.backends)
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let mut out = json!(local);
+    out["log"] = json!(log);
+    out["ranges"] = json!(ranges);
+    Ok(Json(out))
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,40 +630,197 @@ pub struct SwapRequest {
     pub probation_secs: Option<u64>,
 }
 
-async fn swap_transform(
-    State(state): State<AdminState>,
-    JsonBody(req): JsonBody<SwapRequest>,
-) -> Result<Json<Value>, ApiError> {
-    use crate::transform::{SwapOptions, TransformError};
-    let mut options = SwapOptions::default();
-    if let Some(secs) = req.probation_secs {
+/// Who is asking, from the `X-Hubflow-Operator` header (`hubflow ctl` sends
+/// the user's name): at most 64 printable characters, else `admin`.
+fn operator(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-hubflow-operator")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 64 && !v.chars().any(char::is_control))
+        .unwrap_or("admin")
+        .to_string()
+}
+
+fn swap_options(
+    state: &AdminState,
+    headers: &axum::http::HeaderMap,
+    probation_secs: Option<u64>,
+    origin: crate::specs::Origin,
+) -> Result<crate::transform::SwapOptions, ApiError> {
+    let mut options = crate::transform::SwapOptions::default();
+    if let Some(secs) = probation_secs {
         if !(1..=3_600).contains(&secs) {
             return Err(ApiError::bad_request("probation_secs must be 1..=3600"));
         }
         options.probation = Duration::from_secs(secs);
     }
     options.drain_deadline = state.drain_deadline();
+    options.by = operator(headers);
+    options.origin = origin;
+    Ok(options)
+}
+
+fn transform_error(e: crate::transform::TransformError) -> ApiError {
+    use crate::specs::SpecError;
+    use crate::transform::TransformError;
+    match e {
+        e @ (TransformError::Invalid(_) | TransformError::DryRun { .. }) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_transform",
+            e.to_string(),
+        ),
+        e @ TransformError::Store(SpecError::UnknownVersion(_)) => {
+            ApiError::not_found(e.to_string())
+        }
+        e @ (TransformError::Busy(_) | TransformError::Conflict(_)) => {
+            ApiError::conflict(e.to_string())
+        }
+        e => ApiError::internal(e.to_string()),
+    }
+}
+
+async fn run_swap(
+    state: &AdminState,
+    spec: crate::transform::TransformSpec,
+    options: crate::transform::SwapOptions,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = crate::transform::swap(state.pipeline(), spec, options)
+        .await
+        .map_err(transform_error)?;
+    if let crate::transform::SwapOutcome::Promoted { version, .. } = &outcome {
+        state.set_version("transform", version);
+    }
+    Ok(Json(json!(outcome)))
+}
+
+async fn swap_transform(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    JsonBody(req): JsonBody<SwapRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let options = swap_options(
+        &state,
+        &headers,
+        req.probation_secs,
+        crate::specs::Origin::Swap,
+    )?;
     let spec = crate::transform::TransformSpec {
         version: req.version,
         sql: req.sql,
     };
-    match crate::transform::swap(state.pipeline(), spec, options).await {
-        Ok(outcome) => {
-            if let crate::transform::SwapOutcome::Promoted { version, .. } = &outcome {
-                state.set_version("transform", version);
-            }
-            Ok(Json(json!(outcome)))
-        }
-        Err(e @ (TransformError::Invalid(_) | TransformError::DryRun { .. })) => {
-            Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_transform",
-                e.to_string(),
-            ))
-        }
-        Err(e @ TransformError::Busy) => Err(ApiError::conflict(e.to_string())),
-        Err(e) => Err(ApiError::internal(e.to_string())),
+    run_swap(&state, spec, options).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version to return to; absent: the newest promoted one before the
+    /// active version.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub probation_secs: Option<u64>,
+}
+
+async fn rollback_transform(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::transform::{SPEC_RECORD, TransformSpec, sync};
+    let options = swap_options(
+        &state,
+        &headers,
+        req.probation_secs,
+        crate::specs::Origin::Rollback,
+    )?;
+    let pipeline = state.pipeline();
+    let log = sync::store(&pipeline.settings, &pipeline.backends)
+        .load::<TransformSpec>(SPEC_RECORD)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::internal("the spec log is not written yet"))?
+        .log;
+    let spec = sync::rollback_target(&log, req.to.as_deref()).map_err(transform_error)?;
+    info!(to = spec.version, "admin: transform rollback");
+    run_swap(&state, spec, options).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    /// Rewrite everything curated since this version first ran.
+    pub since: String,
+    /// With this version (default: the active one).
+    #[serde(default)]
+    pub with: Option<String>,
+}
+
+async fn backfill_transform(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<BackfillRequest>,
+) -> Result<Response, ApiError> {
+    use crate::transform::sync;
+    let pipeline = state.pipeline();
+    let with = sync::resolve(&pipeline.settings, &pipeline.backends, req.with.as_deref())
+        .await
+        .map_err(transform_error)?;
+    // The same safety as a swap: the version must run on real data first.
+    let dry = crate::transform::dry_run(pipeline, &with.version, with.transform.clone())
+        .await
+        .map_err(transform_error)?;
+    let log = sync::store(&pipeline.settings, &pipeline.backends)
+        .load::<crate::transform::TransformSpec>(crate::transform::SPEC_RECORD)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::internal("the spec log is not written yet"))?
+        .log;
+    let labels = sync::versions_since(&log, &req.since).map_err(transform_error)?;
+    let (plan, forgotten) = sync::backfill_plan(
+        &pipeline.settings,
+        &pipeline.backends,
+        &labels,
+        &with.version,
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let partitions = pipeline
+        .backends
+        .ingest
+        .partition_ids()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .len();
+    let mut jobs = Vec::new();
+    for request in plan {
+        let mut ctx = state.replay_context();
+        ctx.transform = with.clone();
+        let (partition, from, to) = (
+            request.partition,
+            request.from_sequence,
+            request.to_sequence,
+        );
+        let id = state.replays().start(ctx, partitions, request).await?;
+        jobs.push(json!({
+            "id": id, "url": format!("/replay/{id}"), "partition": partition,
+            "from_sequence": from, "to_sequence": to,
+        }));
     }
+    info!(
+        since = req.since,
+        with = with.version,
+        jobs = jobs.len(),
+        "admin: transform backfill started"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "since": req.since, "with": with.version, "dry_run": dry,
+            "jobs": jobs, "partitions_forgotten": forgotten,
+        })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -747,13 +920,21 @@ async fn start_replay(
             )
         })?
         .len();
-    let id = state
-        .replays()
-        .start(state.replay_context(), partitions, req)
-        .await?;
+    // The version is chosen explicitly: the request's, else the active one.
+    let pipeline = state.pipeline();
+    let mut ctx = state.replay_context();
+    ctx.transform = crate::transform::sync::resolve(
+        &pipeline.settings,
+        &pipeline.backends,
+        req.version.as_deref(),
+    )
+    .await
+    .map_err(transform_error)?;
+    let version = ctx.transform.version.clone();
+    let id = state.replays().start(ctx, partitions, req).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "url": format!("/replay/{id}") })),
+        Json(json!({ "id": id, "url": format!("/replay/{id}"), "transform_version": version })),
     )
         .into_response())
 }
@@ -901,7 +1082,31 @@ pub mod schemas {
                 "from_sequence": { "type": "integer", "minimum": 0 },
                 "to_sequence": { "type": "integer", "minimum": 0 },
                 "from_time": { "type": "string", "format": "date-time" },
-                "to_time": { "type": "string", "format": "date-time" }
+                "to_time": { "type": "string", "format": "date-time" },
+                "version": { "type": "string", "description": "transform version to curate with (default: the active one)", "example": "v2" }
+            }
+        })
+    }
+
+    pub fn rollback() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "to": { "type": "string", "description": "default: the newest promoted version before the active one", "example": "v1" },
+                "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
+            }
+        })
+    }
+
+    pub fn backfill() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["since"],
+            "properties": {
+                "since": { "type": "string", "example": "v1" },
+                "with": { "type": "string", "description": "default: the active version", "example": "v2" }
             }
         })
     }

@@ -13,11 +13,10 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::azurite::{ACCOUNT_KEY, Azurite};
+use common::nodes::Nodes;
 use hubflow::cluster::{LeaseStore, OwnershipStore};
 use hubflow::config::Settings;
 use hubflow::demo::DemoConfig;
@@ -28,87 +27,8 @@ use hubflow_actors::ports::{BlobStore, StateStore};
 use serde_json::Value;
 
 const PARTITIONS: [u32; 6] = [0, 1, 2, 3, 4, 5];
-const LEASE: Duration = Duration::from_secs(3);
-const RENEW: Duration = Duration::from_secs(1);
-
-/// The running `hubflow run` processes; killed if the test fails.
-struct Nodes {
-    dir: PathBuf,
-    config: PathBuf,
-    running: BTreeMap<String, Child>,
-}
-
-impl Nodes {
-    fn start(&mut self, id: &str) {
-        let log = std::fs::File::create(self.log(id)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
-            .args(["run", "--quiet", "--config"])
-            .arg(&self.config)
-            .env("HUBFLOW_LOG", "info")
-            .env("HUBFLOW__CLUSTER__NODE_ID", id)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning hubflow");
-        self.running.insert(id.to_string(), child);
-    }
-
-    fn log(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.log"))
-    }
-
-    /// The last lines of every node's log, for failure messages.
-    fn tails(&self) -> String {
-        let mut out = String::new();
-        for id in ["a", "b", "c", "d"] {
-            let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-            out.push_str(&format!("\n--- {id} ---\n{tail}"));
-        }
-        out
-    }
-
-    fn kill(&mut self, id: &str) {
-        let mut child = self.running.remove(id).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// SIGTERM, then wait for the exit.
-    async fn drain(&mut self, id: &str, limit: Duration) -> std::process::ExitStatus {
-        let mut child = self.running.remove(id).unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{id} did not stop within {limit:?};{}", self.tails());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn ids(&self) -> Vec<String> {
-        self.running.keys().cloned().collect()
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in self.running.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+pub const LEASE: Duration = Duration::from_secs(3);
+pub const RENEW: Duration = Duration::from_secs(1);
 
 /// Who owns what, and who holds the fetcher lease, read from the records.
 struct Observer {
@@ -224,7 +144,7 @@ async fn progress(settings: &Settings, backends: &Backends) -> Progress {
 }
 
 /// Where the nodes keep their blobs.
-enum Store {
+pub enum Store {
     Filesystem,
     Azurite(Azurite),
 }
@@ -251,39 +171,14 @@ async fn cluster_run(store: Store) {
         ..DemoConfig::default()
     })
     .await;
-    let data = dir.path().join("data");
-    let mut config = common::config(&data, &demo.url);
-    config.hub.partitions = PARTITIONS.len() as u32;
-    config.cluster.enabled = true;
-    config.cluster.lease_secs = LEASE.as_secs();
-    config.cluster.renew_secs = RENEW.as_secs();
-    if let Store::Azurite(azurite) = &store {
-        // The key by file, so the config text the nodes read holds no secret.
-        let key_file = dir.path().join("azure-key");
-        std::fs::write(&key_file, ACCOUNT_KEY).unwrap();
-        let mut azure = azurite.account_key_config();
-        azure.auth = hubflow::azure::AzureAuthConfig::AccountKey {
-            key: SecretString::file(&key_file),
-        };
-        config.azure_blob = Some(azure);
-    }
-    let config_path = dir.path().join("hubflow.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let settings = config.validate().unwrap();
-
-    let mut nodes = Nodes {
-        dir: dir.path().to_path_buf(),
-        config: config_path,
-        running: BTreeMap::new(),
-    };
+    let (config_path, settings) =
+        write_config(dir.path(), &demo.url, &store, PARTITIONS.len(), |_| {});
+    let mut nodes = Nodes::new(dir.path().to_path_buf(), config_path);
     for id in ["a", "b", "c"] {
         nodes.start(id);
     }
     // The first process creates the containers.
-    let backends = match &store {
-        Store::Filesystem => Backends::embedded(&settings).await.unwrap(),
-        Store::Azurite(_) => hubflow::azure::azure_backends(&settings).await.unwrap(),
-    };
+    let backends = observer_backends(&settings, &store).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while backends.blobs.list("state", "").await.is_err() {
         assert!(
@@ -385,9 +280,64 @@ async fn cluster_run(store: Store) {
     eprintln!("cluster test took {:?}", test_start.elapsed());
 }
 
+/// The config file the nodes of a cluster test share: `partitions`
+/// partitions, 3 s leases renewed every second, blobs in `store`, then
+/// `adjust`; returns its path and its settings.
+pub fn write_config(
+    dir: &std::path::Path,
+    demo_url: &str,
+    store: &Store,
+    partitions: usize,
+    adjust: impl FnOnce(&mut hubflow::config::Config),
+) -> (std::path::PathBuf, Settings) {
+    let data = dir.join("data");
+    let mut config = common::config(&data, demo_url);
+    config.hub.partitions = partitions as u32;
+    config.cluster.enabled = true;
+    config.cluster.lease_secs = LEASE.as_secs();
+    config.cluster.renew_secs = RENEW.as_secs();
+    if let Store::Azurite(azurite) = store {
+        // The key by file, so the config text the nodes read holds no secret.
+        let key_file = dir.join("azure-key");
+        std::fs::write(&key_file, ACCOUNT_KEY).unwrap();
+        let mut azure = azurite.account_key_config();
+        azure.auth = hubflow::azure::AzureAuthConfig::AccountKey {
+            key: SecretString::file(&key_file),
+        };
+        config.azure_blob = Some(azure);
+    }
+    adjust(&mut config);
+    let config_path = dir.join("hubflow.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let settings = config.validate().unwrap();
+    (config_path, settings)
+}
+
+/// The backends a test reads the cluster's state through.
+pub async fn observer_backends(settings: &Settings, store: &Store) -> Backends {
+    match store {
+        Store::Filesystem => Backends::embedded(settings).await.unwrap(),
+        Store::Azurite(_) => hubflow::azure::azure_backends(settings).await.unwrap(),
+    }
+}
+
 /// `count(*)` and `count(DISTINCT id)` over curated, by our SQL engine over
 /// the curated files as the store holds them (downloaded from Azure).
-async fn curated_counts(settings: &Settings, blobs: &dyn BlobStore) -> (u64, u64) {
+pub async fn curated_counts(settings: &Settings, blobs: &dyn BlobStore) -> (u64, u64) {
+    let rows = curated_rows(
+        settings,
+        blobs,
+        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
+    )
+    .await;
+    (
+        rows[0]["n"].as_u64().unwrap(),
+        rows[0]["d"].as_u64().unwrap(),
+    )
+}
+
+/// Rows of `sql` over curated as the store holds it (downloaded first).
+pub async fn curated_rows(settings: &Settings, blobs: &dyn BlobStore, sql: &str) -> Vec<Value> {
     let container = &settings.config.storage.curated_container;
     let local = tempfile::tempdir().unwrap();
     for blob in blobs.list(container, "").await.unwrap() {
@@ -399,17 +349,8 @@ async fn curated_counts(settings: &Settings, blobs: &dyn BlobStore) -> (u64, u64
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &bytes).unwrap();
     }
-    let batches = hubflow::query::query_dir(
-        local.path(),
-        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
-    )
-    .await
-    .unwrap();
+    let batches = hubflow::query::query_dir(local.path(), sql).await.unwrap();
     let text =
         hubflow::query::format_batches(&batches, hubflow::query::OutputFormat::Json).unwrap();
-    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
-    (
-        rows[0]["n"].as_u64().unwrap(),
-        rows[0]["d"].as_u64().unwrap(),
-    )
+    serde_json::from_str(&text).unwrap()
 }

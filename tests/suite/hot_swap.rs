@@ -37,7 +37,8 @@ impl Admin {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
+            .bearer_auth(TOKEN)
+            .header("x-hubflow-operator", "hot-swap-test");
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -205,21 +206,12 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     assert_eq!(body["restored"], "v2", "{body}");
     let status = admin.transform().await;
     assert_eq!(status["active"]["version"], "v2");
-    let outcomes: Vec<(String, String)> = status["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["version"].as_str().unwrap().to_string(),
-                e["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    // The durable spec log holds every attempt: who, outcome, dry run.
     let expect = |v: &str, o: &str| (v.to_string(), o.to_string());
     assert_eq!(
-        outcomes,
+        log_outcomes(&status),
         vec![
+            expect("identity", "promoted"),
             expect("bad-sql", "refused"),
             expect("bad-column", "refused"),
             expect("no-lineage", "refused"),
@@ -227,6 +219,11 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
             expect("v3", "rolled_back"),
         ]
     );
+    let v2 = &status["log"]["entries"][4];
+    assert_eq!(v2["by"], "hot-swap-test", "{v2}");
+    assert!(v2["dry_run"]["rows_in"].as_u64().unwrap() > 0, "{v2}");
+    let v3 = &status["log"]["entries"][5];
+    assert!(v3["detail"].as_str().unwrap().contains("node "), "{v3}");
     let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
     let text = tree.to_string();
     for step in [
@@ -293,6 +290,183 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     assert!(rows[0]["n"].as_u64().unwrap() > 0, "{rows:?}");
     assert_eq!(rows[0]["wrong"], 0, "{rows:?}");
     demo.stop().await;
+
+    restart_replay_rollback_and_backfill(dir.path(), &settings, total).await;
+}
+
+/// The operator's sequence from the durable-swap issue, after the swaps
+/// above: the node restarts with the config file's (identity) spec, yet
+/// runs v2 and says it drifts; damaged files of partition 0 are deleted and
+/// replayed, with v2 by default; then a rollback to identity, and a
+/// backfill of everything since v2 with identity.
+async fn restart_replay_rollback_and_backfill(
+    dir: &std::path::Path,
+    settings: &Settings,
+    total: u64,
+) {
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        rate_per_sec: Some(50_000.0),
+        ..DemoConfig::default()
+    })
+    .await;
+    let mut config = common::config(dir, &demo.url);
+    config.supervision.backoff_initial_ms = 50;
+    let Running {
+        admin, stop, run, ..
+    } = Running::start(config).await;
+    let status = admin.transform().await;
+    assert_eq!(status["active"]["version"], "v2", "{status}");
+    assert_eq!(status["config"]["version"], "identity", "{status}");
+    assert_eq!(status["drift"], true, "{status}");
+    // Which version curated what: both versions have ranges.
+    for version in ["identity", "v2"] {
+        let curated = status["ranges"][version]["curated"].as_array();
+        assert!(
+            curated.is_some_and(|c| !c.is_empty()),
+            "{version}: {status}"
+        );
+    }
+    let (_, metrics) = admin.call(reqwest::Method::GET, "/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("hubflow_transform_config_drift 1"),
+        "drift metric missing"
+    );
+
+    // Five damaged curated files of partition 0, deleted; the replay uses
+    // the active version (v2) and says so.
+    let curated_dir = settings.data_dir().join("blobs").join("curated");
+    let mut p0: Vec<std::path::PathBuf> = walk(&curated_dir)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("ingest-p0000-"))
+        .collect();
+    p0.sort();
+    assert!(p0.len() >= 5, "{p0:?}");
+    for f in p0.iter().take(5) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let done = replay(&admin, json!({"partition": 0})).await;
+    assert_eq!(done["transform_version"], "v2", "{done}");
+    let lost = "SELECT count(*) AS n FROM demo WHERE _hub_partition = 0 AND amount IS NOT NULL \
+                AND (amount_cents IS NULL OR _transform_version <> 'v2')";
+    assert_eq!(common::json_rows(settings, lost).await[0]["n"], 0);
+    assert_eq!(common::counts(settings).await, (total, total));
+
+    // An explicit other version for a replay, and an unknown one refused.
+    let done = replay(&admin, json!({"partition": 1, "version": "identity"})).await;
+    assert_eq!(done["transform_version"], "identity", "{done}");
+    let (code, body) = admin
+        .call(
+            reqwest::Method::POST,
+            "/replay",
+            Some(json!({"partition": 1, "version": "v9"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+
+    // Roll back v2: the newest promoted version before it is identity.
+    let (code, body) = admin
+        .call(
+            reqwest::Method::POST,
+            "/transform/rollback",
+            Some(json!({"probation_secs": 1})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["outcome"].as_str(), body["version"].as_str()),
+        (Some("promoted"), Some("identity")),
+        "{body}"
+    );
+    // Everything curated since v2 first ran, rewritten with identity.
+    let (code, body) = admin
+        .call(
+            reqwest::Method::POST,
+            "/transform/backfill",
+            Some(json!({"since": "v2", "with": "identity"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let jobs = body["jobs"].as_array().unwrap().clone();
+    assert!(!jobs.is_empty(), "{body}");
+    for job in jobs {
+        let done = wait_replay(&admin, job["id"].as_u64().unwrap()).await;
+        assert_eq!(done["transform_version"], "identity", "{done}");
+    }
+    let status = admin.transform().await;
+    assert_eq!(status["drift"], false, "{status}");
+    assert!(
+        status["ranges"]["identity"]["replayed"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2,
+        "{status}"
+    );
+    stop.notify_one();
+    run.await.unwrap().unwrap();
+    let left = "SELECT count(amount_cents) AS n, count(*) FILTER (WHERE _transform_version <> 'identity') AS other FROM demo";
+    let rows = common::json_rows(settings, left).await;
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["other"].as_u64()),
+        (Some(0), Some(0)),
+        "{rows:?}"
+    );
+    assert_eq!(common::counts(settings).await, (total, total));
+    demo.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+async fn replay(admin: &Admin, body: Value) -> Value {
+    let (code, started) = admin
+        .call(reqwest::Method::POST, "/replay", Some(body))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
+    wait_replay(admin, started["id"].as_u64().unwrap()).await
+}
+
+async fn wait_replay(admin: &Admin, id: u64) -> Value {
+    for _ in 0..1_200 {
+        let (_, progress) = admin
+            .call(reqwest::Method::GET, &format!("/replay/{id}"), None)
+            .await;
+        if progress["state"] != "running" {
+            assert_eq!(progress["state"], "completed", "{progress}");
+            return progress;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replay {id} did not finish");
+}
+
+/// (version, outcome) of every entry of the durable spec log.
+fn log_outcomes(status: &Value) -> Vec<(String, String)> {
+    status["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["version"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

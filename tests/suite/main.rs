@@ -20,7 +20,8 @@
 //! - Faults: [`chaos`], [`crash_restart`].
 //! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`], [`deploy`]
 //!   (alert rules, environment configs, the systemd unit).
-//! - The clustered service: [`cluster`].
+//! - The clustered service: [`cluster`], [`cluster_swap`] (transform
+//!   versions across nodes and restarts).
 
 mod common;
 
@@ -30,6 +31,7 @@ mod azurite_end_to_end;
 mod chaos;
 mod cli;
 mod cluster;
+mod cluster_swap;
 mod contract_embedded;
 mod crash_restart;
 mod curated_query;

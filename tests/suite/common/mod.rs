@@ -1,12 +1,14 @@
 //! Shared helpers of the integration tests: a demo API on loopback, settings
 //! for a temporary data directory, and SQL checks over curated; [`azurite`]
 //! (the storage emulator), [`faults`] (a blob store that fails on demand),
+//! [`nodes`] (`hubflow run` processes of a cluster, with admin ports),
 //! [`server`] (an axum server on loopback for handlers under test).
 
 #![allow(dead_code)]
 
 pub mod azurite;
 pub mod faults;
+pub mod nodes;
 pub mod server;
 
 use std::collections::BTreeMap;

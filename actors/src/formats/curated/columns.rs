@@ -359,6 +359,7 @@ pub(super) fn build_batch(
     tape: &Tape<'_>,
     records: &[&Accepted<'_>],
     raw_blob: &str,
+    version: &str,
 ) -> Result<RecordBatch, CurateError> {
     let n = records.len();
     let mut top = StructCol::new(data.clone(), renames, n)?;
@@ -393,6 +394,9 @@ pub(super) fn build_batch(
     ));
     columns.push(Arc::new(StringArray::from_iter_values(
         std::iter::repeat_n(raw_blob, n),
+    )));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(version, n),
     )));
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

@@ -41,8 +41,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use bytes::Bytes;
 use parquet::errors::ParquetError;
@@ -66,15 +66,22 @@ pub const COL_HUB_SEQUENCE: &str = "_hub_sequence";
 pub const COL_INGESTED_AT: &str = "_ingested_at";
 /// Metadata column: name of the raw blob the record came from.
 pub const COL_RAW_BLOB: &str = "_raw_blob";
+/// Metadata column: the version label of the transform that wrote the row.
+/// Set by the curate step after the transform runs (a transform cannot
+/// forge it), so `WHERE _transform_version = 'v2'` finds a version's rows.
+pub const COL_TRANSFORM_VERSION: &str = "_transform_version";
 /// Names of the metadata columns, in the order they are appended.
-pub const METADATA_COLUMNS: [&str; 6] = [
+pub const METADATA_COLUMNS: [&str; 7] = [
     COL_RECORD_ID,
     COL_HUB_PARTITION,
     COL_HUB_OFFSET,
     COL_HUB_SEQUENCE,
     COL_INGESTED_AT,
     COL_RAW_BLOB,
+    COL_TRANSFORM_VERSION,
 ];
+/// The version label of the identity transform (no SQL).
+pub const IDENTITY_VERSION: &str = "identity";
 /// Hive partition keys of the layout. Query engines expose them as columns,
 /// so payload fields of these names are renamed like metadata collisions.
 pub const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
@@ -118,6 +125,33 @@ pub trait BatchTransform: Send + Sync {
     fn version(&self) -> &str;
     /// The batch holds the data columns then the [`METADATA_COLUMNS`].
     fn apply(&self, source: &str, batch: RecordBatch) -> Result<RecordBatch, String>;
+}
+
+/// A transform as the curate step runs it: the version label its rows are
+/// stamped with and, unless it is the identity, the batch transform.
+#[derive(Clone)]
+pub struct CurateTransform {
+    pub version: String,
+    pub transform: Option<Arc<dyn BatchTransform>>,
+}
+
+impl CurateTransform {
+    /// The identity, labelled [`IDENTITY_VERSION`].
+    pub fn identity() -> Self {
+        CurateTransform {
+            version: IDENTITY_VERSION.to_string(),
+            transform: None,
+        }
+    }
+}
+
+impl fmt::Debug for CurateTransform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CurateTransform")
+            .field("version", &self.version)
+            .field("sql", &self.transform.is_some())
+            .finish()
+    }
 }
 
 /// Parquet key-value metadata naming the transform version of a file.
@@ -292,6 +326,7 @@ pub fn metadata_fields() -> Vec<Field> {
             true,
         ),
         Field::new(COL_RAW_BLOB, DataType::Utf8, true),
+        Field::new(COL_TRANSFORM_VERSION, DataType::Utf8, true),
     ]
 }
 
@@ -377,12 +412,37 @@ fn apply_transform(
         message,
     };
     let out = t.apply(source, batch).map_err(error)?;
+    let out = stamp_version(out, t.version()).map_err(|e| error(e.to_string()))?;
     for column in METADATA_COLUMNS {
         if out.schema().column_with_name(column).is_none() {
             return Err(error(format!("the output lacks metadata column {column}")));
         }
     }
     Ok(out)
+}
+
+/// `batch` with [`COL_TRANSFORM_VERSION`] set to `version` on every row,
+/// replacing a column of that name the transform produced.
+fn stamp_version(batch: RecordBatch, version: &str) -> Result<RecordBatch, ArrowError> {
+    let column: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+        version,
+        batch.num_rows(),
+    )));
+    let schema = batch.schema();
+    let mut fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+    let mut columns = batch.columns().to_vec();
+    let field = Arc::new(Field::new(COL_TRANSFORM_VERSION, DataType::Utf8, true));
+    match schema.index_of(COL_TRANSFORM_VERSION) {
+        Ok(i) => {
+            fields[i] = field;
+            columns[i] = column;
+        }
+        Err(_) => {
+            fields.push(field);
+            columns.push(column);
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 /// Checks what the metadata columns need of a record.
@@ -560,6 +620,7 @@ pub fn curate(
 
 /// [`curate`], with `transform` applied to every batch before it is
 /// written. A batch the transform filters down to no rows writes no file.
+/// The identity (`None`) stamps its rows [`IDENTITY_VERSION`].
 pub fn curate_with(
     records: &[CurateInput<'_>],
     raw_blob: &str,
@@ -568,7 +629,39 @@ pub fn curate_with(
     opts: &CurateOptions,
     transform: Option<&dyn BatchTransform>,
 ) -> Result<CuratedOutput, CurateError> {
-    curate_impl(records, raw_blob, stem, known, opts, transform, Read::Tape)
+    let how = How {
+        version: transform.map_or(IDENTITY_VERSION, |t| t.version()),
+        transform,
+        read: Read::Tape,
+    };
+    curate_impl(records, raw_blob, stem, known, opts, how)
+}
+
+/// [`curate_with`], with the version label the rows are stamped with
+/// (an identity transform may carry its own label, such as the config's).
+pub fn curate_versioned(
+    records: &[CurateInput<'_>],
+    raw_blob: &str,
+    stem: &str,
+    known: &BTreeMap<String, SchemaRef>,
+    opts: &CurateOptions,
+    transform: &CurateTransform,
+) -> Result<CuratedOutput, CurateError> {
+    let how = How {
+        version: &transform.version,
+        transform: transform.transform.as_deref(),
+        read: Read::Tape,
+    };
+    curate_impl(records, raw_blob, stem, known, opts, how)
+}
+
+/// What shapes a curation: the version label, the transform, and how
+/// payloads are read.
+#[derive(Clone, Copy)]
+struct How<'a> {
+    version: &'a str,
+    transform: Option<&'a dyn BatchTransform>,
+    read: Read,
 }
 
 /// How payloads are read.
@@ -588,15 +681,16 @@ fn curate_impl(
     stem: &str,
     known: &BTreeMap<String, SchemaRef>,
     opts: &CurateOptions,
-    transform: Option<&dyn BatchTransform>,
-    read: Read,
+    how: How<'_>,
 ) -> Result<CuratedOutput, CurateError> {
+    let How {
+        version,
+        transform,
+        read,
+    } = how;
     let started = Instant::now();
     validate_stem(stem)?;
-    let mut props = layout::writer_properties(opts)?;
-    if let Some(t) = transform {
-        props = layout::with_version_metadata(props, t.version());
-    }
+    let props = layout::with_version_metadata(layout::writer_properties(opts)?, version);
     let mut out = CuratedOutput::default();
 
     // An upper bound of the elements (a JSON element takes at least two
@@ -626,7 +720,7 @@ fn curate_impl(
         }
         for (hour, group) in by_hour {
             let mut batch =
-                columns::build_batch(&schema, &data, &renames, &tape, &group, raw_blob)?;
+                columns::build_batch(&schema, &data, &renames, &tape, &group, raw_blob, version)?;
             if let Some(t) = transform {
                 batch = apply_transform(t, source, batch)?;
                 out.output_schemas

@@ -303,7 +303,7 @@ fn metadata_columns_are_filled_and_collisions_renamed() {
         .fields()
         .iter()
         .rev()
-        .take(6)
+        .take(METADATA_COLUMNS.len())
         .rev()
         .cloned()
         .collect();
@@ -317,6 +317,7 @@ fn metadata_columns_are_filled_and_collisions_renamed() {
     assert_eq!(s("_record_id").value(0), "s-41");
     assert_eq!(s("_hub_offset").value(1), "off");
     assert_eq!(s("_raw_blob").value(1), "ingest/p0002/1-2.hfr");
+    assert_eq!(s("_transform_version").value(1), IDENTITY_VERSION);
     let part = batch.column_by_name("_hub_partition").unwrap();
     assert_eq!(part.as_primitive::<Int32Type>().value(0), 2);
     let seq = batch.column_by_name("_hub_sequence").unwrap();
@@ -733,7 +734,7 @@ fn the_tape_path_curates_exactly_what_serde_json_values_did() {
         let inputs = inputs(&recs);
         let opts = CurateOptions::default();
         let run = |known: &BTreeMap<String, SchemaRef>, read| {
-            curate_impl(&inputs, "raw/x.hfr", "stem", known, &opts, None, read).unwrap()
+            curate_impl(&inputs, "raw/x.hfr", "stem", known, &opts, identity(read)).unwrap()
         };
         let fresh = run(&BTreeMap::new(), Read::Tape);
         assert_same(
@@ -779,8 +780,7 @@ fn repeated_keys_keep_the_last_value_in_the_first_place() {
         "stem",
         &BTreeMap::new(),
         &opts,
-        None,
-        Read::Values,
+        identity(Read::Values),
     )
     .unwrap();
     assert_same(&out, &reference, "repeated keys");
@@ -788,4 +788,104 @@ fn repeated_keys_keep_the_last_value_in_the_first_place() {
     let batch = read(&out.files[0]);
     let k = batch.column_by_name("k").unwrap().as_string::<i32>();
     assert_eq!((k.value(0), k.value(1)), ("last", "plain"));
+}
+
+fn identity(read: Read) -> How<'static> {
+    How {
+        version: IDENTITY_VERSION,
+        transform: None,
+        read,
+    }
+}
+
+/// A transform that forges or drops `_transform_version`.
+struct Reshape {
+    drop_version: bool,
+}
+
+impl BatchTransform for Reshape {
+    fn version(&self) -> &str {
+        "v7"
+    }
+
+    fn apply(&self, _source: &str, batch: RecordBatch) -> Result<RecordBatch, String> {
+        let schema = batch.schema();
+        let i = schema
+            .index_of(COL_TRANSFORM_VERSION)
+            .map_err(|e| e.to_string())?;
+        if self.drop_version {
+            let keep: Vec<usize> = (0..schema.fields().len()).filter(|j| *j != i).collect();
+            return batch.project(&keep).map_err(|e| e.to_string());
+        }
+        let mut columns = batch.columns().to_vec();
+        columns[i] = Arc::new(StringArray::from(vec!["forged"; batch.num_rows()]));
+        RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn rows_carry_the_version_that_curated_them_and_a_transform_cannot_forge_it() {
+    let recs = vec![
+        rec("s", 1, T0, json!({"v": 1})),
+        rec("s", 2, T0, json!({"v": 2})),
+    ];
+    let inputs = inputs(&recs);
+    let opts = CurateOptions::default();
+    let labelled = CurateTransform {
+        version: "from-config".into(),
+        transform: None,
+    };
+    let out = curate_versioned(
+        &inputs,
+        "raw/x.hfr",
+        "stem",
+        &BTreeMap::new(),
+        &opts,
+        &labelled,
+    )
+    .unwrap();
+    let version = |out: &CuratedOutput| {
+        let batch = read(&out.files[0]);
+        let col = batch
+            .column_by_name(COL_TRANSFORM_VERSION)
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(out.files[0].data.clone())
+            .unwrap()
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == TRANSFORM_VERSION_KEY).cloned())
+            .and_then(|kv| kv.value);
+        (
+            col.iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>(),
+            meta,
+        )
+    };
+    assert_eq!(
+        version(&out),
+        (
+            vec!["from-config".to_string(); 2],
+            Some("from-config".to_string())
+        )
+    );
+    for drop_version in [false, true] {
+        let t = Reshape { drop_version };
+        let out = curate_with(
+            &inputs,
+            "raw/x.hfr",
+            "stem",
+            &BTreeMap::new(),
+            &opts,
+            Some(&t),
+        )
+        .unwrap();
+        assert_eq!(
+            version(&out),
+            (vec!["v7".to_string(); 2], Some("v7".to_string()))
+        );
+    }
 }

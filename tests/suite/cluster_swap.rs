@@ -1,0 +1,329 @@
+//! Transform versions across a cluster of `hubflow run` processes, on the
+//! shared filesystem store and on Azure Blob Storage (Azurite): the durable
+//! spec log in the state container is what every node runs.
+//!
+//! 1. Two operators swap at the same time on two nodes: one wins by
+//!    compare-and-swap, the other gets 409 naming the winner.
+//! 2. A swap whose initiating node is SIGKILLed during its probation, while
+//!    a fourth node starts: the survivors and the newcomer apply it, and one
+//!    of them promotes it when the probation ends.
+//! 3. A version that fails at run time on one node rolls back on all.
+//! 4. Everything is curated exactly once; rows curated since the swap carry
+//!    its column and its `_transform_version`. A node restarted alone comes
+//!    back with the stored version (not its file's) and a replay of deleted
+//!    files keeps the column.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::azurite::Azurite;
+use common::nodes::Nodes;
+use hubflow::demo::DemoConfig;
+use hubflow::embedded::SqliteHub;
+use hubflow::pipeline::{Backends, Progress};
+use hubflow::specs::{Outcome, SpecLog, SpecStore};
+use hubflow::transform::{SPEC_RECORD, TransformSpec};
+use hubflow_actors::ports::{Hub, StateStore};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::cluster::{Store, curated_counts, curated_rows, observer_backends, write_config};
+
+const PARTITIONS: usize = 4;
+const V3_SQL: &str = "SELECT *, amount * 100 AS amount_cents FROM batch";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_reach_every_node_survive_a_killed_initiator_and_restarts() {
+    let _heavy = common::exclusive().await;
+    cluster_swaps(Store::Filesystem).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_azure_blob_storage_swaps_reach_every_node_and_survive_restarts() {
+    let _heavy = common::exclusive().await;
+    cluster_swaps(Store::Azurite(Azurite::start().await)).await;
+}
+
+async fn spec_log(backends: &Backends) -> SpecLog<TransformSpec> {
+    let store = SpecStore::new(StateStore::new(backends.blobs.clone(), "state"), "observer");
+    store
+        .load::<TransformSpec>(SPEC_RECORD)
+        .await
+        .unwrap()
+        .expect("no spec log")
+        .log
+}
+
+/// The version every node in `ids` runs, once they all agree (bounded).
+async fn until_all_run(nodes: &Nodes, ids: &[&str], version: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut running = Vec::new();
+        for id in ids {
+            let v = match nodes.call(id, Method::GET, "/transform", None).await {
+                Some((StatusCode::OK, v)) => v["active"]["version"].as_str().map(str::to_string),
+                _ => None,
+            };
+            running.push(v);
+        }
+        if running.iter().all(|v| v.as_deref() == Some(version)) {
+            eprintln!("{ids:?} run {version} after {:?}", start.elapsed());
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "nodes {ids:?} run {running:?}, not {version}, after {limit:?};{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn cluster_swaps(store: Store) {
+    let test_start = Instant::now();
+    let total = 16_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total,
+        rate_per_sec: Some(400.0),
+        ..DemoConfig::default()
+    })
+    .await;
+    let (config_path, settings) = write_config(dir.path(), &demo.url, &store, PARTITIONS, |c| {
+        c.transform.sync_ms = 250;
+        c.supervision.backoff_initial_ms = 50;
+    });
+    let mut nodes = Nodes::new(dir.path().to_path_buf(), config_path);
+    for id in ["a", "b", "c"] {
+        nodes.start(id);
+    }
+    for id in ["a", "b", "c"] {
+        nodes.until_ready(id, Duration::from_secs(60)).await;
+    }
+    let backends = observer_backends(&settings, &store).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Progress::read(&settings, &backends).await.unwrap().landed < 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing landed;{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 1. Two swaps at once: one wins, the other learns the winner.
+    let first = json!({"version": "v2", "sql": "SELECT *, amount * 2 AS amount_x2 FROM batch", "probation_secs": 2});
+    let second = json!({"version": "v2b", "sql": "SELECT *, amount * 3 AS amount_x3 FROM batch", "probation_secs": 2});
+    let (ra, rb) = tokio::join!(
+        nodes.call("a", Method::POST, "/transform", Some(&first)),
+        nodes.call("b", Method::POST, "/transform", Some(&second)),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let (won, lost) = if ra.0 == StatusCode::OK {
+        (ra, rb)
+    } else {
+        (rb, ra)
+    };
+    assert_eq!(won.0, StatusCode::OK, "{won:?} {lost:?};{}", nodes.tails());
+    assert_eq!(won.1["outcome"], "promoted", "{won:?}");
+    let winner = won.1["version"].as_str().unwrap().to_string();
+    assert_eq!(lost.0, StatusCode::CONFLICT, "{lost:?}");
+    assert!(
+        lost.1.to_string().contains(&winner),
+        "the loser is not told the winner {winner}: {lost:?}"
+    );
+    until_all_run(&nodes, &["a", "b", "c"], &winner, Duration::from_secs(30)).await;
+
+    // 2. v3 proposed on a; a is SIGKILLed during the probation and d starts.
+    let v3 = json!({"version": "v3", "sql": V3_SQL, "probation_secs": 6});
+    let swap = {
+        let port = nodes.ports["a"];
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let _ = http
+                .post(format!("http://127.0.0.1:{port}/transform"))
+                .bearer_auth(common::nodes::TOKEN)
+                .json(&v3)
+                .send()
+                .await;
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = spec_log(&backends).await;
+        if log
+            .probation
+            .is_some_and(|p| log.entry(p.seq).is_some_and(|e| e.version == "v3"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v3 never in probation: {log:?};{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nodes.kill("a");
+    let _ = swap.await;
+    nodes.start("d");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = spec_log(&backends).await;
+        let v3 = log.by_version("v3").unwrap();
+        if v3.outcome == Outcome::Promoted {
+            assert_eq!(log.active, v3.seq);
+            assert_eq!(log.stable, v3.seq);
+            break;
+        }
+        assert_eq!(v3.outcome, Outcome::Probation, "{log:?};{}", nodes.tails());
+        assert!(
+            Instant::now() < deadline,
+            "v3 not decided: {log:?};{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nodes.until_ready("d", Duration::from_secs(60)).await;
+    until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+
+    // 3. v4 fails on records that arrive after it starts, on whichever node
+    //    meets one first: rolled back on every node.
+    let hub = SqliteHub::open_async(
+        settings.data_dir().join("hub.sqlite"),
+        "ingest".into(),
+        PARTITIONS as u32,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut conditions = Vec::new();
+    for p in hub.partition_ids().await.unwrap() {
+        let last = hub
+            .partition_properties(p)
+            .await
+            .unwrap()
+            .last_enqueued_sequence_number;
+        conditions.push(format!(
+            "(_hub_partition = {p} AND _hub_sequence > {})",
+            last + 50
+        ));
+    }
+    let failing = format!(
+        "SELECT *, amount * 100 AS amount_cents, CAST(CASE WHEN {} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch",
+        conditions.join(" OR ")
+    );
+    let (code, body) = nodes
+        .call(
+            "b",
+            Method::POST,
+            "/transform",
+            Some(&json!({"version": "v4", "sql": failing, "probation_secs": 60})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, StatusCode::OK, "{body};{}", nodes.tails());
+    assert_eq!(body["outcome"], "rolled_back", "{body}");
+    assert_eq!(body["restored"], "v3", "{body}");
+    let log = spec_log(&backends).await;
+    let v4 = log.by_version("v4").unwrap();
+    assert_eq!(v4.outcome, Outcome::RolledBack);
+    assert!(
+        v4.detail
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("node "),
+        "{v4:?}"
+    );
+    assert_eq!(log.active_entry().unwrap().version, "v3");
+    until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+
+    // 4. Everything curated, exactly once, then every node drains.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = Progress::read(&settings, &backends).await.unwrap();
+        if p.idle(1) && p.in_hub >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished: {p:?};{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for id in nodes.ids() {
+        let status = nodes.drain(&id, Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "{id} exited with {status};{}",
+            nodes.tails()
+        );
+    }
+    let blobs = backends.blobs.as_ref();
+    assert_eq!(curated_counts(&settings, blobs).await, (total, total));
+    let wrong = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3' \
+                 AND amount IS NOT NULL AND (amount_cents IS NULL OR amount_cents <> amount * 100)";
+    assert_eq!(curated_rows(&settings, blobs, wrong).await[0]["n"], 0);
+    let v3_rows = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3'";
+    assert!(
+        curated_rows(&settings, blobs, v3_rows).await[0]["n"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // A node restarted alone runs the stored v3, not its file's identity,
+    // and a replay of deleted files of partition 0 keeps v3's column.
+    nodes.start("a");
+    nodes.until_ready("a", Duration::from_secs(60)).await;
+    let (_, status) = nodes
+        .call("a", Method::GET, "/transform", None)
+        .await
+        .unwrap();
+    assert_eq!(status["active"]["version"], "v3", "{status}");
+    assert_eq!(status["drift"], true, "{status}");
+    let container = &settings.config.storage.curated_container;
+    let mut p0: Vec<String> = blobs
+        .list(container, "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .filter(|n| n.contains("ingest-p0000-") && n.ends_with(".parquet"))
+        .collect();
+    p0.sort();
+    for name in p0.iter().take(5) {
+        blobs.delete(container, name, None).await.unwrap();
+    }
+    let (code, started) = nodes
+        .call("a", Method::POST, "/replay", Some(&json!({"partition": 0})))
+        .await
+        .unwrap();
+    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["transform_version"], "v3", "{started}");
+    let id = started["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, p) = nodes
+            .call("a", Method::GET, &format!("/replay/{id}"), None)
+            .await
+            .unwrap();
+        if p["state"] != "running" {
+            assert_eq!(p["state"], "completed", "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "replay stuck: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = nodes.drain("a", Duration::from_secs(30)).await;
+    assert!(status.success(), "a exited with {status}");
+    assert_eq!(curated_counts(&settings, blobs).await, (total, total));
+    let p0_lost = "SELECT count(*) AS n FROM demo WHERE _hub_partition = 0 AND amount IS NOT NULL \
+                   AND (amount_cents IS NULL OR _transform_version <> 'v3')";
+    assert_eq!(curated_rows(&settings, blobs, p0_lost).await[0]["n"], 0);
+    demo.stop().await;
+    eprintln!("cluster swap test took {:?}", test_start.elapsed());
+}

@@ -1,0 +1,158 @@
+//! `hubflow run` processes of one cluster on this host, each with its own
+//! node id and admin port on loopback; killed when the test ends (or fails).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// The admin token every node is started with.
+pub const TOKEN: &str = "cluster-test-token-0123456789";
+
+pub struct Nodes {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub running: BTreeMap<String, Child>,
+    /// Admin port of every node started (kept after it stops).
+    pub ports: BTreeMap<String, u16>,
+    http: reqwest::Client,
+}
+
+impl Nodes {
+    pub fn new(dir: PathBuf, config: PathBuf) -> Nodes {
+        Nodes {
+            dir,
+            config,
+            running: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn start(&mut self, id: &str) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(self.log(id)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+            .args(["run", "--quiet", "--config"])
+            .arg(&self.config)
+            .env("HUBFLOW_LOG", "info")
+            .env("HUBFLOW__CLUSTER__NODE_ID", id)
+            .env("HUBFLOW__ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+            .env("HUBFLOW_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning hubflow");
+        self.running.insert(id.to_string(), child);
+        self.ports.insert(id.to_string(), port);
+    }
+
+    pub fn log(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn tails(&self) -> String {
+        let mut out = String::new();
+        for id in self.ports.keys() {
+            let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+            out.push_str(&format!("\n--- {id} ---\n{tail}"));
+        }
+        out
+    }
+
+    pub fn kill(&mut self, id: &str) {
+        let mut child = self.running.remove(id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub async fn drain(&mut self, id: &str, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.running.remove(id).unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{id} did not stop within {limit:?};{}", self.tails());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// Call node `id`'s admin port; `None` when it cannot be reached.
+    pub async fn call(
+        &self,
+        id: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<(StatusCode, Value)> {
+        let port = self.ports[id];
+        let mut req = self
+            .http
+            .request(method, format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(TOKEN)
+            .header("x-hubflow-operator", "cluster-test");
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.ok()?;
+        let code = resp.status();
+        let text = resp.text().await.ok()?;
+        Some((
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// Wait (bounded) until node `id` answers `/readyz` with 200.
+    pub async fn until_ready(&self, id: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some((StatusCode::OK, _)) =
+                self.call(id, reqwest::Method::GET, "/readyz", None).await
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{id} not ready in {limit:?};{}",
+                self.tails()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.running.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
