@@ -322,6 +322,8 @@ pub struct Settings {
     pub curate: CurateOptions,
     /// The transformation in effect (hot-swappable; shared by clones).
     pub transform: crate::transform::ActiveTransform,
+    /// The settings each source runs with (hot-swappable; shared by clones).
+    pub live_sources: crate::source_specs::ActiveSources,
 }
 
 impl Settings {
@@ -503,6 +505,7 @@ impl Config {
             batch,
             curate,
             transform,
+            live_sources: Default::default(),
         })
     }
 }

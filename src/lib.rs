@@ -30,7 +30,8 @@
 //! - [`transform`]: transformation specs (SQL over each curated batch,
 //!   versioned), their dry run and hot swap with automatic roll back, kept
 //!   durable and applied on every node through [`specs`], the versioned
-//!   spec logs in the state container.
+//!   spec logs in the state container; [`source_specs`] does the same for
+//!   source settings.
 //! - [`testkit`]: the port contract suites every backend must pass.
 
 pub mod admin;
@@ -48,6 +49,7 @@ pub mod query;
 pub mod replay;
 pub mod service;
 pub mod source;
+pub mod source_specs;
 pub mod specs;
 pub mod telemetry;
 pub mod testkit;

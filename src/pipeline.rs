@@ -186,46 +186,6 @@ impl Pipeline {
         self.root.shutdown().await;
     }
 
-    /// Hot-swap a source's settings: validate them, then replace the
-    /// running fetcher (it finishes its page and saves its cursor) with one
-    /// built from them, keeping the new one only if it does not fail during
-    /// `probation`; the saved cursor carries over. `version` labels the new
-    /// settings in the status tree.
-    pub async fn swap_source(
-        &self,
-        config: crate::source::HttpSourceConfig,
-        version: &str,
-        deadline: Duration,
-        probation: Duration,
-    ) -> Result<hubflow_supervision::ReplaceOutcome, SwapSourceError> {
-        let path = format!(
-            "{ROOT_SUPERVISOR}/{SOURCES_SUPERVISOR}/{}",
-            fetcher_child_name(&config.name)
-        );
-        if self.root.status().find(&path).is_none() {
-            return Err(SwapSourceError::NotRunning(path));
-        }
-        let validated = config
-            .validate()
-            .map_err(|e| SwapSourceError::Invalid(e.to_string()))?;
-        let budget = validated.retry_budget();
-        let source: Arc<dyn Source> = Arc::new(
-            crate::source::HttpSource::new(validated)
-                .map_err(|e| SwapSourceError::Invalid(e.to_string()))?,
-        );
-        let spec =
-            fetcher_spec_with(&self.settings, &self.backends, source, budget).with_version(version);
-        self.root
-            .replace(
-                &format!("{ROOT_SUPERVISOR}/{SOURCES_SUPERVISOR}"),
-                spec,
-                deadline,
-                probation,
-            )
-            .await
-            .map_err(|e| SwapSourceError::Tree(e.to_string()))
-    }
-
     pub async fn progress(&self) -> anyhow::Result<Progress> {
         Progress::read(&self.settings, &self.backends).await
     }
@@ -245,17 +205,6 @@ fn supervisor(name: &str, strategy: Strategy, settings: &Settings) -> Supervisor
             window: Duration::from_secs(s.window_secs),
         })
         .health_interval(Duration::from_millis((s.stall_timeout_ms / 4).max(250)))
-}
-
-/// Why a source's settings were not swapped.
-#[derive(Debug, thiserror::Error)]
-pub enum SwapSourceError {
-    #[error("invalid source settings: {0}")]
-    Invalid(String),
-    #[error("no fetcher at {0} on this node")]
-    NotRunning(String),
-    #[error("the fetcher cannot be replaced: {0}")]
-    Tree(String),
 }
 
 /// Name of the root supervisor.
@@ -347,16 +296,23 @@ pub async fn tree(
 }
 
 /// The fetcher of one source (child of [`SOURCES_SUPERVISOR`]).
+/// Built from the settings this node runs for the source
+/// ([`crate::source_specs::ActiveSources`], the newest version it knows),
+/// else from `source` as given.
 pub fn fetcher_spec(
     settings: &Settings,
     backends: &Backends,
     source: Arc<dyn Source>,
 ) -> ChildSpec {
+    if let Some(live) = settings.live_sources.get(source.name()) {
+        return fetcher_spec_with(settings, backends, live.source, live.budget)
+            .with_version(&live.version);
+    }
     let budget = crate::source::retry_budget_for(&settings.sources, source.name());
     fetcher_spec_with(settings, backends, source, budget)
 }
 
-fn fetcher_spec_with(
+pub(crate) fn fetcher_spec_with(
     settings: &Settings,
     backends: &Backends,
     source: Arc<dyn Source>,

@@ -92,9 +92,11 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
         Backends::embedded(&settings).await?
     };
     let (demo_shutdown, demo_task) = tokio::sync::oneshot::channel::<()>();
+    // Each source's stored settings (the file's on the first start).
+    backends.ensure_containers(&settings).await?;
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    for s in &settings.sources {
-        sources.push(Arc::new(HttpSource::new(s.clone())?));
+    for config in &settings.config.sources {
+        sources.push(crate::source_specs::bootstrap(&settings, &backends, config).await?);
     }
     let mut demo_handle = None;
     if sources.is_empty() && settings.config.demo.enabled {

@@ -299,9 +299,14 @@ impl SpecStore {
         }
     }
 
-    /// The log, written first with `spec` as version 1 when there is none.
-    /// With `force`, `spec` becomes the active and stable version even when
-    /// another is stored, or the record is corrupt (the override).
+    /// The log, written first with the config file's `spec` as version 1
+    /// when there is none. Later starts keep the stored versions, unless the
+    /// file holds a spec the log has never seen from a file (a deploy that
+    /// changed it): that becomes a new version, active and stable. A file
+    /// spec seen before (a restart, or a node of a rolling deploy still on
+    /// the old file) changes nothing, so nodes never flip-flop. With
+    /// `force`, `spec` becomes the active and stable version in any case,
+    /// even over a corrupt record (the override).
     pub async fn init<S>(
         &self,
         name: &str,
@@ -314,7 +319,16 @@ impl SpecStore {
     {
         loop {
             let (mut log, etag) = match self.load::<S>(name).await {
-                Ok(Some(read)) if !force => return Ok(read),
+                Ok(Some(read))
+                    if !force
+                        && read.log.entries.iter().any(|e| {
+                            matches!(e.origin, Origin::Config | Origin::Override)
+                                && e.spec == spec
+                                && e.version == version
+                        }) =>
+                {
+                    return Ok(read);
+                }
                 Ok(Some(read)) => (Some(read.log), Some(read.etag)),
                 Ok(None) => (None, None),
                 Err(SpecError::Corrupt { .. }) if force => {
@@ -342,7 +356,10 @@ impl SpecStore {
                     {
                         e.outcome = Outcome::RolledBack;
                         e.decided_ms = Some(now_ms());
-                        e.detail = Some(format!("overridden by node {}", self.node));
+                        e.detail = Some(format!(
+                            "superseded by the config file of node {}",
+                            self.node
+                        ));
                     }
                     log.active = seq;
                     log.stable = seq;
@@ -576,6 +593,13 @@ mod tests {
         let active = forced.log.active_entry().unwrap();
         assert_eq!((active.seq, active.origin), (3, Origin::Override));
         assert_eq!(forced.log.stable, 3);
+        // A deploy with a new file spec makes it a new version; a node still
+        // on an old file (seen before) changes nothing.
+        let deployed = a.init(NAME, "v5", "five".to_string(), false).await.unwrap();
+        assert_eq!(deployed.log.active_entry().unwrap().version, "v5");
+        let old_node = a.init(NAME, "v1", "one".to_string(), false).await.unwrap();
+        assert_eq!(old_node.log.active_entry().unwrap().version, "v5");
+        assert_eq!(old_node.log.entries.len(), 4);
     }
 
     #[tokio::test]

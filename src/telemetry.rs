@@ -362,6 +362,36 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
         "corrupt raw blobs quarantined",
     ),
     (
+        Gauge,
+        "hubflow_transform_config_drift",
+        "1 when the transform this node runs (from the spec log) differs from its config file's",
+    ),
+    (
+        Gauge,
+        "hubflow_transform_active_seq",
+        "sequence number in the spec log of the transform version this node runs",
+    ),
+    (
+        Counter,
+        "hubflow_transform_swaps_total",
+        "cluster-wide transform swaps decided, by outcome",
+    ),
+    (
+        Counter,
+        "hubflow_transform_apply_failures_total",
+        "transform versions this node failed to apply (drain, replace or probation)",
+    ),
+    (
+        Counter,
+        "hubflow_transform_sync_errors_total",
+        "rounds of following the spec logs that failed (unreadable, corrupt or unappliable)",
+    ),
+    (
+        Counter,
+        "hubflow_source_apply_failures_total",
+        "source settings versions this node failed to apply, by source",
+    ),
+    (
         Counter,
         "hubflow_transformer_chain_gaps_total",
         "gaps skipped in the raw chain",

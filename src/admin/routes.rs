@@ -133,7 +133,8 @@ pub fn routes() -> Vec<Route> {
         Route::post("/transform", Control, "Hot-swap the transformation spec on every node: validate, dry-run on the newest raw blob, propose it in the durable spec log (409 if another swap won or is in probation), each node drains and replaces its transform group, one node's failure in the probation rolls back everywhere", swap_transform).body(schemas::transform),
         Route::post("/transform/rollback", Control, "Swap back to an earlier version (default: the newest promoted one before the active version), with the same dry run and probation as a swap", rollback_transform).body(schemas::rollback),
         Route::post("/transform/backfill", Control, "Replay everything curated since version `since` first ran, with version `with` (default: the active one), after a dry run; one replay job per partition", backfill_transform).body(schemas::backfill).success(StatusCode::ACCEPTED),
-        Route::post("/sources/{name}", Control, "Hot-swap a source's settings (the [[sources]] table as JSON): validated, the fetcher replaced from its saved cursor, rolled back if it fails its probation", swap_source).body(schemas::source),
+        Route::get("/sources", Read, "Each source's settings version on this node, and its durable spec log (every version: who, when, outcome)", get_sources),
+        Route::post("/sources/{name}", Control, "Hot-swap a source's settings (the [[sources]] table as JSON; secrets as env or file references): validated, kept in the source's durable spec log (409 if another swap won or is in probation), the node running its fetcher replaces it from its saved cursor and rolls it back if it fails its probation", swap_source).body(schemas::source),
         Route::post("/dlq/redrive", Control, "Republish a transform dead letter to hub ingest (optionally with a corrected payload) and mark it redriven", redrive_dlq).body(schemas::redrive),
     ]
 }
@@ -823,6 +824,14 @@ async fn backfill_transform(
         .into_response())
 }
 
+async fn get_sources(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let pipeline = state.pipeline();
+    let logs = crate::source_specs::logs(&pipeline.settings, &pipeline.backends)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({ "sources": logs })))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSwapRequest {
@@ -836,9 +845,10 @@ pub struct SourceSwapRequest {
 async fn swap_source(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<SourceSwapRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::pipeline::SwapSourceError;
+    use crate::source_specs::SourceSpecError;
     if req.source.name != name {
         return Err(ApiError::bad_request(format!(
             "the body names source {:?}, the path {name:?}",
@@ -846,18 +856,25 @@ async fn swap_source(
         )));
     }
     let probation = Duration::from_secs(req.probation_secs.unwrap_or(10).clamp(1, 3_600));
-    match state
-        .pipeline()
-        .swap_source(req.source, &req.version, state.drain_deadline(), probation)
-        .await
+    match crate::source_specs::swap(
+        state.pipeline(),
+        req.source,
+        &req.version,
+        probation,
+        &operator(&headers),
+    )
+    .await
     {
         Ok(outcome) => Ok(Json(json!(outcome))),
-        Err(e @ SwapSourceError::Invalid(_)) => Err(ApiError::new(
+        Err(e @ SourceSpecError::Invalid(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_source",
             e.to_string(),
         )),
-        Err(e @ SwapSourceError::NotRunning(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ SourceSpecError::Unknown(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ (SourceSpecError::Conflict(_) | SourceSpecError::Busy(_))) => {
+            Err(ApiError::conflict(e.to_string()))
+        }
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }

@@ -466,6 +466,21 @@ fn sensitive(field: &str, value: &str) -> Result<HeaderValue, ConfigError> {
 
 impl HttpSourceConfig {
     /// Checks the configuration and resolves its secrets.
+    /// Whether a secret (a header or an auth value) is given inline: such
+    /// settings cannot be kept in the state container (literals serialize as
+    /// `***`).
+    pub fn has_literal_secrets(&self) -> bool {
+        let auth = match &self.auth {
+            AuthConfig::None => None,
+            AuthConfig::Bearer { token } => Some(token),
+            AuthConfig::ApiKey { value, .. } => Some(value),
+            AuthConfig::Basic { password, .. } => Some(password),
+            AuthConfig::OAuth2 { client_secret, .. } => Some(client_secret),
+        };
+        auth.is_some_and(SecretString::is_literal)
+            || self.headers.values().any(SecretString::is_literal)
+    }
+
     pub fn validate(&self) -> Result<HttpSourceSettings, ConfigError> {
         if self.name.is_empty()
             || !self

@@ -26,6 +26,12 @@ enum Repr {
 }
 
 impl SecretString {
+    /// Given inline (not a reference to an env var or a file): such a value
+    /// serializes as `***`, so it cannot be stored and read back.
+    pub fn is_literal(&self) -> bool {
+        matches!(self.0, Repr::Literal(_))
+    }
+
     /// A secret given inline.
     pub fn literal(value: impl Into<String>) -> Self {
         SecretString(Repr::Literal(value.into()))

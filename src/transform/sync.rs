@@ -270,7 +270,12 @@ pub async fn run_sync(
     loop {
         let Some(p) = pipeline.upgrade() else { return };
         let every = sync_interval(&p.settings);
-        let result = converge(&p).await;
+        let result = match converge(&p).await {
+            Ok(()) => crate::source_specs::converge(&p)
+                .await
+                .map_err(|e| TransformError::Tree(format!("sources: {e}"))),
+            Err(e) => Err(e),
+        };
         drop(p);
         let wait = match result {
             Ok(()) => {

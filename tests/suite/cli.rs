@@ -118,3 +118,54 @@ fn the_readme_config_profiles_are_valid() {
         assert!(out.status.success(), "profile {profile}:\n{text}\n{stderr}");
     }
 }
+
+/// A node that cannot read the transform spec log must not curate with a
+/// version it is unsure of: it refuses to start, naming the record and the
+/// repair; the override rewrites the record from the config file (logged),
+/// and later starts read it again.
+#[test]
+fn a_corrupt_spec_log_refuses_the_start_until_the_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ndata_dir = {:?}\n\n[admin]\nenabled = false\n\n[demo]\ntotal = 50\n\n[transform]\nversion = \"v1\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+            .args(["run", "--quiet", "--exit-when-idle", "--config"])
+            .arg(&config)
+            .env("HUBFLOW_LOG", "info")
+            .envs(extra.iter().copied())
+            .output()
+            .expect("running hubflow");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run(&[]);
+    assert!(ok, "{stderr}");
+    let record = data.join("blobs/state/specs/transform");
+    assert!(std::fs::read_to_string(&record).unwrap().contains("\"v1\""));
+
+    std::fs::write(&record, b"{\"schema\":1,\"active\":").unwrap();
+    let (ok, stderr) = run(&[]);
+    assert!(!ok, "started on a corrupt spec log: {stderr}");
+    assert!(
+        stderr.contains("specs/transform") && stderr.contains("override"),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = run(&[("HUBFLOW__TRANSFORM__OVERRIDE_STORED", "true")]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("transform override"), "{stderr}");
+    let (ok, stderr) = run(&[]);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("differs from the config file"), "{stderr}");
+}

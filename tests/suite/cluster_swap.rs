@@ -7,6 +7,8 @@
 //! 2. A swap whose initiating node is SIGKILLed during its probation, while
 //!    a fourth node starts: the survivors and the newcomer apply it, and one
 //!    of them promotes it when the probation ends.
+//!    Source settings swapped through one node reach the node holding the
+//!    fetcher lease and every other node.
 //! 3. A version that fails at run time on one node rolls back on all.
 //! 4. Everything is curated exactly once; rows curated since the swap carry
 //!    its column and its `_transform_version`. A node restarted alone comes
@@ -74,6 +76,32 @@ async fn until_all_run(nodes: &Nodes, ids: &[&str], version: &str, limit: Durati
         assert!(
             start.elapsed() < limit,
             "nodes {ids:?} run {running:?}, not {version}, after {limit:?};{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every node in `ids` has source `demo` at settings `version` (bounded).
+async fn until_all_sources(nodes: &Nodes, ids: &[&str], version: &str) {
+    let start = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for id in ids {
+            let v = match nodes.call(id, Method::GET, "/sources", None).await {
+                Some((StatusCode::OK, v)) => {
+                    v["sources"][0]["version"].as_str().map(str::to_string)
+                }
+                _ => None,
+            };
+            seen.push(v);
+        }
+        if seen.iter().all(|v| v.as_deref() == Some(version)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nodes {ids:?} have source settings {seen:?}, not {version};{}",
             nodes.tails()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -188,6 +216,23 @@ async fn cluster_swaps(store: Store) {
     }
     nodes.until_ready("d", Duration::from_secs(60)).await;
     until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+
+    // Source settings too: swapped through any node, applied by the node
+    // holding the fetcher lease, known to every node for its next start.
+    let mut smaller = serde_json::to_value(&settings.config.sources[0]).unwrap();
+    smaller["query"]["limit"] = json!("500");
+    let (code, body) = nodes
+        .call(
+            "c",
+            Method::POST,
+            "/sources/demo",
+            Some(&json!({"version": "pages-500", "source": smaller, "probation_secs": 2})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, StatusCode::OK, "{body};{}", nodes.tails());
+    assert_eq!(body["outcome"], "promoted", "{body}");
+    until_all_sources(&nodes, &["b", "c", "d"], "pages-500").await;
 
     // 3. v4 fails on records that arrive after it starts, on whichever node
     //    meets one first: rolled back on every node.

@@ -454,7 +454,7 @@ async fn wait_replay(admin: &Admin, id: u64) -> Value {
     panic!("replay {id} did not finish");
 }
 
-/// (version, outcome) of every entry of the durable spec log.
+/// (version, outcome) of every entry of a durable spec log (`status["log"]`).
 fn log_outcomes(status: &Value) -> Vec<(String, String)> {
     status["log"]["entries"]
         .as_array()
@@ -528,7 +528,7 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
     let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
     let text = tree.to_string();
     for step in [
-        "replacing unversioned with pages-250",
+        "replacing config with pages-250",
         "promoted pages-250",
         "replacing pages-250 with dead-endpoint",
         "rolled back dead-endpoint to pages-250",
@@ -543,6 +543,38 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Inline secrets cannot be kept in the state container: refused.
+    let mut inline = serde_json::to_value(&source).unwrap();
+    inline["auth"] = json!({"type": "bearer", "token": "inline-s3cret"});
+    let (code, body) = post(json!({"version": "inline", "source": inline})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("inline secrets"), "{body}");
+    assert!(!body.to_string().contains("inline-s3cret"), "{body}");
+
+    // The durable log holds every version.
+    let (_, sources) = admin.call(reqwest::Method::GET, "/sources", None).await;
+    let demo_log = &sources["sources"][0];
+    assert_eq!(demo_log["version"], "pages-250", "{sources}");
+    assert_eq!(
+        log_outcomes(&demo_log),
+        vec![
+            ("config".to_string(), "promoted".to_string()),
+            ("pages-250".to_string(), "promoted".to_string()),
+            ("dead-endpoint".to_string(), "rolled_back".to_string()),
+        ]
+    );
+    stop.notify_one();
+    run.await.unwrap().unwrap();
+    assert_eq!(common::counts(&settings).await, (total, total));
+
+    // A restart with the same file runs the swapped settings.
+    let Running {
+        admin, stop, run, ..
+    } = Running::start(common::config(dir.path(), &demo.url)).await;
+    let (_, sources) = admin.call(reqwest::Method::GET, "/sources", None).await;
+    assert_eq!(sources["sources"][0]["version"], "pages-250", "{sources}");
+    let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
+    assert!(tree.to_string().contains("pages-250"), "{tree}");
     stop.notify_one();
     run.await.unwrap().unwrap();
     assert_eq!(common::counts(&settings).await, (total, total));
