@@ -685,6 +685,17 @@ pub fn render_status(status: &Value) -> String {
             .collect();
         out.push_str(&format!("versions: {}\n", v.join(", ")));
     }
+    let t = &status["transform"];
+    if let Some(version) = t["version"].as_str() {
+        out.push_str(&format!("transform: {version} (seq {})", t["seq"]));
+        if t["drift"] == true {
+            out.push_str(&format!(
+                ", differs from the config file's {} (the spec log wins)",
+                t["config_version"].as_str().unwrap_or("?")
+            ));
+        }
+        out.push('\n');
+    }
     fn walk(node: &Value, depth: usize, out: &mut String) {
         let mut line = format!(
             "{}{:<width$} {:<11} gen {:<3} restarts {:<3} queue {}",

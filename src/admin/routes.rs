@@ -379,10 +379,17 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         Ok(p) => (serde_json::to_value(p).unwrap_or(Value::Null), None),
         Err(error) => (Value::Null, Some(format!("{error:#}"))),
     };
+    let transform = pipeline.settings.transform.status();
     Json(json!({
         "ready": state.is_started() && tree.state != NodeState::Failed,
         "started_ms": state.started_ms(),
         "versions": state.versions(),
+        "transform": {
+            "version": transform.active.version,
+            "seq": transform.seq,
+            "config_version": transform.config.version,
+            "drift": transform.drift,
+        },
         "progress": progress,
         "progress_error": progress_error,
         "replays": state.replays().list(),

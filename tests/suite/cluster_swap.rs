@@ -164,7 +164,7 @@ async fn cluster_swaps(store: Store) {
     until_all_run(&nodes, &["a", "b", "c"], &winner, Duration::from_secs(30)).await;
 
     // 2. v3 proposed on a; a is SIGKILLed during the probation and d starts.
-    let v3 = json!({"version": "v3", "sql": V3_SQL, "probation_secs": 6});
+    let v3 = json!({"version": "v3", "sql": V3_SQL, "probation_secs": 10});
     let swap = {
         let port = nodes.ports["a"];
         tokio::spawn(async move {
@@ -216,6 +216,21 @@ async fn cluster_swaps(store: Store) {
     }
     nodes.until_ready("d", Duration::from_secs(60)).await;
     until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+    // d started while v3 was in probation: it started with the stable
+    // version and applied v3 through the probation like the others.
+    let (_, d) = nodes
+        .call("d", Method::GET, "/transform", None)
+        .await
+        .unwrap();
+    let applied = d["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["version"] == "v3" && e["outcome"] == "applied");
+    assert!(applied, "{d}");
+    let (_, d_status) = nodes.call("d", Method::GET, "/status", None).await.unwrap();
+    assert_eq!(d_status["transform"]["version"], "v3", "{d_status}");
+    assert_eq!(d_status["transform"]["drift"], true, "{d_status}");
 
     // Source settings too: swapped through any node, applied by the node
     // holding the fetcher lease, known to every node for its next start.
