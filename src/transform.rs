@@ -299,12 +299,11 @@ impl ActiveTransform {
     ) -> Previous {
         let mut a = self.lock();
         a.swapping = true;
-        let previous = Previous {
+        Previous {
             spec: std::mem::replace(&mut a.spec, spec),
             seq: std::mem::replace(&mut a.seq, seq),
             transform: std::mem::replace(&mut a.transform, transform),
-        };
-        previous
+        }
     }
 
     /// The move is done: `applied` or back to `previous`.

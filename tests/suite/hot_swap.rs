@@ -556,7 +556,7 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
     let demo_log = &sources["sources"][0];
     assert_eq!(demo_log["version"], "pages-250", "{sources}");
     assert_eq!(
-        log_outcomes(&demo_log),
+        log_outcomes(demo_log),
         vec![
             ("config".to_string(), "promoted".to_string()),
             ("pages-250".to_string(), "promoted".to_string()),
