@@ -2,7 +2,8 @@
 //! start ingests from and the end-to-end tests hammer.
 //!
 //! `GET /v1/events?cursor=<n>&limit=<m>` (or `offset=` for `cursor=`, or
-//! `page=<p>&per_page=<m>` from page 1) answers
+//! `page=<p>&per_page=<m>` from page 1, or `starting_after=<record id>` for
+//! keyset pagination) answers
 //! `{"data": [...], "next_cursor": "<n+m>" | null, "has_more": bool,
 //! "next_url": "/v1/events?..." | null}` and a `Link: <...>; rel="next"`
 //! header, so every pagination style of the HTTP source can run against it.
@@ -360,7 +361,11 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
     let first = request
         .since
         .map_or(0, |since| first_updated_at_or_after(since, available));
-    let start = first.saturating_add(request.start).min(available);
+    let start = match request.after {
+        Some(after) => after.saturating_add(1).max(first),
+        None => first.saturating_add(request.start),
+    }
+    .min(available);
     let end = start.saturating_add(request.limit).min(available);
     let data: Vec<Value> = (start..end).map(demo_record).collect();
     let more = end < available;
@@ -489,6 +494,8 @@ struct PageRequest {
     paged: bool,
     /// `updated_since`, in Unix seconds.
     since: Option<i64>,
+    /// `starting_after=evt-N` (keyset pagination): the records after N.
+    after: Option<u64>,
 }
 
 impl PageRequest {
@@ -497,6 +504,7 @@ impl PageRequest {
         let mut limit = None;
         let mut page = None;
         let mut since = None;
+        let mut after = None;
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let number = || {
                 value
@@ -507,6 +515,14 @@ impl PageRequest {
                 "cursor" | "offset" => cursor = Some(number()?),
                 "limit" | "per_page" => limit = Some(number()?),
                 "page" => page = Some(number()?),
+                "starting_after" => {
+                    after = Some(
+                        value
+                            .strip_prefix("evt-")
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .ok_or("`starting_after` must be a record id (evt-N)")?,
+                    );
+                }
                 "updated_since" => {
                     let t = DateTime::parse_from_rfc3339(&value)
                         .map_err(|_| "`updated_since` must be an RFC 3339 timestamp".to_string())?;
@@ -518,6 +534,9 @@ impl PageRequest {
         let limit = limit
             .unwrap_or(config.default_page_size)
             .clamp(1, config.max_page_size);
+        if after.is_some() && (page.is_some() || cursor.is_some()) {
+            return Err("use either `starting_after` or `page`/`cursor`/`offset`".into());
+        }
         match (page, cursor) {
             (Some(_), Some(_)) => Err("use either `page` or `cursor`/`offset`".into()),
             (Some(0), None) => Err("`page` starts at 1".into()),
@@ -526,12 +545,14 @@ impl PageRequest {
                 limit,
                 paged: true,
                 since,
+                after,
             }),
             (None, c) => Ok(PageRequest {
                 start: c.unwrap_or(0),
                 limit,
                 paged: false,
                 since,
+                after,
             }),
         }
     }
@@ -781,6 +802,10 @@ mod tests {
             "/v1/events?cursor=15&limit=10&updated_since=2024-01-01T01:00:00Z"
         );
         assert!(PageRequest::parse("updated_since=yesterday", &c).is_err());
+        let r = PageRequest::parse("starting_after=evt-00000041&limit=10", &c).unwrap();
+        assert_eq!((r.after, r.limit), (Some(41), 10));
+        assert!(PageRequest::parse("starting_after=41", &c).is_err());
+        assert!(PageRequest::parse("starting_after=evt-1&cursor=3", &c).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::pipeline::{
     Backends, Pipeline, ROOT_SUPERVISOR, SOURCES_SUPERVISOR, fetcher_child_name,
 };
 use crate::source::{HttpSource, HttpSourceConfig};
-use crate::specs::{Outcome, Proposal, SpecError, SpecStore};
+use crate::specs::{Decision, Proposal, SpecError, SpecStore};
 
 /// Prefix of the source spec logs in the state container.
 pub const SOURCE_SPECS: &str = "specs/sources/";
@@ -399,50 +399,27 @@ pub async fn swap(
         + probation
         + settle
         + Duration::from_secs(60);
-    let started = tokio::time::Instant::now();
-    loop {
+    let round = || async {
         if let Err(error) = converge(pipeline).await {
             warn!(%error, "source sync round failed during a swap");
         }
-        let read = store
-            .load::<HttpSourceConfig>(&record)
-            .await?
-            .ok_or_else(|| SourceSpecError::Unknown(name.clone()))?;
-        let Some(entry) = read.log.entry(seq) else {
-            return Err(SourceSpecError::Tree(format!(
-                "version {seq} left the spec log"
-            )));
-        };
-        match entry.outcome {
-            Outcome::Promoted => {
-                return Ok(SourceSwapOutcome::Promoted {
-                    version: version.to_string(),
-                    seq,
-                });
-            }
-            Outcome::RolledBack | Outcome::Refused => {
-                let error = entry.detail.clone().unwrap_or_default();
-                if let Err(e) = converge(pipeline).await {
-                    warn!(error = %e, "moving back after a rollback failed; the sync retries");
-                }
-                return Ok(SourceSwapOutcome::RolledBack {
-                    version: version.to_string(),
-                    seq,
-                    restored: read
-                        .log
-                        .active_entry()
-                        .map(|e| e.version.clone())
-                        .unwrap_or_default(),
-                    error,
-                });
-            }
-            Outcome::Probation => {}
-        }
-        if started.elapsed() > limit {
-            return Err(SourceSpecError::Tree(format!(
-                "version {version} (seq {seq}) of {name} was not decided within {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    match store
+        .await_decision::<HttpSourceConfig, _, _>(&record, seq, limit, round)
+        .await?
+    {
+        Some(Decision::Promoted) => Ok(SourceSwapOutcome::Promoted {
+            version: version.to_string(),
+            seq,
+        }),
+        Some(Decision::RolledBack { restored, error }) => Ok(SourceSwapOutcome::RolledBack {
+            version: version.to_string(),
+            seq,
+            restored,
+            error,
+        }),
+        None => Err(SourceSpecError::Tree(format!(
+            "version {version} (seq {seq}) of {name} was not decided within {limit:?}"
+        ))),
     }
 }

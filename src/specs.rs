@@ -540,6 +540,64 @@ impl SpecStore {
     }
 }
 
+/// How a proposed version ended, as [`SpecStore::await_decision`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Promoted,
+    /// The log went back to `restored`; `error` says which node failed how.
+    RolledBack {
+        restored: String,
+        error: String,
+    },
+}
+
+impl SpecStore {
+    /// Run `round` (this node's converge step) and read the log again until
+    /// version `seq` is decided; `None` when `limit` passes first. After a
+    /// rollback `round` runs once more, so this node follows it before the
+    /// caller answers.
+    pub async fn await_decision<S, F, Fut>(
+        &self,
+        name: &str,
+        seq: u64,
+        limit: std::time::Duration,
+        mut round: F,
+    ) -> Result<Option<Decision>, SpecError>
+    where
+        S: DeserializeOwned + Clone + PartialEq,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let started = tokio::time::Instant::now();
+        loop {
+            round().await;
+            let read = self.reload::<S>(name).await?;
+            let entry = read
+                .log
+                .entry(seq)
+                .ok_or_else(|| SpecError::UnknownVersion(format!("seq {seq}")))?;
+            match entry.outcome {
+                Outcome::Promoted => return Ok(Some(Decision::Promoted)),
+                Outcome::RolledBack | Outcome::Refused => {
+                    let error = entry.detail.clone().unwrap_or_default();
+                    round().await;
+                    let restored = read
+                        .log
+                        .active_entry()
+                        .map(|e| e.version.clone())
+                        .unwrap_or_default();
+                    return Ok(Some(Decision::RolledBack { restored, error }));
+                }
+                Outcome::Probation => {}
+            }
+            if started.elapsed() > limit {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

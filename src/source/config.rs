@@ -303,6 +303,25 @@ pub enum PaginationConfig {
     NextUrl { from: String },
     /// The next page's URL is the `Link` header's `rel="next"` target.
     LinkHeader,
+    /// Keyset (Stripe, Shopify): `?<param>=<value>` where the value is the
+    /// field `from_record` of the last record of the previous page. A body
+    /// flag `has_more` (optional) says whether more pages exist now;
+    /// without it an empty page, or one shorter than `page_size` when that
+    /// is set, means caught up. A later poll asks for the records after
+    /// the last one delivered.
+    Keyset {
+        #[serde(default = "default_keyset_param")]
+        param: String,
+        from_record: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        has_more: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page_size: Option<u64>,
+    },
+}
+
+fn default_keyset_param() -> String {
+    "starting_after".into()
 }
 
 fn default_page_param() -> String {
@@ -344,6 +363,11 @@ pub enum Pagination {
         from: JsonPath,
     },
     LinkHeader,
+    Keyset {
+        param: String,
+        from_record: JsonPath,
+        page_size: Option<u64>,
+    },
 }
 
 impl Pagination {
@@ -356,6 +380,7 @@ impl Pagination {
             Pagination::Cursor { .. } => "cursor",
             Pagination::NextUrl { .. } => "next_url",
             Pagination::LinkHeader => "link_header",
+            Pagination::Keyset { .. } => "keyset",
         }
     }
 }
@@ -627,9 +652,25 @@ impl HttpSourceConfig {
             .as_deref()
             .map(|p| path("last_page_flag", p))
             .transpose()?;
+        let keyset_has_more = match &self.pagination {
+            PaginationConfig::Keyset {
+                has_more: Some(flag),
+                ..
+            } => {
+                if self.has_more_flag.is_some() {
+                    return Err(ConfigError::invalid(
+                        "pagination.has_more",
+                        "give the flag either here or as has_more_flag, not both",
+                    ));
+                }
+                Some(flag.as_str())
+            }
+            _ => None,
+        };
         let has_more_flag = self
             .has_more_flag
             .as_deref()
+            .or(keyset_has_more)
             .map(|p| path("has_more_flag", p))
             .transpose()?;
 
@@ -688,6 +729,25 @@ impl HttpSourceConfig {
                 from: path("pagination.from", from)?,
             },
             PaginationConfig::LinkHeader => Pagination::LinkHeader,
+            PaginationConfig::Keyset {
+                param,
+                from_record,
+                page_size,
+                ..
+            } => {
+                non_empty("pagination.param", param)?;
+                if *page_size == Some(0) {
+                    return Err(ConfigError::invalid(
+                        "pagination.page_size",
+                        "must be at least 1",
+                    ));
+                }
+                Pagination::Keyset {
+                    param: param.clone(),
+                    from_record: path("pagination.from_record", from_record)?,
+                    page_size: *page_size,
+                }
+            }
         };
         if self.format == BodyFormat::Ndjson {
             if matches!(

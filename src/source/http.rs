@@ -180,10 +180,12 @@ impl HttpSource {
                     with_query_param(base, offset_param, &state.offset.unwrap_or(0).to_string());
                 with_query_param(&url, limit_param, &limit.to_string())
             }
-            Pagination::Cursor { param, .. } => match &state.cursor {
-                Some(c) => with_query_param(base, param, c),
-                None => base.clone(),
-            },
+            Pagination::Cursor { param, .. } | Pagination::Keyset { param, .. } => {
+                match &state.cursor {
+                    Some(c) => with_query_param(base, param, c),
+                    None => base.clone(),
+                }
+            }
             Pagination::NextUrl { .. } | Pagination::LinkHeader => match &state.url {
                 Some(u) => Url::parse(u)
                     .map_err(|e| Failure::Fatal(format!("stored cursor url is invalid: {e}")))?,
@@ -459,10 +461,38 @@ impl HttpSource {
                     None => None,
                 }
             }
+            Pagination::Keyset { from_record, .. } => match texts.last() {
+                None => {
+                    if flag(&self.settings.has_more_flag) == Some(true) {
+                        return Err(Failure::bad(
+                            "keyset: the body says has_more but the page is empty",
+                            body,
+                        ));
+                    }
+                    None
+                }
+                Some(last) => {
+                    let value = raw_lookup(last, from_record.segments())
+                        .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+                        .as_ref()
+                        .and_then(scalar_text);
+                    match value {
+                        Some(v) => Some(v),
+                        None => {
+                            return Err(Failure::bad(
+                                format!(
+                                    "keyset: the last record of the page has no `{from_record}` to continue after"
+                                ),
+                                body,
+                            ));
+                        }
+                    }
+                }
+            },
             _ => None,
         };
         let current_token = match pagination {
-            Pagination::Cursor { .. } => state.cursor.clone(),
+            Pagination::Cursor { .. } | Pagination::Keyset { .. } => state.cursor.clone(),
             _ => Some(position.to_string()),
         };
         let observed = Observed {

@@ -83,7 +83,7 @@ impl CursorState {
             Pagination::OffsetLimit { .. } => {
                 state.page.is_none() && state.cursor.is_none() && state.url.is_none()
             }
-            Pagination::Cursor { .. } => {
+            Pagination::Cursor { .. } | Pagination::Keyset { .. } => {
                 state.page.is_none() && state.offset.is_none() && state.url.is_none()
             }
             Pagination::NextUrl { .. } | Pagination::LinkHeader => {
@@ -146,7 +146,10 @@ pub fn advance(
     let fresh = state.seen == 0;
     let token_style = matches!(
         pagination,
-        Pagination::Cursor { .. } | Pagination::NextUrl { .. } | Pagination::LinkHeader
+        Pagination::Cursor { .. }
+            | Pagination::NextUrl { .. }
+            | Pagination::LinkHeader
+            | Pagination::Keyset { .. }
     );
     if token_style
         && fresh
@@ -213,7 +216,14 @@ pub fn advance(
                 caught_up: n < *limit || seen.last_page,
             }
         }
-        Pagination::Cursor { .. } | Pagination::NextUrl { .. } | Pagination::LinkHeader => {
+        Pagination::Cursor { .. }
+        | Pagination::NextUrl { .. }
+        | Pagination::LinkHeader
+        | Pagination::Keyset { .. } => {
+            // Keyset without a body flag: a page shorter than the server's
+            // page size is the last one for now.
+            let short =
+                matches!(pagination, Pagination::Keyset { page_size: Some(size), .. } if n < *size);
             let stay = CursorState {
                 seen: n,
                 prev: state.prev.clone(),
@@ -237,7 +247,7 @@ pub fn advance(
                         ..token_state(pagination, Some(t.to_string()))
                     },
                     skip,
-                    caught_up: seen.last_page || n == 0,
+                    caught_up: seen.last_page || n == 0 || short,
                 },
             }
         }
@@ -268,7 +278,7 @@ fn state_token(state: &CursorState) -> Option<String> {
 
 fn token_state(pagination: &Pagination, token: Option<String>) -> CursorState {
     match pagination {
-        Pagination::Cursor { .. } => CursorState {
+        Pagination::Cursor { .. } | Pagination::Keyset { .. } => CursorState {
             cursor: token,
             ..Default::default()
         },

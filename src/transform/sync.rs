@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use super::{ActiveTransform, DryRun, SqlTransform, TransformError, TransformSpec, dry_run};
 use crate::config::Settings;
 use crate::pipeline::{INGEST_HUB, Pipeline, ROOT_SUPERVISOR};
-use crate::specs::{Origin, Outcome, Proposal, Read, SpecError, SpecLog, SpecStore};
+use crate::specs::{Decision, Origin, Outcome, Proposal, Read, SpecError, SpecLog, SpecStore};
 
 /// The transform's spec log in the state container.
 pub const SPEC_RECORD: &str = "specs/transform";
@@ -378,58 +378,38 @@ pub async fn swap(
     );
     // Apply here at once; the other nodes follow on their next round.
     let limit = options.drain_deadline + options.probation + settle + Duration::from_secs(60);
-    let started = tokio::time::Instant::now();
-    loop {
+    let round = || async {
         if let Err(error) = converge(pipeline).await {
             warn!(%error, "transform sync round failed during a swap");
         }
-        let read = store
-            .load::<TransformSpec>(SPEC_RECORD)
-            .await?
-            .ok_or_else(|| TransformError::Invalid("the spec log disappeared".into()))?;
-        let Some(entry) = read.log.entry(seq) else {
-            return Err(TransformError::Invalid(format!(
-                "version {seq} left the spec log"
-            )));
-        };
-        match entry.outcome {
-            Outcome::Promoted => {
-                active.record(&spec.version, "promoted", None);
-                return Ok(SwapOutcome::Promoted {
-                    version: spec.version,
-                    seq,
-                    dry_run: dry,
-                });
-            }
-            Outcome::RolledBack | Outcome::Refused => {
-                let error = entry.detail.clone().unwrap_or_default();
-                active.record(&spec.version, "rolled_back", Some(error.clone()));
-                metrics::counter!("hubflow_transform_swaps_total", "outcome" => "rolled_back")
-                    .increment(1);
-                // This node follows the rollback before answering.
-                if let Err(e) = converge(pipeline).await {
-                    warn!(error = %e, "moving back after a rollback failed; the sync retries");
-                }
-                return Ok(SwapOutcome::RolledBack {
-                    version: spec.version,
-                    seq,
-                    restored: read
-                        .log
-                        .active_entry()
-                        .map(|e| e.version.clone())
-                        .unwrap_or_default(),
-                    error,
-                });
-            }
-            Outcome::Probation => {}
+    };
+    match store
+        .await_decision::<TransformSpec, _, _>(SPEC_RECORD, seq, limit, round)
+        .await?
+    {
+        Some(Decision::Promoted) => {
+            active.record(&spec.version, "promoted", None);
+            Ok(SwapOutcome::Promoted {
+                version: spec.version,
+                seq,
+                dry_run: dry,
+            })
         }
-        if started.elapsed() > limit {
-            return Err(TransformError::Tree(format!(
-                "version {} (seq {seq}) was not decided within {limit:?}",
-                spec.version
-            )));
+        Some(Decision::RolledBack { restored, error }) => {
+            active.record(&spec.version, "rolled_back", Some(error.clone()));
+            metrics::counter!("hubflow_transform_swaps_total", "outcome" => "rolled_back")
+                .increment(1);
+            Ok(SwapOutcome::RolledBack {
+                version: spec.version,
+                seq,
+                restored,
+                error,
+            })
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        None => Err(TransformError::Tree(format!(
+            "version {} (seq {seq}) was not decided within {limit:?}",
+            spec.version
+        ))),
     }
 }
 

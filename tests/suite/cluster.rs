@@ -257,23 +257,7 @@ async fn cluster_run(store: Store) {
     );
 
     // Everything fetched and curated, then the rest drain too.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = progress(&settings, &backends).await;
-        if p.idle(1) && p.in_hub >= total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not finished: {p:?};{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    for id in nodes.ids() {
-        let status = nodes.drain(&id, Duration::from_secs(30)).await;
-        assert!(status.success(), "{id} exited with {status}");
-    }
+    nodes.finish_and_drain(&settings, &backends, total).await;
     let counts = curated_counts(&settings, backends.blobs.as_ref()).await;
     assert_eq!(counts, (total, total), "{}", nodes.tails());
     demo.stop().await;

@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use common::azurite::Azurite;
 use common::nodes::Nodes;
 use hubflow::demo::DemoConfig;
-use hubflow::embedded::SqliteHub;
 use hubflow::pipeline::{Backends, Progress};
 use hubflow::specs::{Outcome, SpecLog, SpecStore};
 use hubflow::transform::{SPEC_RECORD, TransformSpec};
-use hubflow_actors::ports::{Hub, StateStore};
+use hubflow_actors::ports::StateStore;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -251,29 +250,9 @@ async fn cluster_swaps(store: Store) {
 
     // 3. v4 fails on records that arrive after it starts, on whichever node
     //    meets one first: rolled back on every node.
-    let hub = SqliteHub::open_async(
-        settings.data_dir().join("hub.sqlite"),
-        "ingest".into(),
-        PARTITIONS as u32,
-        None,
-    )
-    .await
-    .unwrap();
-    let mut conditions = Vec::new();
-    for p in hub.partition_ids().await.unwrap() {
-        let last = hub
-            .partition_properties(p)
-            .await
-            .unwrap()
-            .last_enqueued_sequence_number;
-        conditions.push(format!(
-            "(_hub_partition = {p} AND _hub_sequence > {})",
-            last + 50
-        ));
-    }
+    let conditions = common::records_after_now(settings.data_dir(), PARTITIONS as u32, 50).await;
     let failing = format!(
-        "SELECT *, amount * 100 AS amount_cents, CAST(CASE WHEN {} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch",
-        conditions.join(" OR ")
+        "SELECT *, amount * 100 AS amount_cents, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
     );
     let (code, body) = nodes
         .call(
@@ -301,27 +280,7 @@ async fn cluster_swaps(store: Store) {
     until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
 
     // 4. Everything curated, exactly once, then every node drains.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = Progress::read(&settings, &backends).await.unwrap();
-        if p.idle(1) && p.in_hub >= total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not finished: {p:?};{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    for id in nodes.ids() {
-        let status = nodes.drain(&id, Duration::from_secs(30)).await;
-        assert!(
-            status.success(),
-            "{id} exited with {status};{}",
-            nodes.tails()
-        );
-    }
+    nodes.finish_and_drain(&settings, &backends, total).await;
     let blobs = backends.blobs.as_ref();
     assert_eq!(curated_counts(&settings, blobs).await, (total, total));
     let wrong = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3' \

@@ -4,7 +4,8 @@
 //!
 //! `HUBFLOW_CRASH_SEEDS` (comma-separated, default `1,2,3`) picks the kill
 //! schedules; each seed is one full run of `HUBFLOW_CRASH_RECORDS` records
-//! (default 100,000) with `HUBFLOW_CRASH_KILLS` kills (default 5).
+//! (default 100,000) with `HUBFLOW_CRASH_KILLS` kills (default 5). Even
+//! seeds page the source by keyset, odd ones by cursor.
 
 use crate::common;
 
@@ -75,7 +76,18 @@ async fn one_round(seed: u64, total: u64, kills: usize) {
     .await;
     let data = dir.path().join("data");
     let config = dir.path().join("hubflow.toml");
-    std::fs::write(&config, common::config_toml(&data, &demo.url)).unwrap();
+    // Even seeds walk the source by keyset (the cursor is the last durable
+    // record's id), odd ones by the demo's cursor.
+    let mut cfg = common::config(&data, &demo.url);
+    if seed.is_multiple_of(2) {
+        cfg.sources[0].pagination = hubflow::source::PaginationConfig::Keyset {
+            param: "starting_after".into(),
+            from_record: "id".into(),
+            has_more: Some("has_more".into()),
+            page_size: None,
+        };
+    }
+    std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
     let log = dir.path().join("hubflow.log");
     let mut rng = SplitMix(seed);
     let mut killed = 0;

@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use hubflow::config::{Config, Settings};
 use hubflow::demo::DemoConfig;
-use hubflow::embedded::SqliteHub;
 use hubflow::service::{self, Hooks, RunOptions};
 use hubflow::source::SecretString;
-use hubflow_actors::ports::Hub;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -174,29 +172,10 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
 
     // A version that passes its dry run (on data already landed) but fails
     // on records that arrive after it started: rolled back to v2.
-    let hub = SqliteHub::open_async(
-        dir.path().join("hub.sqlite"),
-        "ingest".into(),
-        settings.config.hub.partitions,
-        None,
-    )
-    .await
-    .unwrap();
-    let mut conditions = Vec::new();
-    for p in hub.partition_ids().await.unwrap() {
-        let last = hub
-            .partition_properties(p)
-            .await
-            .unwrap()
-            .last_enqueued_sequence_number;
-        conditions.push(format!(
-            "(_hub_partition = {p} AND _hub_sequence > {})",
-            last + 200
-        ));
-    }
+    let conditions =
+        common::records_after_now(dir.path(), settings.config.hub.partitions, 200).await;
     let failing = format!(
-        "SELECT *, CAST(CASE WHEN {} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch",
-        conditions.join(" OR ")
+        "SELECT *, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
     );
     let (code, body) = admin
         .swap(json!({"version": "v3", "sql": failing, "probation_secs": 60}))

@@ -428,6 +428,19 @@ async fn cursor_style(State(items): State<Items>, RawQuery(q): RawQuery) -> Resp
     json_response(json!({ "data": data, "meta": { "next": next } }))
 }
 
+/// Stripe-like keyset: `?starting_after=r<N>` gives the items after r<N>,
+/// `has_more` says whether more exist now.
+async fn keyset_style(State(items): State<Items>, RawQuery(q): RawQuery) -> Response {
+    let p = params(q);
+    let start = p
+        .get("starting_after")
+        .and_then(|c| c.strip_prefix('r'))
+        .and_then(|n| n.parse::<usize>().ok())
+        .map_or(0, |n| n + 1);
+    let (data, more) = items.slice(start, 4);
+    json_response(json!({ "object": "list", "data": data, "has_more": more }))
+}
+
 async fn next_style(State(items): State<Items>, RawQuery(q): RawQuery) -> Response {
     let start = num(&params(q), "start", 0);
     let (data, more) = items.slice(start, 4);
@@ -474,6 +487,7 @@ async fn every_pagination_style_walks_and_picks_up_appended_records() {
         .route("/page", get(page_style))
         .route("/offset", get(offset_style))
         .route("/cursor", get(cursor_style))
+        .route("/keyset", get(keyset_style))
         .route("/next", get(next_style))
         .route("/link", get(link_style))
         .route("/ndjson", get(ndjson_style))
@@ -513,6 +527,31 @@ async fn every_pagination_style_walks_and_picks_up_appended_records() {
     );
     cursor.records = "data".into();
     cases.push(cursor);
+    let mut keyset = config(
+        "keyset",
+        format!("{b}/keyset"),
+        PaginationConfig::Keyset {
+            param: "starting_after".into(),
+            from_record: "id".into(),
+            has_more: Some("has_more".into()),
+            page_size: None,
+        },
+    );
+    keyset.records = "data".into();
+    cases.push(keyset);
+    // Without the body flag: a page shorter than page_size is the last.
+    let mut keyset_short = config(
+        "keyset-short",
+        format!("{b}/keyset"),
+        PaginationConfig::Keyset {
+            param: "starting_after".into(),
+            from_record: "id".into(),
+            has_more: None,
+            page_size: Some(4),
+        },
+    );
+    keyset_short.records = "data".into();
+    cases.push(keyset_short);
     let mut next = config(
         "next",
         format!("{b}/next"),
@@ -717,6 +756,53 @@ async fn unusable_responses_are_bad_responses() {
         other => panic!("{other:?}"),
     }
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn keyset_pages_without_a_cursor_field_or_empty_with_has_more_are_bad_responses() {
+    let keyset = |c: &mut HttpSourceConfig| {
+        c.records = "data".into();
+        c.pagination = PaginationConfig::Keyset {
+            param: "starting_after".into(),
+            from_record: "id".into(),
+            has_more: Some("has_more".into()),
+            page_size: None,
+        };
+    };
+    let no_id = Router::new().route(
+        "/x",
+        get(|| async {
+            json_response(json!({"data": [{"id": "a"}, {"name": "no id"}], "has_more": true}))
+        }),
+    );
+    let (reason, skip) = bad(fetch_from(no_id, "/x", keyset).await);
+    assert!(
+        reason.contains("last record") && reason.contains("`id`"),
+        "{reason}"
+    );
+    assert_eq!(skip, None, "a keyset position cannot be guessed");
+    let empty_more = Router::new().route(
+        "/x",
+        get(|| async { json_response(json!({"data": [], "has_more": true})) }),
+    );
+    let (reason, _) = bad(fetch_from(empty_more, "/x", keyset).await);
+    assert!(
+        reason.contains("has_more") && reason.contains("empty"),
+        "{reason}"
+    );
+    // The flag given twice is a config error naming the field.
+    let mut twice = config(
+        "twice",
+        "http://127.0.0.1:9/x".into(),
+        PaginationConfig::None,
+    );
+    keyset(&mut twice);
+    twice.has_more_flag = Some("more".into());
+    let err = match twice.validate() {
+        Ok(_) => panic!("a flag given twice was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("pagination.has_more"), "{err}");
 }
 
 #[tokio::test]

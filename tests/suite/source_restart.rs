@@ -49,6 +49,14 @@ fn style(url: &str, kind: &str) -> HttpSourceConfig {
             };
         }
         "link_header" => cfg.pagination = PaginationConfig::LinkHeader,
+        "keyset" => {
+            cfg.pagination = PaginationConfig::Keyset {
+                param: "starting_after".into(),
+                from_record: "id".into(),
+                has_more: Some("has_more".into()),
+                page_size: None,
+            };
+        }
         other => panic!("unknown style {other}"),
     }
     // 20 pages take at least two seconds: the stops land mid-walk even when
@@ -182,6 +190,12 @@ async fn restart_with_next_url_pagination() {
 async fn restart_with_link_header_pagination() {
     let _heavy = common::exclusive().await;
     restarts_lose_and_duplicate_nothing("link_header").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_keyset_pagination() {
+    let _heavy = common::exclusive().await;
+    restarts_lose_and_duplicate_nothing("keyset").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

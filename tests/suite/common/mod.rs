@@ -125,3 +125,31 @@ pub async fn rows_by_id(settings: &Settings, indexes: &[u64]) -> BTreeMap<String
         .map(|r| (r["id"].as_str().unwrap().to_string(), r))
         .collect()
 }
+
+/// A SQL condition true for records enqueued after `margin` more than the
+/// embedded hub at `data_dir` holds now, on any partition: a transform
+/// using it passes its dry run and fails once new records arrive.
+pub async fn records_after_now(data_dir: &Path, partitions: u32, margin: i64) -> String {
+    use hubflow_actors::ports::Hub;
+    let hub = hubflow::embedded::SqliteHub::open_async(
+        data_dir.join("hub.sqlite"),
+        "ingest".into(),
+        partitions,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut conditions = Vec::new();
+    for p in hub.partition_ids().await.unwrap() {
+        let last = hub
+            .partition_properties(p)
+            .await
+            .unwrap()
+            .last_enqueued_sequence_number;
+        conditions.push(format!(
+            "(_hub_partition = {p} AND _hub_sequence > {})",
+            last + margin
+        ));
+    }
+    conditions.join(" OR ")
+}

@@ -148,6 +148,41 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// Wait (bounded) until all `total` records are fetched and curated,
+    /// then drain every running node; each must exit 0.
+    pub async fn finish_and_drain(
+        &mut self,
+        settings: &hubflow::config::Settings,
+        backends: &hubflow::pipeline::Backends,
+        total: u64,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p = hubflow::pipeline::Progress::read(settings, backends)
+                .await
+                .unwrap();
+            if p.idle(1) && p.in_hub >= total {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not finished: {p:?};{}",
+                self.tails()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        for id in self.ids() {
+            let status = self.drain(&id, Duration::from_secs(30)).await;
+            assert!(
+                status.success(),
+                "{id} exited with {status};{}",
+                self.tails()
+            );
+        }
+    }
+}
+
 impl Drop for Nodes {
     fn drop(&mut self) {
         for child in self.running.values_mut() {
