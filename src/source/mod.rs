@@ -9,8 +9,9 @@
 //! - `Fatal` for other 4xx, naming the status and the URL without secrets;
 //! - `BadResponse` (dead-lettered) for wrong content types, malformed or
 //!   truncated bodies, bodies over `max_response_bytes`, records missing at
-//!   the configured path, a page identical to the previous one and a cursor
-//!   that did not advance;
+//!   the configured path, a page identical to the previous one, a cursor
+//!   that did not advance, and keyset pages whose last record lacks the
+//!   cursor field or that are empty while saying `has_more`;
 //! - an empty caught-up page for `304 Not Modified` to a conditional GET.
 //!
 //! Incremental polling: an optional watermark parameter (the maximum of a

@@ -1,7 +1,8 @@
 //! Where a walk over pages stands, and where the next request goes.
 //!
 //! The position is stored by the fetcher as the source cursor (JSON):
-//! `{"page": 3}`, `{"offset": 200}`, `{"cursor": "abc"}` or `{"url": ".."}`,
+//! `{"page": 3}`, `{"offset": 200}`, `{"cursor": "abc"}` (cursor and keyset:
+//! for keyset, the last delivered record's key) or `{"url": ".."}`,
 //! plus `seen` (records of this position already delivered: the position is
 //! re-requested after catching up, so records appended to it later are not
 //! missed, and the first `seen` are dropped) and `prev` (a digest of the
