@@ -309,6 +309,7 @@ impl DemoSection {
             max_page_size: self.max_page_size,
             faults: self.faults.clone(),
             seed: self.seed,
+            ..DemoConfig::default()
         }
     }
 }

@@ -60,6 +60,12 @@ pub struct DemoConfig {
     pub faults: FaultConfig,
     /// Seeds the fault sequence.
     pub seed: u64,
+    /// Answer `text/csv` (a header row, then one flat row per record:
+    /// nested values as JSON text) instead of JSON.
+    pub csv: bool,
+    /// Compress answers with this `Content-Encoding` (`gzip` or `zstd`)
+    /// when the request accepts it.
+    pub content_encoding: Option<String>,
 }
 
 impl Default for DemoConfig {
@@ -71,6 +77,8 @@ impl Default for DemoConfig {
             max_page_size: 1000,
             faults: FaultConfig::default(),
             seed: 0,
+            csv: false,
+            content_encoding: None,
         }
     }
 }
@@ -370,13 +378,17 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
     let data: Vec<Value> = (start..end).map(demo_record).collect();
     let more = end < available;
     let next_path = more.then(|| request.next_path(end - first));
-    let body = json!({
-        "data": data,
-        "next_cursor": more.then(|| (end - first).to_string()),
-        "has_more": more,
-        "next_url": next_path,
-    });
-    let body = Bytes::from(body.to_string());
+    let body = if demo.config.csv {
+        Bytes::from(csv_page(&data))
+    } else {
+        let body = json!({
+            "data": data,
+            "next_cursor": more.then(|| (end - first).to_string()),
+            "has_more": more,
+            "next_url": next_path,
+        });
+        Bytes::from(body.to_string())
+    };
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..20]);
     let garbage = fault == Some(Fault::Garbage);
     if !garbage && if_none_match(&headers, &etag) {
@@ -388,12 +400,35 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
             .unwrap_or_else(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
     }
 
+    let content_type = if demo.config.csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/json"
+    };
     let mut builder = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json");
+        .header(header::CONTENT_TYPE, content_type);
     if !garbage {
         builder = builder.header(header::ETAG, etag);
     }
+    let accepted = |coding: &str| {
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|c| c.split(';').next().unwrap_or_default().trim() == coding)
+    };
+    let body = match demo.config.content_encoding.as_deref() {
+        Some(coding) if !garbage && accepted(coding) => match compress(coding, &body) {
+            Ok(compressed) => {
+                builder = builder.header(header::CONTENT_ENCODING, coding);
+                compressed
+            }
+            Err(e) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        },
+        _ => body,
+    };
     if let Some(path) = &next_path {
         let host = headers
             .get(header::HOST)
@@ -448,6 +483,52 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
         _ => builder.body(Body::from(body)),
     };
     response.unwrap_or_else(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+}
+
+/// The CSV form of a page of demo records: their top-level fields, nested
+/// values (`user`, `tags`, `attributes`) as JSON text.
+fn csv_page(data: &[Value]) -> Vec<u8> {
+    const COLUMNS: [&str; 8] = [
+        "id",
+        "created_at",
+        "updated_at",
+        "type",
+        "amount",
+        "user",
+        "tags",
+        "attributes",
+    ];
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let _ = out.write_record(COLUMNS);
+    for record in data {
+        let row = COLUMNS.map(|c| match &record[c] {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let _ = out.write_record(&row);
+    }
+    out.into_inner().unwrap_or_default()
+}
+
+/// `body` compressed with `coding` (`gzip` or `zstd`).
+fn compress(coding: &str, body: &[u8]) -> Result<Bytes, String> {
+    use std::io::Write as _;
+    match coding {
+        "gzip" => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder
+                .write_all(body)
+                .and_then(|()| encoder.finish())
+                .map(Bytes::from)
+                .map_err(|e| e.to_string())
+        }
+        "zstd" => zstd::encode_all(body, 1)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string()),
+        other => Err(format!("unsupported content encoding {other}")),
+    }
 }
 
 /// Whether `If-None-Match` names `etag` (or is `*`).

@@ -319,7 +319,7 @@ async fn rebuild_window(
         match read_blob(ctx, name).await? {
             Ok(batch) => {
                 for r in &batch.records {
-                    window.insert(&r.id, &r.payload);
+                    window.insert(&r.source, &r.id, &r.payload);
                 }
             }
             Err(error) => {

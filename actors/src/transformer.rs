@@ -888,20 +888,24 @@ impl DedupeWindow {
         self.order.is_empty()
     }
 
-    fn key(id: &str, payload: &[u8]) -> u128 {
+    fn key(source: &str, id: &str, payload: &[u8]) -> u128 {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(source.as_bytes());
+        hasher.update(&[0xff]);
         hasher.update(id.as_bytes());
         hasher.update(&[0xff]);
         hasher.update(payload);
         hasher.digest128()
     }
 
-    /// Remember a record; false if it was already remembered.
-    pub fn insert(&mut self, id: &str, payload: &[u8]) -> bool {
+    /// Remember a record of `source`; false if it was already remembered.
+    /// Two sources' records never collide, even with the same id and
+    /// payload (two tables fed from one API).
+    pub fn insert(&mut self, source: &str, id: &str, payload: &[u8]) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        let key = Self::key(id, payload);
+        let key = Self::key(source, id, payload);
         if !self.keys.insert(key) {
             return false;
         }
@@ -916,13 +920,15 @@ impl DedupeWindow {
 
     /// Keep the records not seen before, remembering them.
     pub fn filter(&mut self, mut batch: RawBatch) -> RawBatch {
-        batch.records.retain(|r| self.insert(&r.id, &r.payload));
+        batch
+            .records
+            .retain(|r| self.insert(&r.source, &r.id, &r.payload));
         batch
     }
 
     /// [`DedupeWindow::filter`] over borrowed records.
     pub fn filter_inputs<'a>(&mut self, mut inputs: Vec<CurateInput<'a>>) -> Vec<CurateInput<'a>> {
-        inputs.retain(|r| self.insert(r.id, r.payload));
+        inputs.retain(|r| self.insert(r.source, r.id, r.payload));
         inputs
     }
 }
@@ -961,7 +967,7 @@ async fn rebuild_window(
         let (w, b, result) = tokio::task::spawn_blocking(move || {
             let result = raw::decode_into(&bytes, &mut buf).map(|batch| {
                 for r in batch.records.iter() {
-                    window.insert(r.id.as_str(), r.payload.as_slice());
+                    window.insert(r.source.as_str(), r.id.as_str(), r.payload.as_slice());
                 }
             });
             (window, buf, result)
@@ -1327,11 +1333,14 @@ mod tests {
     #[test]
     fn window_forgets_the_oldest() {
         let mut w = DedupeWindow::new(2);
-        assert!(w.insert("a", b"1"));
-        assert!(!w.insert("a", b"1"));
-        assert!(w.insert("a", b"2"), "an update is not a duplicate");
-        assert!(w.insert("b", b"1"));
-        assert!(w.insert("a", b"1"), "evicted");
+        assert!(w.insert("s", "a", b"1"));
+        assert!(!w.insert("s", "a", b"1"));
+        assert!(w.insert("s", "a", b"2"), "an update is not a duplicate");
+        assert!(w.insert("s", "b", b"1"));
+        assert!(w.insert("s", "a", b"1"), "evicted");
+        let mut w = DedupeWindow::new(8);
+        assert!(w.insert("orders", "1", b"{}"));
+        assert!(w.insert("refunds", "1", b"{}"), "another source's record");
         assert_eq!(w.len(), 2);
     }
 

@@ -13,8 +13,10 @@
 //!    (`pNNNN` groups added with [`ingest_partition_spec`] and
 //!    [`transform_partition_spec`], removed gracefully: consumers stop,
 //!    writers finish their batch and checkpoint);
-//! 5. renews or takes the fetcher lease of every source and starts or
-//!    stops `sources/fetcher-<name>` the same way;
+//! 5. renews its fetcher leases and takes free or expired ones up to its
+//!    fair share (`ceil(sources / live nodes)`), hands one back when over
+//!    it (fetcher stopped first), and starts or stops
+//!    `sources/fetcher-<name>` the same way;
 //! 6. publishes a [`ClusterStatus`] through its probe (the status tree) and
 //!    the `hubflow_cluster_*` metrics.
 //!
@@ -460,31 +462,60 @@ async fn reconcile_partitions(state: &mut ManagerState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Renew or take every source's fetcher lease; run exactly the fetchers
-/// whose lease this node holds.
+/// Renew the fetcher leases this node holds and take free or expired ones
+/// up to its fair share (`ceil(sources / live nodes)`), preferring sources
+/// in an order of its own so nodes do not all reach for the same lease;
+/// run exactly the fetchers whose lease it holds. A node over its share
+/// (after another joined) hands one lease back per round: its fetcher stops
+/// first (finishing its page, cursor saved), then the lease is released,
+/// and an under-share node takes it on its next round.
 async fn fetcher_leases(state: &mut ManagerState) -> anyhow::Result<()> {
     let mut first_error = None;
-    for source in state.params.sources.clone() {
+    let node = state.leases.node_id().to_string();
+    let quota = lease_quota(state.params.sources.len(), state.status.nodes.len());
+    let mut order: Vec<Arc<dyn Source>> = state.params.sources.clone();
+    order.sort_by_key(|s| preference(&node, s.name()));
+    let mut held = state.fetchers.len();
+    for source in order.iter() {
         let name = source.name().to_string();
         let key = lease_key(&name);
+        let mine_before = state.fetchers.contains_key(&name);
+        if !mine_before && held >= quota {
+            // At its share: only look, so the status shows the holder.
+            if let Ok(Some(record)) = state.leases.load(&key).await {
+                let now = now_ms();
+                state.status.leases.insert(
+                    name,
+                    LeaseView {
+                        holder: record.value.live_holder(now).map(str::to_string),
+                        held_here: false,
+                        expires_at_ms: record.value.expires_at_ms,
+                    },
+                );
+            }
+            continue;
+        }
         match state.leases.acquire_or_renew(&key, now_ms()).await {
             Ok(outcome) => {
                 let mine = outcome.is_mine();
                 let holder = match &outcome {
                     LeaseOutcome::HeldBy { holder, .. } => holder.clone(),
-                    _ => state.leases.node_id().to_string(),
+                    _ => node.clone(),
                 };
                 if let LeaseOutcome::Acquired { epoch, .. } = outcome {
-                    info!(source = name, epoch, "fetcher lease acquired");
+                    info!(source = name, epoch, quota, "fetcher lease acquired");
                     change("lease_acquired");
                 }
                 if mine {
-                    let held = Held {
+                    let held_lease = Held {
                         epoch: 0,
                         expires_at_ms: outcome.expires_at_ms(),
                     };
-                    state.fetchers.insert(name.clone(), held);
+                    if state.fetchers.insert(name.clone(), held_lease).is_none() {
+                        held += 1;
+                    }
                 } else if state.fetchers.remove(&name).is_some() {
+                    held -= 1;
                     warn!(source = name, holder, "fetcher lease lost");
                     change("lease_lost");
                 }
@@ -506,11 +537,52 @@ async fn fetcher_leases(state: &mut ManagerState) -> anyhow::Result<()> {
             }
         }
     }
+    // Over the share: hand back the lease this node prefers least.
+    let handed_back = if held > quota {
+        order
+            .iter()
+            .rev()
+            .map(|s| s.name().to_string())
+            .find(|name| state.fetchers.contains_key(name))
+    } else {
+        None
+    };
+    if let Some(name) = &handed_back {
+        state.fetchers.remove(name);
+    }
     reconcile_fetchers(state).await?;
+    if let Some(name) = handed_back {
+        match state.leases.release(&lease_key(&name), now_ms()).await {
+            Ok(_) => {
+                info!(
+                    source = name,
+                    quota, "fetcher lease handed back (over this node's share)"
+                );
+                change("lease_handed_back");
+            }
+            Err(error) => {
+                warn!(source = name, %error, "cannot release the lease; it expires instead")
+            }
+        }
+    }
     match first_error {
         Some(error) => Err(error.into()),
         None => Ok(()),
     }
+}
+
+/// A node's fair share of fetcher leases.
+fn lease_quota(sources: usize, live_nodes: usize) -> usize {
+    sources.div_ceil(live_nodes.max(1))
+}
+
+/// The order in which `node` prefers sources: a hash of both, the same in
+/// every process of this build, different between nodes.
+fn preference(node: &str, source: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (node, source).hash(&mut h);
+    h.finish()
 }
 
 fn lease_key(source: &str) -> String {

@@ -220,6 +220,29 @@ pub enum BodyFormat {
     #[default]
     Json,
     Ndjson,
+    /// A header row, then one record per row (RFC 4180 quoting). Each row
+    /// becomes a JSON object of the header's names: empty fields are null,
+    /// `true`/`false` booleans, numbers numbers (unless they have a leading
+    /// zero, like `007`), the rest strings; the curated format then infers
+    /// column types as for JSON.
+    Csv,
+}
+
+impl BodyFormat {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BodyFormat::Json => "json",
+            BodyFormat::Ndjson => "ndjson",
+            BodyFormat::Csv => "csv",
+        }
+    }
+
+    /// A body of records one after another, with no JSON document around
+    /// them to read paths, flags or cursors from.
+    pub fn is_record_stream(self) -> bool {
+        self != BodyFormat::Json
+    }
 }
 
 /// Request authentication.
@@ -547,6 +570,7 @@ impl HttpSourceConfig {
             HeaderValue::from_static(match self.format {
                 BodyFormat::Json => "application/json",
                 BodyFormat::Ndjson => "application/x-ndjson, application/json;q=0.9",
+                BodyFormat::Csv => "text/csv, application/csv;q=0.9",
             }),
         );
         for (name, value) in &self.headers {
@@ -630,10 +654,10 @@ impl HttpSourceConfig {
         }
 
         let records = path("records", &self.records)?;
-        if self.format == BodyFormat::Ndjson && !records.is_root() {
+        if self.format.is_record_stream() && !records.is_root() {
             return Err(ConfigError::invalid(
                 "records",
-                "must be `$` with format = \"ndjson\"",
+                format!("must be `$` with format = \"{}\"", self.format.name()),
             ));
         }
         let id_field = self
@@ -749,14 +773,15 @@ impl HttpSourceConfig {
                 }
             }
         };
-        if self.format == BodyFormat::Ndjson {
+        if self.format.is_record_stream() {
+            let format = self.format.name();
             if matches!(
                 pagination,
                 Pagination::Cursor { .. } | Pagination::NextUrl { .. }
             ) {
                 return Err(ConfigError::invalid(
                     "pagination.type",
-                    "cursor and next_url read the body, which ndjson does not allow",
+                    format!("cursor and next_url read the body, which {format} does not allow"),
                 ));
             }
             if last_page_flag.is_some() || has_more_flag.is_some() {
@@ -766,7 +791,7 @@ impl HttpSourceConfig {
                     } else {
                         "has_more_flag"
                     },
-                    "body flags are not available with format = \"ndjson\"",
+                    format!("body flags are not available with format = \"{format}\""),
                 ));
             }
         }
@@ -790,10 +815,13 @@ impl HttpSourceConfig {
             .map(WatermarkConfig::validate)
             .transpose()?;
         if let Some(w) = &watermark {
-            if self.format == BodyFormat::Ndjson && matches!(w.source, WatermarkSource::Body(_)) {
+            if self.format.is_record_stream() && matches!(w.source, WatermarkSource::Body(_)) {
                 return Err(ConfigError::invalid(
                     "watermark.from",
-                    "reads the body, which format = \"ndjson\" does not allow; use `field`",
+                    format!(
+                        "reads the body, which format = \"{}\" does not allow; use `field`",
+                        self.format.name()
+                    ),
                 ));
             }
             let taken: Vec<&str> = match &pagination {

@@ -317,7 +317,7 @@ impl HttpSource {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("(binary)"));
-        let ndjson = self.settings.format == BodyFormat::Ndjson;
+        let format = self.settings.format;
         let body = match read_body(response, self.settings.max_response_bytes).await {
             Ok(body) => body,
             Err(BodyError::Timeout(e)) => {
@@ -342,7 +342,7 @@ impl HttpSource {
         };
         metrics::counter!("hubflow_source_response_bytes_total", "source" => self.settings.name.clone())
             .increment(body.len() as u64);
-        if !content_type_ok(content_type, ndjson) {
+        if !content_type_ok(content_type, format) {
             return Err(Failure::bad(
                 format!(
                     "unexpected content type {:?}",
@@ -355,11 +355,18 @@ impl HttpSource {
         // The records (spans of the body) and the body values asked for.
         let wanted = self.body_paths();
         let wanted_segments: Vec<&[String]> = wanted.iter().map(|p| p.segments()).collect();
-        let (texts, found) = if status == StatusCode::NO_CONTENT || (ndjson && body.is_empty()) {
+        let (texts, found) = if status == StatusCode::NO_CONTENT
+            || (format.is_record_stream() && body.is_empty())
+        {
             (Vec::new(), vec![None; wanted.len()])
-        } else if ndjson {
+        } else if format == BodyFormat::Ndjson {
             (
                 split_ndjson(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
+                vec![None; wanted.len()],
+            )
+        } else if format == BodyFormat::Csv {
+            (
+                super::csv::records(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
                 vec![None; wanted.len()],
             )
         } else {

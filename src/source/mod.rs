@@ -25,6 +25,7 @@
 //!   [`HttpSourceSettings`];
 //! - [`secret`]: [`SecretString`] (literal, `{ env = .. }`, `{ file = .. }`);
 //! - [`paging`]: the cursor JSON and how each pagination style advances;
+//! - [`csv`]: CSV bodies as JSON records;
 //! - [`extract`]: body paths, ids, `Link`/`Retry-After` parsing, redaction;
 //! - [`scan`]: records found in a body as byte spans, without a DOM;
 //! - [`oauth`]: client credentials tokens ([`oauth::TokenSource`]);
@@ -33,6 +34,7 @@
 //! - [`http`]: [`HttpSource`] itself.
 
 pub mod config;
+pub mod csv;
 pub mod extract;
 pub mod http;
 pub mod oauth;

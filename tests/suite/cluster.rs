@@ -174,20 +174,7 @@ async fn cluster_run(store: Store) {
     let (config_path, settings) =
         write_config(dir.path(), &demo.url, &store, PARTITIONS.len(), |_| {});
     let mut nodes = Nodes::new(dir.path().to_path_buf(), config_path);
-    for id in ["a", "b", "c"] {
-        nodes.start(id);
-    }
-    // The first process creates the containers.
-    let backends = observer_backends(&settings, &store).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while backends.blobs.list("state", "").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "no state container;{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let backends = start_three(&mut nodes, &settings, &store).await;
     let observer = Observer::new(&backends);
     observer
         .until(&nodes, "three nodes share", Duration::from_secs(40), |s| {
@@ -295,6 +282,25 @@ pub fn write_config(
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
     let settings = config.validate().unwrap();
     (config_path, settings)
+}
+
+/// Start nodes a, b and c; the backends to watch them through, once the
+/// first of them has created the containers.
+pub async fn start_three(nodes: &mut Nodes, settings: &Settings, store: &Store) -> Backends {
+    for id in ["a", "b", "c"] {
+        nodes.start(id);
+    }
+    let backends = observer_backends(settings, store).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backends.blobs.list("state", "").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no state container;{}",
+            nodes.tails()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    backends
 }
 
 /// The backends a test reads the cluster's state through.

@@ -1198,3 +1198,114 @@ async fn secrets_stay_out_of_debug_and_errors() {
     }
     server.shutdown().await;
 }
+
+/// Compressed answers are decoded (and their size limit applies to the
+/// decoded bytes); a body that does not decode is a bad response.
+#[tokio::test]
+async fn gzip_and_zstd_bodies_are_decoded_and_corrupt_ones_dead_lettered() {
+    for coding in ["gzip", "zstd"] {
+        let server = TestServer::demo(DemoConfig {
+            total: 300,
+            content_encoding: Some(coding.into()),
+            ..DemoConfig::default()
+        })
+        .await;
+        let url = format!("{}/v1/events?limit=100", server.base);
+        // The server really compresses (a client that does not decode sees it).
+        let raw = reqwest::Client::builder()
+            .no_gzip()
+            .no_zstd()
+            .build()
+            .unwrap()
+            .get(&url)
+            .header(header::ACCEPT_ENCODING, coding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.headers()[header::CONTENT_ENCODING], coding);
+        let source = HttpSource::from_config(&demo_source_config(&server.base)).unwrap();
+        let w = walk(&source, SourceCursor::default(), 10).await;
+        assert_eq!(w.ids(), demo_ids(0..300), "{coding}");
+        // The limit counts decoded bytes: a small compressed page that
+        // inflates past it is refused.
+        let mut small = demo_source_config(&server.base);
+        small.max_response_bytes = 2_000;
+        let source = HttpSource::from_config(&small).unwrap();
+        let (reason, _) = bad(source.fetch(&SourceCursor::default()).await);
+        assert!(reason.contains("max_response_bytes"), "{coding}: {reason}");
+        server.shutdown().await;
+    }
+    let corrupt = Router::new().route(
+        "/x",
+        get(|| async {
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CONTENT_ENCODING, "gzip"),
+                ],
+                b"\x1f\x8b\x08\x00not really gzip at all".to_vec(),
+            )
+        }),
+    );
+    let (reason, skip) = bad(fetch_from(corrupt, "/x", |_| {}).await);
+    assert!(reason.contains("body"), "{reason}");
+    assert!(skip.is_none(), "{reason}");
+}
+
+#[tokio::test]
+async fn csv_pages_become_records_and_ragged_ones_are_bad_responses() {
+    let csv = |c: &mut HttpSourceConfig| {
+        c.format = BodyFormat::Csv;
+        c.records = "$".into();
+        c.id_field = Some("id".into());
+    };
+    let good = Router::new().route(
+        "/x",
+        get(|| async {
+            (
+                [(header::CONTENT_TYPE, "text/csv")],
+                "id,name,qty\nA1,\"Doe, J\",3\nA2,,007\n",
+            )
+        }),
+    );
+    let page = fetch_from(good, "/x", csv).await.unwrap();
+    let got: Vec<(String, Value)> = page
+        .records
+        .iter()
+        .map(|r| (r.id.clone(), serde_json::from_slice(&r.payload).unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "A1".to_string(),
+                json!({"id": "A1", "name": "Doe, J", "qty": 3})
+            ),
+            (
+                "A2".to_string(),
+                json!({"id": "A2", "name": null, "qty": "007"})
+            ),
+        ]
+    );
+    let ragged = Router::new().route(
+        "/x",
+        get(|| async { ([(header::CONTENT_TYPE, "text/csv")], "id,qty\nA1,3\nA2\n") }),
+    );
+    let (reason, _) = bad(fetch_from(ragged, "/x", csv).await);
+    assert!(reason.contains("has 1 fields, the header 2"), "{reason}");
+    // Body paths do not exist in a CSV body: refused at validation.
+    let mut cursor = config(
+        "c",
+        "http://127.0.0.1:9/x".into(),
+        PaginationConfig::Cursor {
+            param: "c".into(),
+            from: "next".into(),
+        },
+    );
+    csv(&mut cursor);
+    let err = match cursor.validate() {
+        Ok(_) => panic!("cursor pagination over csv was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("csv"), "{err}");
+}

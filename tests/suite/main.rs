@@ -20,8 +20,9 @@
 //! - Faults: [`chaos`], [`crash_restart`].
 //! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`], [`deploy`]
 //!   (alert rules, environment configs, the systemd unit).
-//! - The clustered service: [`cluster`], [`cluster_swap`] (transform
-//!   versions across nodes and restarts).
+//! - The clustered service: [`cluster`], [`cluster_leases`] (fetcher leases
+//!   shared fairly), [`cluster_swap`] (transform versions across nodes and
+//!   restarts).
 
 mod common;
 
@@ -31,6 +32,7 @@ mod azurite_end_to_end;
 mod chaos;
 mod cli;
 mod cluster;
+mod cluster_leases;
 mod cluster_swap;
 mod contract_embedded;
 mod crash_restart;

@@ -2,7 +2,8 @@
 //! pipeline is stopped after some pages, started again on the same data
 //! directory, its fetcher killed while a (slow) page is in flight, stopped and
 //! started once more; curated then holds every source record exactly once.
-//! One more run polls incrementally (cursor pagination under a watermark).
+//! One more run polls incrementally (cursor pagination under a watermark);
+//! two more read CSV bodies (gzip) and zstd-compressed JSON.
 
 use crate::common;
 
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 use hubflow::config::Settings;
 use hubflow::demo::{DemoConfig, FaultConfig, demo_incremental_source_config, demo_source_config};
 use hubflow::pipeline::{Backends, Pipeline, Progress};
-use hubflow::source::{HttpSource, HttpSourceConfig, PaginationConfig, RateLimitConfig};
+use hubflow::source::{
+    BodyFormat, HttpSource, HttpSourceConfig, PaginationConfig, RateLimitConfig,
+};
 use hubflow_actors::fetcher::FetcherStatus;
 use hubflow_actors::ports::Source;
 
@@ -57,6 +60,20 @@ fn style(url: &str, kind: &str) -> HttpSourceConfig {
                 page_size: None,
             };
         }
+        // CSV pages (gzip-compressed by the server): offsets, as a CSV body
+        // has nothing else to page by.
+        "csv_gzip" => {
+            cfg.query.clear();
+            cfg.format = BodyFormat::Csv;
+            cfg.records = "$".into();
+            cfg.pagination = PaginationConfig::OffsetLimit {
+                offset_param: "offset".into(),
+                limit_param: "limit".into(),
+                limit: 100,
+            };
+        }
+        // JSON pages compressed with zstd.
+        "cursor_zstd" => {}
         other => panic!("unknown style {other}"),
     }
     // 20 pages take at least two seconds: the stops land mid-walk even when
@@ -103,6 +120,10 @@ async fn restarts_lose_and_duplicate_nothing(kind: &str) {
             ..FaultConfig::default()
         },
         seed: 11,
+        csv: kind.starts_with("csv"),
+        content_encoding: kind
+            .rsplit_once('_')
+            .and_then(|(_, coding)| matches!(coding, "gzip" | "zstd").then(|| coding.to_string())),
         ..DemoConfig::default()
     })
     .await;
@@ -196,6 +217,18 @@ async fn restart_with_link_header_pagination() {
 async fn restart_with_keyset_pagination() {
     let _heavy = common::exclusive().await;
     restarts_lose_and_duplicate_nothing("keyset").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_csv_bodies_gzip_compressed() {
+    let _heavy = common::exclusive().await;
+    restarts_lose_and_duplicate_nothing("csv_gzip").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_zstd_compressed_bodies() {
+    let _heavy = common::exclusive().await;
+    restarts_lose_and_duplicate_nothing("cursor_zstd").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
