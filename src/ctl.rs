@@ -187,6 +187,27 @@ pub struct ApiFailure {
     pub message: String,
 }
 
+/// Exit codes of `hubflow ctl`: 3 the admin port cannot be reached (not
+/// listening, timed out), 4 the request was refused (a 4xx: bad input,
+/// token, conflict), 5 the service failed it (a 5xx). Other errors exit 1.
+pub fn exit_code(error: &anyhow::Error) -> Option<u8> {
+    for cause in error.chain() {
+        if let Some(failure) = cause.downcast_ref::<ApiFailure>() {
+            return Some(if failure.status.is_client_error() {
+                4
+            } else {
+                5
+            });
+        }
+        if let Some(e) = cause.downcast_ref::<reqwest::Error>()
+            && (e.is_connect() || e.is_timeout() || e.is_request())
+        {
+            return Some(3);
+        }
+    }
+    None
+}
+
 /// A client of one admin port.
 pub struct Client {
     base: String,

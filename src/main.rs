@@ -266,7 +266,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("{}", render_error(&error));
+            if let Some(code) = hubflow::ctl::exit_code(&error) {
+                return ExitCode::from(code);
+            }
             match error.downcast_ref::<ServiceError>() {
                 Some(ServiceError::Interrupted) => ExitCode::from(130),
                 _ => ExitCode::FAILURE,
@@ -275,9 +278,47 @@ fn main() -> ExitCode {
     }
 }
 
+/// An error as the user reads it: the outermost message and, when it says
+/// something the outer one does not, the root cause, each once (errors
+/// often repeat their source's text, so `{:#}` would print the same
+/// message several times).
+fn render_error(error: &anyhow::Error) -> String {
+    let outer = error.to_string();
+    let mut out = format!("error: {outer}");
+    if let Some(root) = error
+        .chain()
+        .map(|c| c.to_string())
+        .rfind(|t| !t.is_empty() && !outer.contains(t.as_str()))
+    {
+        out.push_str("\n  caused by: ");
+        out.push_str(&root);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_print_each_message_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("sql: Schema error: no field x")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("Schema error: no field x")]
+        struct Inner(#[source] Root);
+        #[derive(Debug, thiserror::Error)]
+        #[error("no field x")]
+        struct Root;
+        let error = anyhow::Error::new(Outer(Inner(Root)));
+        assert_eq!(render_error(&error), "error: sql: Schema error: no field x");
+        let error = error.context("running the query");
+        assert_eq!(
+            render_error(&error),
+            "error: running the query\n  caused by: no field x"
+        );
+    }
 
     #[test]
     fn option_15_is_mimallocs_purge_delay() {

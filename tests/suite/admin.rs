@@ -161,6 +161,12 @@ impl Node {
     }
 
     fn ctl(&self, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+        let (code, stdout, stderr) = self.ctl_code(args, token);
+        (code == Some(0), stdout, stderr)
+    }
+
+    /// [`Self::ctl`] with the exit code.
+    fn ctl_code(&self, args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubflow"));
         cmd.arg("ctl")
             .args(["--addr", &self.addr.to_string()])
@@ -172,7 +178,7 @@ impl Node {
         }
         let out = cmd.output().unwrap();
         (
-            out.status.success(),
+            out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
@@ -655,8 +661,22 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         ok && stdout.contains("curated") && stdout.contains("consumer"),
         "{stdout}"
     );
-    let (ok, _, stderr) = node.ctl(&["pause", "--source", "demo"], None);
-    assert!(!ok && stderr.contains("401"), "{stderr}");
+    // Exit codes: 4 refused (4xx), 3 unreachable.
+    let (code, _, stderr) = node.ctl_code(&["pause", "--source", "demo"], None);
+    assert!(
+        code == Some(4) && stderr.contains("401"),
+        "{code:?} {stderr}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        .args(["ctl", "--addr", &closed_addr, "status"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
     let (ok, stdout, stderr) = node.ctl(&["log-level"], None);
     assert!(
         ok && stdout.contains("log filter: info"),
@@ -664,10 +684,10 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     );
     let (ok, stdout, _) = node.ctl(&["dlq", "list", "--json"], None);
     assert!(ok && stdout.contains(&id), "{stdout}");
-    let (ok, _, stderr) = node.ctl(&["kill", "pipeline/no/such"], Some(TOKEN));
+    let (code, _, stderr) = node.ctl_code(&["kill", "pipeline/no/such"], Some(TOKEN));
     assert!(
-        !ok && stderr.contains("404") && stderr.contains("pipeline/no/such"),
-        "{stderr}"
+        code == Some(4) && stderr.contains("404") && stderr.contains("pipeline/no/such"),
+        "{code:?} {stderr}"
     );
 
     // Node drain through the API: the service drains and returns Ok.
