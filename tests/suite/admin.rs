@@ -529,6 +529,20 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     assert!(ok, "ctl replay failed: {stdout}{stderr}");
     assert!(stdout.contains("completed"), "{stdout}");
     assert!(stderr.lines().any(|l| l.starts_with("replay ")), "{stderr}");
+    // It says which version rewrites the files before following the job,
+    // and every progress line names it.
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("curates with transform version identity (the active version"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("replay ") && l.contains(" blobs,"))
+            .all(|l| l.contains("(identity)")),
+        "{stderr}"
+    );
     assert_eq!(common::counts(&node.settings).await, (total, total));
     // Time ranges: one that covers everything replays every blob of the
     // partition (totals unchanged); one in the future selects none.
