@@ -97,6 +97,21 @@ pub enum CtlCommand {
         #[arg(long)]
         probation_secs: Option<u64>,
     },
+    /// Hot-swap a source's settings from a TOML file holding its
+    /// `[[sources]]` table (or the table's keys at the top level), e.g.
+    /// `hubflow ctl source orders --file orders.toml --version limit-500`.
+    /// Secrets must be `{ env = "VAR" }` or `{ file = "path" }`.
+    Source {
+        /// The source's name (the file's table must have the same).
+        name: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// A label for these settings.
+        #[arg(long = "version")]
+        label: String,
+        #[arg(long)]
+        probation_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -449,6 +464,20 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let v = client.post("/transform", &body).await?;
             print(&v, swap_text(&v));
         }
+        CtlCommand::Source {
+            name,
+            file,
+            label,
+            probation_secs,
+        } => {
+            let source = source_table(&file, &name)?;
+            let mut body = json!({ "version": label, "source": source });
+            if let Some(p) = probation_secs {
+                body["probation_secs"] = json!(p);
+            }
+            let v = client.post(&format!("/sources/{name}"), &body).await?;
+            print(&v, swap_text(&v));
+        }
         CtlCommand::Replay(replay) => run_replay(&client, replay, json_out).await?,
         CtlCommand::Dlq { command } => match command {
             DlqCommand::List {
@@ -514,6 +543,32 @@ fn target_body(target: &Target) -> Value {
         Some(source) => json!({ "source": source }),
         None => json!({ "ingest": true }),
     }
+}
+
+/// Source `name`'s settings from a TOML file: its `[[sources]]` entry of
+/// that name, or the table's keys at the top level; as JSON.
+pub fn source_table(file: &std::path::Path, name: &str) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
+    let table = match doc.get("sources") {
+        Some(toml::Value::Array(entries)) => entries
+            .iter()
+            .find(|e| e.get("name").and_then(toml::Value::as_str) == Some(name))
+            .cloned()
+            .with_context(|| format!("{} has no [[sources]] entry named {name}", file.display()))?,
+        _ => toml::Value::Table(doc),
+    };
+    let found = table.get("name").and_then(toml::Value::as_str);
+    if found != Some(name) {
+        anyhow::bail!(
+            "{} holds the settings of source {:?}, not {name:?}",
+            file.display(),
+            found.unwrap_or("(unnamed)")
+        );
+    }
+    Ok(serde_json::to_value(&table)?)
 }
 
 /// A swap's or rollback's answer as text.

@@ -486,17 +486,38 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
     let (code, body) = post(json!({"version": "x", "source": other})).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
 
-    // Smaller pages: promoted, and the cursor carries over.
-    let mut smaller = serde_json::to_value(&source).unwrap();
-    smaller["query"]["limit"] = json!("250");
-    let (code, body) =
-        post(json!({"version": "pages-250", "source": smaller, "probation_secs": 2})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["outcome"], "promoted", "{body}");
+    // Smaller pages, through `hubflow ctl source --file`: promoted, and the
+    // cursor carries over.
+    let mut smaller = source.clone();
+    smaller.query.insert("limit".into(), "250".into());
+    let file = dir.path().join("demo-250.toml");
+    std::fs::write(&file, toml::to_string(&smaller).unwrap()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        .args([
+            "ctl",
+            "--addr",
+            &admin.base,
+            "source",
+            "demo",
+            "--version",
+            "pages-250",
+        ])
+        .args(["--probation-secs", "2", "--file"])
+        .arg(&file)
+        .env("HUBFLOW_ADMIN_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pages-250 (seq 2) is active"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // An endpoint that refuses connections: the new fetcher spends its retry
     // budget and fails during probation, so the previous settings return.
-    let mut dead = smaller.clone();
+    let mut dead = serde_json::to_value(&smaller).unwrap();
     dead["url"] = json!("http://127.0.0.1:9/v1/events");
     let (code, body) =
         post(json!({"version": "dead-endpoint", "source": dead, "probation_secs": 60})).await;
