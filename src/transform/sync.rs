@@ -177,9 +177,15 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), TransformError> {
         }
     }
     // This node runs the version in probation and watched it for its part:
-    // past the cluster's deadline, promote it (whoever comes first).
-    let Some(read) = store.load::<TransformSpec>(SPEC_RECORD).await? else {
-        return Ok(());
+    // past the cluster's deadline, promote it (whoever comes first). The
+    // log is read again only when applying took time.
+    let read = if running != read.log.active {
+        match store.load::<TransformSpec>(SPEC_RECORD).await? {
+            Some(read) => read,
+            None => return Ok(()),
+        }
+    } else {
+        read
     };
     if let Some(p) = read.log.probation
         && active.running().1 == p.seq
