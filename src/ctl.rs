@@ -754,6 +754,9 @@ pub fn render_status(status: &Value) -> String {
         "ready: {}   fetched {} | in hub {} | landed {} | curated {}\n",
         status["ready"], p["fetched"], p["in_hub"], p["landed"], p["transformed"]
     ));
+    if let Some(reason) = status["not_ready"].as_str() {
+        out.push_str(&format!("not ready: {reason}\n"));
+    }
     if let Some(versions) = status["versions"].as_object() {
         let v: Vec<String> = versions
             .iter()
@@ -895,6 +898,15 @@ mod tests {
         assert!(text.contains("  consumer"), "{text}");
         assert!(
             text.contains("paused") && text.contains("last error: boom"),
+            "{text}"
+        );
+        assert!(!text.contains("not ready"), "{text}");
+        let mut blocked = status.clone();
+        blocked["ready"] = json!(false);
+        blocked["not_ready"] = json!("storage full: blob_writer cannot write");
+        let text = render_status(&blocked);
+        assert!(
+            text.contains("not ready: storage full: blob_writer cannot write"),
             "{text}"
         );
     }

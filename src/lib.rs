@@ -44,6 +44,7 @@ pub mod curated_cache;
 pub mod demo;
 pub mod dlq;
 pub mod embedded;
+pub mod health;
 pub mod pipeline;
 pub mod query;
 pub mod replay;

@@ -236,6 +236,11 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
     ),
     (
         Gauge,
+        "hubflow_storage_write_blocked",
+        "1 while an actor of the stage cannot write because its storage is full (see /readyz)",
+    ),
+    (
+        Gauge,
         "hubflow_dlq_stored_letters",
         "dead letters in the dead-letter container, by stage and whether they were redriven",
     ),
@@ -599,6 +604,11 @@ impl PipelineMetrics {
         tree: &StatusNode,
     ) -> anyhow::Result<()> {
         record_tree(tree);
+        crate::health::record(&crate::health::write_blocks(
+            tree,
+            hubflow_actors::now_ms(),
+            settings.config.supervision.backoff_reset_ms,
+        ));
         self.record_lag(settings, backends).await?;
         if self
             .dlq_counted

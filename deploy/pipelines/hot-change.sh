@@ -1,70 +1,63 @@
 #!/usr/bin/env bash
-# Hot change of the transformation on every node of an AKS environment, all
-# or nothing.
+# Hot change of the transformation on an AKS environment, all or nothing.
 #
 #   deploy/pipelines/hot-change.sh <version> <file.sql> [probation-secs]
 #
-# kubectl must point at the environment's cluster. Each node runs the
-# transformers of the partitions it owns, so the swap goes to every pod, one
-# after the other: `hubflow ctl swap` validates the SQL, dry-runs it on the
-# newest raw blob (a refusal changes nothing), drains the transform group,
-# starts the new version from the checkpoints and keeps it only if nothing
-# fails during the probation, else the node restores its previous version by
-# itself. When any pod refuses or rolls back, the pods already promoted are
-# swapped back to the version they had, and the script exits 1.
+# kubectl must point at the environment's cluster. A swap is cluster-wide
+# and durable: `hubflow ctl swap` on any one pod validates the SQL, dry-runs
+# it on the newest raw blob (a refusal changes nothing), records the version
+# in the spec log in the state container (`specs/transform`), and every node
+# drains its transform group and starts the new version from its
+# checkpoints within `[transform] sync_ms`. The version is promoted only if
+# no node's transform group fails, restarts or stalls during the probation;
+# a failure anywhere rolls the whole cluster back by itself and the call
+# answers `rolled_back`. A 409 means another swap is in probation or won
+# the race (nothing changed). After a promotion the script checks that
+# every pod runs the version, then exits 0; otherwise it exits 1.
 #
-# A swap lives until the pod restarts: once it is promoted everywhere, put
-# the same `version` and `sql` into deploy/config/*.toml and promote them, or
-# the next rollout or restart brings the old transform back.
+# The stored version outlives restarts and rollouts (new pods start with
+# the log's stable version). Write the same `version` and `sql` into
+# deploy/config/*.toml and promote them, so the config files say what runs
+# (until then each node reports drift: HubflowTransformConfigDrift, info).
 set -euo pipefail
 version=${1:?usage: hot-change.sh <version> <file.sql> [probation-secs]}
 sql_file=${2:?usage: hot-change.sh <version> <file.sql> [probation-secs]}
 probation=${3:-60}
-sql=$(cat "$sql_file")
 ns=hubflow
 read -r -a pods < <(kubectl -n "$ns" get pods -l app.kubernetes.io/name=hubflow \
     -o jsonpath='{.items[*].metadata.name}')
 ((${#pods[@]})) || { echo "no hubflow pods in namespace $ns" >&2; exit 1; }
 ctl() { local pod=$1; shift; kubectl -n "$ns" exec "$pod" -c hubflow -- hubflow ctl "$@"; }
+ctl_in() { local pod=$1; shift; kubectl -n "$ns" exec -i "$pod" -c hubflow -- hubflow ctl "$@"; }
 field() { python3 -c 'import json,sys; v=json.load(sys.stdin)
 for k in sys.argv[1].split("."): v = (v or {}).get(k)
 print("" if v is None else v)' "$1"; }
 
-declare -A before_version before_sql
-for pod in "${pods[@]}"; do
-    state=$(ctl "$pod" transform --json)
-    before_version[$pod]=$(field active.version <<<"$state")
-    before_sql[$pod]=$(field active.sql <<<"$state")
-    echo "$pod: active ${before_version[$pod]}"
-done
-
-promoted=()
-failure=""
-for pod in "${pods[@]}"; do
-    echo "$pod: swapping to $version (probation ${probation}s)"
-    if ! answer=$(ctl "$pod" swap --version "$version" --sql "$sql" --probation-secs "$probation" --json); then
-        failure="$pod refused $version"
-        break
-    fi
-    outcome=$(field outcome <<<"$answer")
-    if [ "$outcome" != promoted ]; then
-        failure="$pod: $version $outcome: $(field error <<<"$answer")"
-        break
-    fi
-    promoted+=("$pod")
-done
-
-if [ -z "$failure" ]; then
-    echo "$version is active on ${#pods[@]} pods; now write it into deploy/config/*.toml ([transform] version and sql) and promote"
-    exit 0
+before=$(ctl "${pods[0]}" transform --json | field active.version)
+echo "active: $before; swapping to $version through ${pods[0]} (probation ${probation}s)"
+# The SQL goes in on stdin (a file inside the pod), not on a command line.
+if ! answer=$(ctl_in "${pods[0]}" swap --version "$version" --sql-file /dev/stdin \
+    --probation-secs "$probation" --json <"$sql_file"); then
+    echo "hot change refused: $answer" >&2
+    exit 1
 fi
-echo "hot change failed: $failure" >&2
-for pod in "${promoted[@]}"; do
-    echo "$pod: rolling back to ${before_version[$pod]}" >&2
-    if [ -n "${before_sql[$pod]}" ]; then
-        ctl "$pod" swap --version "${before_version[$pod]}" --sql "${before_sql[$pod]}" --probation-secs "$probation"
-    else
-        ctl "$pod" swap --version "${before_version[$pod]}" --probation-secs "$probation"
+outcome=$(field outcome <<<"$answer")
+if [ "$outcome" != promoted ]; then
+    echo "hot change $outcome: $(field error <<<"$answer"); the cluster is back on $(field restored <<<"$answer")" >&2
+    exit 1
+fi
+
+# Every pod follows within sync_ms; allow a minute for a slow drain.
+for pod in "${pods[@]}"; do
+    for _ in $(seq 60); do
+        active=$(ctl "$pod" transform --json | field active.version)
+        [ "$active" = "$version" ] && break
+        sleep 1
+    done
+    if [ "$active" != "$version" ]; then
+        echo "$pod still runs $active, not $version (see hubflow ctl transform on it)" >&2
+        exit 1
     fi
+    echo "$pod: $version"
 done
-exit 1
+echo "$version is promoted and active on ${#pods[@]} pods; now write it into deploy/config/*.toml ([transform] version and sql) and promote"

@@ -31,6 +31,7 @@ use super::auth::AuthError;
 use super::openapi;
 use super::state::AdminState;
 use crate::dlq::{Dlq, DlqError, ListFilter};
+use crate::health;
 use crate::replay::{ReplayError, ReplayRequest};
 use crate::telemetry::{self, LogError};
 
@@ -112,7 +113,7 @@ pub fn routes() -> Vec<Route> {
     use Access::{Control, Probe, Read};
     vec![
         Route::get("/healthz", Probe, "The process is alive", healthz),
-        Route::get("/readyz", Probe, "The pipeline is started and its root supervisor has not failed (503 otherwise)", readyz),
+        Route::get("/readyz", Probe, "The pipeline is started, its root supervisor has not failed and every stage can write (503 with the reason and the blocked actors otherwise)", readyz),
         Route::get("/metrics", Read, "Prometheus text exposition of every metric", metrics),
         Route::get("/status", Read, "Supervision status tree, progress from durable state, versions and replay jobs", status),
         Route::get("/openapi.json", Read, "This document", openapi_json),
@@ -325,23 +326,36 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AdminState>) -> Response {
-    let root = state.pipeline().root.snapshot();
+/// Why the node is not ready (`None`: ready), and the actors that cannot
+/// write (storage full; see [`crate::health`]).
+fn readiness(state: &AdminState, tree: &StatusNode) -> (Option<String>, Vec<health::WriteBlock>) {
+    let healthy_after = state
+        .pipeline()
+        .settings
+        .config
+        .supervision
+        .backoff_reset_ms;
+    let blocks = health::write_blocks(tree, hubflow_actors::now_ms(), healthy_after);
     let reason = if !state.is_started() {
         Some("the pipeline is not started (or is shutting down)".to_string())
-    } else if root.state == NodeState::Failed {
+    } else if tree.state == NodeState::Failed {
         Some(format!(
             "the root supervisor failed: {}",
-            root.last_error.as_deref().unwrap_or("no error recorded")
+            tree.last_error.as_deref().unwrap_or("no error recorded")
         ))
     } else {
-        None
+        health::not_ready_reason(&blocks)
     };
-    match reason {
-        None => Json(json!({ "ready": true })).into_response(),
-        Some(reason) => (
+    (reason, blocks)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let tree = state.pipeline().root.snapshot();
+    match readiness(&state, &tree) {
+        (None, _) => Json(json!({ "ready": true })).into_response(),
+        (Some(reason), blocks) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reason": reason })),
+            Json(json!({ "ready": false, "reason": reason, "cannot_write": blocks })),
         )
             .into_response(),
     }
@@ -380,8 +394,11 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         Err(error) => (Value::Null, Some(format!("{error:#}"))),
     };
     let transform = pipeline.settings.transform.status();
+    let (not_ready, cannot_write) = readiness(&state, &tree);
     Json(json!({
-        "ready": state.is_started() && tree.state != NodeState::Failed,
+        "ready": not_ready.is_none(),
+        "not_ready": not_ready,
+        "cannot_write": cannot_write,
         "started_ms": state.started_ms(),
         "versions": state.versions(),
         "transform": {

@@ -46,3 +46,4 @@ mod http_source;
 mod lifecycle;
 mod source_incremental;
 mod source_restart;
+mod storage_full;
