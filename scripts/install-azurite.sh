@@ -5,7 +5,9 @@
 #   .tools/azurite/node_modules/.bin/azurite-blob themselves
 #   (tests/common/azurite.rs);
 # - the official Python SDK and pyarrow into .tools/venv (the venv
-#   scripts/bench.sh uses), for scripts/azure_crosscheck.py.
+#   scripts/bench.sh uses), for scripts/azure_crosscheck.py; and the
+#   OpenTelemetry protocol definitions (opentelemetry-proto, protobuf) for
+#   the OTLP receiver of tests/suite/otel.rs (scripts/otlp_receiver.py).
 #
 #   bash scripts/install-azurite.sh
 set -euo pipefail
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 # from 3.37.0 on. 3.37 declares node >= 22 but runs on node 20 (the tests pass
 # on it); npm only warns about the engine.
 AZURITE_VERSION=3.37.0
-PY_PACKAGES=(azure-storage-blob==12.31.1 pyarrow==26.0.1)
+PY_PACKAGES=(azure-storage-blob==12.31.1 pyarrow==26.0.1 opentelemetry-proto==1.45.2 protobuf==7.36.2)
 
 dir=.tools/azurite
 bin="$dir/node_modules/.bin/azurite-blob"

@@ -45,6 +45,7 @@ pub mod demo;
 pub mod dlq;
 pub mod embedded;
 pub mod health;
+pub mod otel;
 pub mod pipeline;
 pub mod query;
 pub mod replay;

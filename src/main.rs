@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hubflow::config::{Config, Settings};
 use hubflow::ctl::{self, CtlArgs};
 use hubflow::demo::{self, DemoConfig, FaultConfig};
+use hubflow::otel;
 use hubflow::query::{self, OutputFormat};
 use hubflow::service::{self, Hooks, RunOptions, ServiceError};
 use hubflow::telemetry::{self, LogControl};
@@ -104,18 +105,25 @@ enum Format {
     Json,
 }
 
-fn init_logs(format: LogFormat) -> LogControl {
-    telemetry::init_logs(match format {
-        LogFormat::Text => telemetry::LogFormat::Text,
-        LogFormat::Json => telemetry::LogFormat::Json,
-    })
+fn init_logs(format: LogFormat, traces: Option<&otel::Traces>) -> LogControl {
+    telemetry::init_logs_with(
+        match format {
+            LogFormat::Text => telemetry::LogFormat::Text,
+            LogFormat::Json => telemetry::LogFormat::Json,
+        },
+        traces.map(|t| t.tracer.clone()),
+    )
 }
 
 fn settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
     Ok(Config::load(config)?.validate()?)
 }
 
-async fn main_inner(cli: Cli, logs: LogControl) -> anyhow::Result<()> {
+async fn main_inner(
+    cli: Cli,
+    logs: LogControl,
+    otlp: Option<otel::OtlpSettings>,
+) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             config,
@@ -131,7 +139,14 @@ async fn main_inner(cli: Cli, logs: LogControl) -> anyhow::Result<()> {
                 logs: Some(logs),
                 ..Hooks::default()
             };
-            service::run_with(settings, options, hooks).await
+            let export = otlp
+                .as_ref()
+                .and_then(|o| otel::MetricsExport::start(o, telemetry::install_metrics()));
+            let result = service::run_with(settings, options, hooks).await;
+            if let Some(export) = export {
+                export.finish().await;
+            }
+            result
         }
         Command::Ctl(args) => ctl::run(args).await,
         Command::DemoSource {
@@ -248,7 +263,25 @@ fn main() -> ExitCode {
     no_transparent_huge_pages();
     return_freed_memory_soon();
     let cli = Cli::parse();
-    let logs = init_logs(cli.log_format);
+    // OpenTelemetry export (environment-configured) is for the service only.
+    let otlp = match &cli.command {
+        Command::Run { .. } => match otel::OtlpSettings::from_env() {
+            Ok(otlp) => otlp,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let traces = match otlp.as_ref().map(otel::Traces::start).transpose() {
+        Ok(traces) => traces.flatten(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = init_logs(cli.log_format, traces.as_ref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -259,10 +292,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(main_inner(cli, logs));
+    let result = runtime.block_on(main_inner(cli, logs, otlp));
     // Do not wait for tasks a second signal left behind: every write is
     // temp + rename, so stopping mid-way corrupts nothing.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

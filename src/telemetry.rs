@@ -116,6 +116,16 @@ static LOGS: OnceLock<LogControl> = OnceLock::new();
 /// first call's control). The initial filter is `HUBFLOW_LOG`, or
 /// [`DEFAULT_LOG_FILTER`] when unset or invalid (with a warning).
 pub fn init_logs(format: LogFormat) -> LogControl {
+    init_logs_with(format, None)
+}
+
+/// [`init_logs`], and with `tracer` every span (and the events in it) also
+/// goes to OpenTelemetry (see [`crate::otel`]); the log filter applies to
+/// both.
+pub fn init_logs_with(
+    format: LogFormat,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+) -> LogControl {
     LOGS.get_or_init(|| {
         let from_env = std::env::var("HUBFLOW_LOG").ok();
         let (filter, rejected) = match from_env.as_deref().map(parse_filter) {
@@ -134,9 +144,11 @@ pub fn init_logs(format: LogFormat) -> LogControl {
         };
         // Fails only if another subscriber is installed (tests): the control
         // then drives a filter nobody reads, which is harmless.
+        let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
         let _ = tracing_subscriber::registry()
             .with(filter_layer)
             .with(fmt)
+            .with(otel)
             .try_init();
         if let Some(error) = rejected {
             warn!(%error, "HUBFLOW_LOG ignored, using the default filter");

@@ -207,6 +207,16 @@ async fn recover_chain(state: &mut WriterState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One raw blob written, checkpointed and announced: the `raw.write` span
+/// names the partition, the sequence range and the blob.
+#[tracing::instrument(name = "raw.write", skip_all, fields(
+    partition = state.params.partition,
+    first_seq = tracing::field::Empty,
+    last_seq = tracing::field::Empty,
+    blob = tracing::field::Empty,
+    records = tracing::field::Empty,
+    bytes = tracing::field::Empty,
+))]
 async fn write_batch(state: &mut WriterState, events: Vec<ReceivedEvent>) -> anyhow::Result<i64> {
     // Events below the resume point were landed already (a consumer re-read);
     // drop them so the new blob starts exactly where the chain continues.
@@ -248,6 +258,12 @@ async fn write_batch(state: &mut WriterState, events: Vec<ReceivedEvent>) -> any
     let encoded = tokio::task::spawn_blocking(move || raw::encode(&batch, level)).await??;
     let size = encoded.len() as u64;
     let blob = name.to_name();
+    let span = tracing::Span::current();
+    span.record("first_seq", name.first_seq);
+    span.record("last_seq", name.last_seq);
+    span.record("blob", blob.as_str());
+    span.record("records", records);
+    span.record("bytes", size);
     state
         .params
         .raw

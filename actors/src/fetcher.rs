@@ -345,12 +345,22 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
 
 /// Publish the records of `pages` as one group, then store the cursor after
 /// the last of them.
+/// Pages published to the hub and the cursor saved after them: the
+/// `fetch.publish` span names the source, the pages and records and the hub
+/// partitions they went to.
+#[tracing::instrument(name = "fetch.publish", skip_all, fields(
+    source = %state.status.source,
+    pages = pages.len(),
+    records = tracing::field::Empty,
+    partitions = tracing::field::Empty,
+))]
 async fn commit_pages(
     state: &mut FetcherState,
     pages: Vec<Page>,
 ) -> Result<(), ActorProcessingErr> {
     let count: u64 = pages.iter().map(|p| p.records.len() as u64).sum();
     let page_count = pages.len() as u64;
+    tracing::Span::current().record("records", count);
     let mut last = None;
     let mut records = Vec::with_capacity(count as usize);
     for page in pages {
@@ -498,6 +508,8 @@ async fn publish_records(
                 .with_property(PROP_FETCHED_MS, fetched.clone()),
         );
     }
+    let touched: Vec<String> = by_partition.keys().map(u32::to_string).collect();
+    tracing::Span::current().record("partitions", touched.join(",").as_str());
     let chunk = state.params.max_publish_events.max(1);
     let mut pending: VecDeque<(PublishTarget, Vec<EventData>)> = VecDeque::new();
     for (partition, mut events) in by_partition {

@@ -417,6 +417,19 @@ enum Curated {
     Corrupt(raw::RawError),
 }
 
+/// One raw blob curated and committed: the `curate` span (exported over
+/// OTLP when configured) names the blob, its partition and sequence range,
+/// the transform version and what was written.
+#[tracing::instrument(name = "curate", skip_all, fields(
+    partition = state.params.partition,
+    blob = %name.to_name(),
+    first_seq = name.first_seq,
+    last_seq = name.last_seq,
+    transform_version = %state.params.transform.version,
+    rows = tracing::field::Empty,
+    files = tracing::field::Empty,
+    first_file = tracing::field::Empty,
+))]
 async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> anyhow::Result<()> {
     let params = state.params.clone();
     let blob = name.to_name();
@@ -491,6 +504,12 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     }
 
     let rows: u64 = output.files.iter().map(|f| f.rows as u64).sum();
+    let span = tracing::Span::current();
+    span.record("rows", rows);
+    span.record("files", output.files.len());
+    if let Some(file) = output.files.first() {
+        span.record("first_file", file.path.as_str());
+    }
     state.status.blobs += 1;
     state.status.rows += rows;
     state.status.files += output.files.len() as u64;

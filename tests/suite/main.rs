@@ -44,6 +44,7 @@ mod eventhubs_live;
 mod hot_swap;
 mod http_source;
 mod lifecycle;
+mod otel;
 mod source_incremental;
 mod source_restart;
 mod storage_full;
