@@ -404,32 +404,27 @@ pub fn to_otlp(
     start_ns: u64,
     now_ns: u64,
 ) -> ExportMetricsServiceRequest {
-    let mut kinds: HashMap<&str, &str> = HashMap::new();
+    // The text lists each family's samples right after its `# TYPE` line.
     let mut help: HashMap<&str, &str> = HashMap::new();
-    let mut order: Vec<&str> = Vec::new();
-    let mut samples: HashMap<&str, Vec<Sample>> = HashMap::new();
+    let mut families: Vec<(&str, &str, Vec<Sample>)> = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             if let Some((name, kind)) = rest.split_once(' ') {
-                kinds.insert(name, kind.trim());
-                order.push(name);
+                families.push((name, kind.trim(), Vec::new()));
             }
         } else if let Some(rest) = line.strip_prefix("# HELP ") {
             if let Some((name, text)) = rest.split_once(' ') {
                 help.insert(name, text);
             }
         } else if !line.starts_with('#')
-            && !line.trim().is_empty()
+            && let Some((family, _, samples)) = families.last_mut()
             && let Some(sample) = parse_sample(line)
+            && sample
+                .name
+                .strip_prefix(*family)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
         {
-            let family = order
-                .iter()
-                .rev()
-                .find(|f| sample.name == **f || sample.name.starts_with(&format!("{f}_")))
-                .copied();
-            if let Some(family) = family {
-                samples.entry(family).or_default().push(sample);
-            }
+            samples.push(sample);
         }
     }
     let point = |labels: &[(String, String)], value: f64| NumberDataPoint {
@@ -440,12 +435,12 @@ pub fn to_otlp(
         ..Default::default()
     };
     let mut metrics = Vec::new();
-    for family in order {
-        let Some(family_samples) = samples.get(family) else {
+    for (family, kind, family_samples) in &families {
+        if family_samples.is_empty() {
             continue;
-        };
-        let data = match kinds.get(family).copied() {
-            Some("counter") => metric::Data::Sum(Sum {
+        }
+        let data = match *kind {
+            "counter" => metric::Data::Sum(Sum {
                 data_points: family_samples
                     .iter()
                     .map(|s| point(&s.labels, s.value))
@@ -453,13 +448,13 @@ pub fn to_otlp(
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
                 is_monotonic: true,
             }),
-            Some("gauge") => metric::Data::Gauge(Gauge {
+            "gauge" => metric::Data::Gauge(Gauge {
                 data_points: family_samples
                     .iter()
                     .map(|s| point(&s.labels, s.value))
                     .collect(),
             }),
-            Some("histogram") => metric::Data::Histogram(Histogram {
+            "histogram" => metric::Data::Histogram(Histogram {
                 data_points: histogram_points(family, family_samples, start_ns, now_ns),
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
             }),

@@ -6,7 +6,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hubflow::demo::DemoConfig;
@@ -49,17 +49,6 @@ fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-async fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 fn log_tail(log: &Path) -> String {
@@ -166,7 +155,7 @@ async fn finish_and_count(
 ) {
     tokio::time::sleep_until(complete_at).await;
     let mut child = spawn(config, log, true);
-    let status = wait(&mut child, Duration::from_secs(600)).await;
+    let status = common::wait_exit(&mut child, Duration::from_secs(600)).await;
     if status.is_none() {
         let _ = child.kill();
     }
@@ -195,7 +184,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_restart_is_exact() {
     } = Loaded::start().await;
     let sent = Instant::now();
     signal(&child, libc::SIGTERM);
-    let status = wait(&mut child, Duration::from_secs(DEADLINE_SECS + 5)).await;
+    let status = common::wait_exit(&mut child, Duration::from_secs(DEADLINE_SECS + 5)).await;
     let took = sent.elapsed();
     let status = status.unwrap_or_else(|| {
         let _ = child.kill();
@@ -240,7 +229,7 @@ async fn a_second_signal_exits_at_once_and_nothing_is_corrupted() {
     if child.try_wait().unwrap().is_none() {
         signal(&child, libc::SIGINT);
     }
-    let status = wait(&mut child, Duration::from_secs(5)).await;
+    let status = common::wait_exit(&mut child, Duration::from_secs(5)).await;
     let status = status.unwrap_or_else(|| {
         let _ = child.kill();
         panic!("no prompt exit after a second signal:\n{}", log_tail(&log))

@@ -89,19 +89,16 @@ fn run_hubflow(config: &Path, log: &Path, env: &[(&str, String)]) -> Child {
 }
 
 async fn wait(child: &mut Child, limit: Duration, log: &Path) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
+    match common::wait_exit(child, limit).await {
+        Some(status) => status,
+        None => {
             let _ = child.kill();
+            let _ = child.wait();
             panic!(
                 "hubflow did not finish in {limit:?}:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

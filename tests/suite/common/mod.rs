@@ -153,3 +153,19 @@ pub async fn records_after_now(data_dir: &Path, partitions: u32, margin: i64) ->
     }
     conditions.join(" OR ")
 }
+
+/// Wait (bounded) for a child process to exit; `None` if it is still
+/// running after `limit`.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    None
+}
