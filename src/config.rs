@@ -170,6 +170,9 @@ pub struct FetcherConfig {
     /// First retry delay after a transient source error; doubles up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// How long the page log (which request fetched which records, for
+    /// `hubflow ctl trace`) is kept, in hours (0..=8760); 0 keeps none.
+    pub page_log_retention_hours: u64,
 }
 
 impl Default for FetcherConfig {
@@ -180,6 +183,7 @@ impl Default for FetcherConfig {
             read_ahead_pages: hubflow_actors::fetcher::READ_AHEAD_PAGES,
             retry_initial_ms: 200,
             retry_max_ms: 30_000,
+            page_log_retention_hours: 168,
         }
     }
 }
@@ -424,6 +428,12 @@ impl Config {
         }
         if !(1..=256).contains(&self.fetcher.read_ahead_pages) {
             return Err(field("fetcher.read_ahead_pages", "must be 1..=256"));
+        }
+        if self.fetcher.page_log_retention_hours > 8760 {
+            return Err(field(
+                "fetcher.page_log_retention_hours",
+                "must be 0..=8760",
+            ));
         }
         if self.fetcher.max_publish_events == 0 {
             return Err(field("fetcher.max_publish_events", "must be at least 1"));

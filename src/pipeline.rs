@@ -335,6 +335,8 @@ pub(crate) fn fetcher_spec_with(
         retry_budget,
         probe: Default::default(),
         start_paused: false,
+        page_log_retention: Duration::from_secs(cfg.fetcher.page_log_retention_hours * 3600),
+        node_id: settings.node_id(),
         source: source.clone(),
     };
     ChildSpec::new(

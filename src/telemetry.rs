@@ -314,6 +314,11 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
     ),
     (
         Counter,
+        "hubflow_fetcher_page_log_errors_total",
+        "page-log writes that failed (those pages cannot be traced)",
+    ),
+    (
+        Counter,
         "hubflow_fetcher_retry_budget_exhausted_total",
         "fetches that ran out of retry budget",
     ),

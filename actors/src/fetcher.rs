@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::page_log::{PageLog, PageLogPage};
 use crate::ports::{
     BlobStore, DeadLetter, ETag, EventData, Hub, HubError, Page, PublishTarget, Source,
     SourceCursor, SourceError, StateStore, Unpublished, partition_for_key,
@@ -78,6 +79,10 @@ pub struct FetcherParams {
     pub probe: ActorProbe,
     /// Start paused (operators resume through the admin port).
     pub start_paused: bool,
+    /// How long the page log ([`crate::page_log`]) is kept; zero: none.
+    pub page_log_retention: Duration,
+    /// This node's id, recorded in the page log.
+    pub node_id: String,
 }
 
 /// The cursor record in the state store.
@@ -118,12 +123,22 @@ pub struct FetcherState {
     failing_since: Option<tokio::time::Instant>,
     /// The walk ahead of the stored cursor, while one runs.
     reader: Option<Reader>,
+    page_log: PageLog,
 }
 
-/// A page as the reader got it, with the cursor it was requested at.
+/// A page as the reader got it, with the cursor it was requested at and
+/// when it arrived.
 struct Fetched {
     from: SourceCursor,
+    at_ms: i64,
     result: Result<Page, SourceError>,
+}
+
+/// A page to publish, with its request cursor and fetch time.
+struct FetchedPage {
+    page: Page,
+    from: SourceCursor,
+    at_ms: i64,
 }
 
 /// A task fetching pages ahead; aborted when dropped.
@@ -150,7 +165,16 @@ impl Reader {
                     _ => None,
                 };
                 let from = std::mem::take(&mut cursor);
-                if tx.send(Fetched { from, result }).await.is_err() {
+                let at_ms = now_ms();
+                if tx
+                    .send(Fetched {
+                        from,
+                        at_ms,
+                        result,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 match next {
@@ -200,6 +224,7 @@ impl Actor for Fetcher {
             records_total: cursor.records,
             ..Default::default()
         };
+        let page_log = PageLog::new(&status.source, &params.node_id, params.page_log_retention);
         let mut state = FetcherState {
             partitions,
             cursor,
@@ -208,6 +233,7 @@ impl Actor for Fetcher {
             poll_scheduled: false,
             failing_since: None,
             reader: None,
+            page_log,
             params,
         };
         if !state.status.paused {
@@ -263,6 +289,7 @@ impl Actor for Fetcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.reader = None;
+        state.page_log.flush(&state.params.state).await;
         state.params.probe.set_busy(false);
         Ok(())
     }
@@ -312,7 +339,11 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
             Ok(page) => {
                 records += page.records.len();
                 let last = page.caught_up;
-                pages.push(page);
+                pages.push(FetchedPage {
+                    page,
+                    from: fetched.from,
+                    at_ms: fetched.at_ms,
+                });
                 if last || records >= GROUP_MAX_RECORDS {
                     break;
                 }
@@ -324,9 +355,13 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
         }
         next = state.reader.as_mut().and_then(|r| r.pages.try_recv().ok());
     }
-    let caught_up = pages.last().is_some_and(|p| p.caught_up);
+    let caught_up = pages.last().is_some_and(|p| p.page.caught_up);
     if !pages.is_empty() {
         commit_pages(state, pages).await?;
+    }
+    if state.page_log.due() {
+        state.page_log.flush(&state.params.state).await;
+        state.page_log.prune(&state.params.state, now_ms()).await;
     }
     if caught_up || failed.is_some() {
         // The reader stopped there; the next poll starts a new one from the
@@ -356,18 +391,33 @@ async fn poll_once(state: &mut FetcherState) -> Result<Duration, ActorProcessing
 ))]
 async fn commit_pages(
     state: &mut FetcherState,
-    pages: Vec<Page>,
+    pages: Vec<FetchedPage>,
 ) -> Result<(), ActorProcessingErr> {
-    let count: u64 = pages.iter().map(|p| p.records.len() as u64).sum();
+    let count: u64 = pages.iter().map(|p| p.page.records.len() as u64).sum();
     let page_count = pages.len() as u64;
     tracing::Span::current().record("records", count);
     let mut last = None;
-    let mut records = Vec::with_capacity(count as usize);
-    for page in pages {
-        records.extend(page.records);
+    let mut stamped = Vec::with_capacity(pages.len());
+    let mut logged = Vec::with_capacity(pages.len());
+    for FetchedPage { page, from, at_ms } in pages {
+        let fetched_ms = state.page_log.stamp(at_ms);
+        logged.push(PageLogPage {
+            fetched_ms,
+            request: page.request,
+            cursor: from.0,
+            records: page.records.len() as u64,
+            first_id: page.records.first().map(|r| r.id.clone()),
+            last_id: page.records.last().map(|r| r.id.clone()),
+        });
+        stamped.push((fetched_ms, page.records));
         last = Some((page.next, page.caught_up));
     }
-    publish_records(state, records).await?;
+    publish_records(state, stamped).await?;
+    // Logged once published (a page published twice after a crash is
+    // logged under both fetch times; the transformer keeps the first copy).
+    for page in logged.into_iter().filter(|p| p.records > 0) {
+        state.page_log.push(page);
+    }
     if let Some((next, caught_up)) = last {
         state.cursor.cursor = next;
         state.cursor.caught_up = caught_up;
@@ -494,19 +544,23 @@ async fn dead_letter(
 /// large for any batch is dead-lettered (it can never be published).
 async fn publish_records(
     state: &mut FetcherState,
-    records: Vec<crate::ports::SourceRecord>,
+    pages: Vec<(i64, Vec<crate::ports::SourceRecord>)>,
 ) -> Result<(), ActorProcessingErr> {
-    let fetched = now_ms().to_string();
     let source = state.status.source.clone();
     let mut by_partition: BTreeMap<u32, Vec<EventData>> = BTreeMap::new();
-    for record in records {
-        let partition = partition_for_key(&record.id, state.partitions);
-        by_partition.entry(partition).or_default().push(
-            EventData::new(record.payload)
-                .with_property(PROP_ID, record.id)
-                .with_property(PROP_SOURCE, source.clone())
-                .with_property(PROP_FETCHED_MS, fetched.clone()),
-        );
+    for (fetched_ms, records) in pages {
+        // Every record of a page carries the page's fetch time (which names
+        // the page in the page log).
+        let fetched = fetched_ms.to_string();
+        for record in records {
+            let partition = partition_for_key(&record.id, state.partitions);
+            by_partition.entry(partition).or_default().push(
+                EventData::new(record.payload)
+                    .with_property(PROP_ID, record.id)
+                    .with_property(PROP_SOURCE, source.clone())
+                    .with_property(PROP_FETCHED_MS, fetched.clone()),
+            );
+        }
     }
     let touched: Vec<String> = by_partition.keys().map(u32::to_string).collect();
     tracing::Span::current().record("partitions", touched.join(",").as_str());
@@ -644,6 +698,7 @@ mod tests {
                 records,
                 next: SourceCursor(serde_json::json!(to)),
                 caught_up: to == self.total,
+                request: format!("GET scripted?from={from}"),
             })
         }
     }
@@ -666,6 +721,8 @@ mod tests {
             retry_budget: RetryBudget::UNLIMITED,
             probe: ActorProbe::new(),
             start_paused: false,
+            page_log_retention: Duration::from_secs(3600),
+            node_id: "n1".into(),
         }
     }
 

@@ -17,6 +17,8 @@
 //!   BlobCreated) parsed and routed to the transformer of the blob's
 //!   partition by a listener per landed partition.
 //! - [`pauses`]: operator pauses recorded so restarted actors keep them.
+//! - [`page_log`]: the fetcher's log of which request fetched which page,
+//!   for lineage.
 //! - [`dead_letter`], [`retry`]: small shared pieces the actors use.
 //!
 //! No Azure SDK, HTTP server or SQL engine lives here; `hubflow` (the root
@@ -28,6 +30,7 @@ pub mod dead_letter;
 pub mod fetcher;
 pub mod formats;
 pub mod notices;
+pub mod page_log;
 pub mod pauses;
 pub mod ports;
 pub mod record;

@@ -778,6 +778,7 @@ mod tests {
                 records: Vec::new(),
                 next: cursor.clone(),
                 caught_up: true,
+                request: String::new(),
             })
         }
     }

@@ -309,6 +309,7 @@ impl HttpSource {
                 records: Vec::new(),
                 next: SourceCursor(state.encode()),
                 caught_up: true,
+                request: format!("GET {shown}"),
             });
         }
         if !status.is_success() {
@@ -582,6 +583,7 @@ impl HttpSource {
             records,
             next: SourceCursor(next.encode()),
             caught_up,
+            request: format!("GET {shown}"),
         })
     }
 

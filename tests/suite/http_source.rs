@@ -62,6 +62,7 @@ async fn walk(source: &HttpSource, cursor: SourceCursor, max_calls: u32) -> Walk
                 records,
                 next,
                 caught_up,
+                ..
             }) => {
                 w.records.extend(records);
                 w.cursor = next;

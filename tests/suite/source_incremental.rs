@@ -476,6 +476,8 @@ async fn run_fetcher(
         retry_budget: RetryBudget::UNLIMITED,
         probe: ActorProbe::new(),
         start_paused: false,
+        page_log_retention: Duration::from_secs(3600),
+        node_id: "test".into(),
     };
     let (actor, handle) = Actor::spawn(None, Fetcher, params).await.unwrap();
     for _ in 0..2_000 {

@@ -30,6 +30,9 @@ pub struct Page {
     /// True when the source has nothing more right now; the fetcher waits for
     /// its poll interval before asking again from `next`.
     pub caught_up: bool,
+    /// The request that fetched it, secrets removed (`GET https://…`): the
+    /// fetcher's page log keeps it for lineage (`hubflow ctl trace`).
+    pub request: String,
 }
 
 /// A response the source could not turn into records. It goes to the dead
