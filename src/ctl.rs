@@ -69,6 +69,24 @@ pub enum CtlCommand {
     Restart { path: String },
     /// Replay raw blobs of a partition into curated.
     Replay(ReplayArgs),
+    /// Lineage of one record: the request that fetched it, hub partition
+    /// and sequence, raw blob and position, curated file and transform
+    /// version, dead letters and replays
+    /// (`hubflow ctl trace demo evt-42`, or from a curated row:
+    /// `hubflow ctl trace --file demo/date=…/hour=…/x.parquet --row 0`).
+    Trace {
+        /// The source (the curated table's name).
+        #[arg(required_unless_present = "file", requires = "id")]
+        source: Option<String>,
+        /// The record's id.
+        id: Option<String>,
+        /// A curated file (`<source>/date=…/hour=…/<name>.parquet`).
+        #[arg(long, conflicts_with = "source", requires = "row")]
+        file: Option<String>,
+        /// The row of --file, from 0.
+        #[arg(long, requires = "file")]
+        row: Option<usize>,
+    },
     /// Dead letters.
     Dlq {
         #[command(subcommand)]
@@ -479,6 +497,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             print(&v, swap_text(&v));
         }
         CtlCommand::Replay(replay) => run_replay(&client, replay, json_out).await?,
+        CtlCommand::Trace {
+            source,
+            id,
+            file,
+            row,
+        } => {
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let query = match (source, id, file, row) {
+                (Some(source), Some(id), None, None) => {
+                    format!("source={}&id={}", enc(&source), enc(&id))
+                }
+                (None, None, Some(file), Some(row)) => format!("file={}&row={row}", enc(&file)),
+                _ => anyhow::bail!("give SOURCE ID, or --file FILE --row N"),
+            };
+            let v = client.get(&format!("/trace?{query}")).await?;
+            print(&v, crate::trace::render(&v));
+        }
         CtlCommand::Dlq { command } => match command {
             DlqCommand::List {
                 stage,

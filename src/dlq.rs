@@ -232,6 +232,28 @@ impl Dlq {
         self.load_json(id, &format!("{id}{MARKER_SUFFIX}")).await
     }
 
+    /// A listing line for letter `id` (`redriven`: a marker was listed).
+    async fn summary(
+        &self,
+        id: String,
+        info: DeadLetterInfo,
+        redriven: bool,
+    ) -> Result<DeadLetterSummary, DlqError> {
+        let redriven_ms = if redriven {
+            self.marker(&id).await?.map(|m| m.redriven_ms)
+        } else {
+            None
+        };
+        Ok(DeadLetterSummary {
+            redrive: redrive_support(&info.stage),
+            stage: info.stage,
+            reason: info.reason,
+            created_ms: info.created_ms,
+            redriven_ms,
+            id,
+        })
+    }
+
     /// Dead letters, newest first.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<DeadLetterSummary>, DlqError> {
         let prefix = match &filter.stage {
@@ -257,19 +279,45 @@ impl Dlq {
                 Err(DlqError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let redriven_ms = if markers.contains_key(&id) {
-                self.marker(&id).await?.map(|m| m.redriven_ms)
-            } else {
-                None
-            };
-            out.push(DeadLetterSummary {
-                redrive: redrive_support(&info.stage),
-                stage: info.stage,
-                reason: info.reason,
-                created_ms: info.created_ms,
-                redriven_ms,
-                id,
-            });
+            let redriven = markers.contains_key(&id);
+            out.push(self.summary(id, info, redriven).await?);
+        }
+        Ok(out)
+    }
+
+    /// Dead letters that name record `id` of `source`: transform letters
+    /// whose context names the record and source, and the source's own
+    /// letters for a record (one too large for the hub). Reads every letter
+    /// of those two stages: dead letters are few, and this is an operator's
+    /// one-off question (`hubflow ctl trace`).
+    pub async fn touching(
+        &self,
+        source: &str,
+        id: &str,
+    ) -> Result<Vec<DeadLetterSummary>, DlqError> {
+        let mut out = Vec::new();
+        for (stage, id_key, source_key) in [
+            (TRANSFORM_STAGE.to_string(), "record_id", Some("source")),
+            (format!("{SOURCE_STAGE_PREFIX}{source}"), "id", None),
+        ] {
+            let (ids, markers) =
+                scan(self.store.as_ref(), &self.container, &format!("{stage}/")).await?;
+            for letter in ids {
+                let info = match self.info(&letter).await {
+                    Ok(info) => info,
+                    Err(DlqError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                let names = info.context.get(id_key).and_then(|v| v.as_str()) == Some(id)
+                    && source_key.is_none_or(|k| {
+                        info.context.get(k).and_then(|v| v.as_str()) == Some(source)
+                    });
+                if !names {
+                    continue;
+                }
+                let redriven = markers.contains_key(&letter);
+                out.push(self.summary(letter, info, redriven).await?);
+            }
         }
         Ok(out)
     }
@@ -468,6 +516,31 @@ mod tests {
             dlq.redrive(&source[0].id, None).await,
             Err(DlqError::NotRedrivable { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn letters_touching_a_record_are_found_by_its_id_and_source() {
+        let (dlq, _) = fixture().await;
+        write_dead_letter(
+            dlq.store.as_ref(),
+            "dlq",
+            "source/demo",
+            "record of 2000000 bytes exceeds the hub's batch limit",
+            &serde_json::json!({"id": "evt-9", "partition": 3}),
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+        let found = dlq.touching("demo", "evt-7").await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].stage, TRANSFORM_STAGE);
+        assert_eq!(found[0].reason, "payload is not a JSON object");
+        let found = dlq.touching("demo", "evt-9").await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].stage, "source/demo");
+        // Same id, other source: none.
+        assert!(dlq.touching("other", "evt-7").await.unwrap().is_empty());
+        assert!(dlq.touching("demo", "evt-8").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@
 //! - [`query`]: SQL (DataFusion) over the curated container;
 //!   [`curated_cache`]: the local mirror of a remote curated container that
 //!   `hubflow query` reads.
+//! - [`trace`]: lineage: the path of one record from the request that
+//!   fetched it to its curated row (`GET /trace`, `hubflow ctl trace`).
 //! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
 //!   used by the chaos tests and the chaos throughput benchmark.
 //! - [`transform`]: transformation specs (SQL over each curated batch,
@@ -55,4 +57,5 @@ pub mod source_specs;
 pub mod specs;
 pub mod telemetry;
 pub mod testkit;
+pub mod trace;
 pub mod transform;

@@ -34,6 +34,7 @@ use crate::dlq::{Dlq, DlqError, ListFilter};
 use crate::health;
 use crate::replay::{ReplayError, ReplayRequest};
 use crate::telemetry::{self, LogError};
+use crate::trace::TraceError;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/replay", Read, "Every replay job and its progress", list_replays),
         Route::get("/replay/{id}", Read, "One replay job's progress", get_replay),
         Route::get("/dlq", Read, "List dead letters (query: stage, pending_only, limit)", list_dlq),
+        Route::get("/trace", Read, "Lineage of one record (query: source and id, or file and row of a curated file): the request that fetched it, hub partition and sequence, raw blob and position, curated file and transform version, dead letters and replays that touched it", trace),
         Route::get("/dlq/{*id}", Read, "Inspect one dead letter (id = <stage>/<key>)", get_dlq),
         Route::get("/transform", Read, "The transformation spec this node runs, drift from its config file, the durable spec log (every version: who, when, dry run, outcome) and, per version, the raw ranges it curated and replayed", get_transform),
         Route::post("/transform", Control, "Hot-swap the transformation spec on every node: validate, dry-run on the newest raw blob, propose it in the durable spec log (409 if another swap won or is in probation), each node drains and replaces its transform group, one node's failure in the probation rolls back everywhere", swap_transform).body(schemas::transform),
@@ -247,6 +249,18 @@ impl From<DlqError> for ApiError {
                 e.to_string(),
             ),
             DlqError::Damaged { .. } | DlqError::Blob(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<TraceError> for ApiError {
+    fn from(e: TraceError) -> Self {
+        match &e {
+            TraceError::UnknownSource(_)
+            | TraceError::NotFound { .. }
+            | TraceError::NoSuchFile(_) => ApiError::not_found(e.to_string()),
+            TraceError::BadFile { .. } => ApiError::bad_request(e.to_string()),
+            TraceError::Other(error) => ApiError::internal(format!("{error:#}")),
         }
     }
 }
@@ -1023,6 +1037,45 @@ async fn get_dlq(
     let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let detail = dlq(&state).inspect(&id).await?;
     Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null)))
+}
+
+/// The query of `GET /trace`: a record (`source` and `id`) or a curated
+/// row (`file` and `row`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceQuery {
+    pub source: Option<String>,
+    pub id: Option<String>,
+    pub file: Option<String>,
+    pub row: Option<usize>,
+}
+
+async fn trace(
+    State(state): State<AdminState>,
+    query: Result<Query<TraceQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let p = state.pipeline();
+    let found = match q {
+        TraceQuery {
+            source: Some(source),
+            id: Some(id),
+            file: None,
+            row: None,
+        } => crate::trace::trace(&p.settings, &p.backends, &source, &id).await?,
+        TraceQuery {
+            source: None,
+            id: None,
+            file: Some(file),
+            row: Some(row),
+        } => crate::trace::trace_row(&p.settings, &p.backends, &file, row).await?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give source and id, or file and row (e.g. /trace?source=demo&id=evt-1)",
+            ));
+        }
+    };
+    Ok(Json(serde_json::to_value(found).unwrap_or(Value::Null)))
 }
 
 #[derive(Debug, Deserialize)]

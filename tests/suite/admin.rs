@@ -151,6 +151,24 @@ impl Node {
         }
     }
 
+    /// Poll a replay job until it is no longer running (bounded); its
+    /// progress.
+    async fn replay_finished(&self, id: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (code, progress) = self.get(&format!("/replay/{id}")).await;
+            assert_eq!(code, StatusCode::OK);
+            if progress["state"] != "running" {
+                return progress;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replay did not finish: {progress}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn stop(self) {
         self.stop.notify_one();
         let result = tokio::time::timeout(Duration::from_secs(60), self.run)
@@ -507,20 +525,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     assert_eq!(node.get("/replay/999").await.0, StatusCode::NOT_FOUND);
     let (code, started) = node.post("/replay", json!({"partition": 0})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{started}");
-    let id = started["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let (code, progress) = node.get(&format!("/replay/{id}")).await;
-        assert_eq!(code, StatusCode::OK);
-        if progress["state"] != "running" {
-            break progress;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replay did not finish: {progress}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = node.replay_finished(started["id"].as_u64().unwrap()).await;
     assert_eq!(done["state"], "completed", "{done}");
     assert!(done["blobs_done"].as_u64().unwrap() > 0);
     assert_eq!(common::counts(&node.settings).await, (total, total));
@@ -712,6 +717,195 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         .expect("node drain did not stop the service");
     result.unwrap().unwrap();
     node.demo.stop().await;
+}
+
+/// Lineage: a curated record traced back to the request that fetched it
+/// (through the raw blob and the page log), from its id and from its
+/// curated file and row, with the dead letters and replays that touched it;
+/// bad questions get 4xx answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
+    let total = 2_000;
+    let node = start(total, Some(TOKEN)).await;
+    node.wait_until(
+        "everything curated",
+        Duration::from_secs(180),
+        caught_up(total),
+    )
+    .await;
+    let id = "evt-00000042";
+    let rows = common::json_rows(
+        &node.settings,
+        &format!(
+            "SELECT _hub_partition AS p, _hub_sequence AS s, _raw_blob AS b, date, hour \
+             FROM demo WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+
+    // The page log is written within its flush interval (10 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let trace = loop {
+        let (code, trace) = node.get(&format!("/trace?source=demo&id={id}")).await;
+        assert_eq!(code, StatusCode::OK, "{trace}");
+        if trace["fetch"].is_object() {
+            break trace;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page was never logged: {trace}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let curated = &trace["curated"];
+    assert_eq!(curated.as_array().map(Vec::len), Some(1), "{trace}");
+    assert_eq!(curated[0]["partition"], row["p"]);
+    assert_eq!(curated[0]["sequence"], row["s"]);
+    assert_eq!(curated[0]["raw_blob"], row["b"]);
+    assert_eq!(curated[0]["transform_version"], "identity");
+    let file = curated[0]["file"].as_str().unwrap().to_string();
+    assert!(
+        file.starts_with(&format!(
+            "demo/date={}/hour={}/",
+            row["date"].as_str().unwrap(),
+            row["hour"].as_str().unwrap()
+        )),
+        "{file}"
+    );
+    let raw = &trace["raw"];
+    assert_eq!(raw["sequence"], row["s"]);
+    assert!(
+        raw["payload_preview"].as_str().unwrap().contains(id),
+        "{raw}"
+    );
+    let fetch = &trace["fetch"];
+    assert_eq!(fetch["fetched_ms"], raw["fetched_ms"]);
+    let request = fetch["request"].as_str().unwrap();
+    assert!(
+        request.starts_with(&format!("GET {}", node.demo.url)),
+        "{request}"
+    );
+    let (first, last) = (
+        fetch["first_id"].as_str().unwrap(),
+        fetch["last_id"].as_str().unwrap(),
+    );
+    assert!(first <= id && id <= last, "{fetch}");
+    assert!(fetch["page_records"].as_u64().unwrap() >= 1, "{fetch}");
+    assert_eq!(trace["dead_letters"], json!([]));
+    assert_eq!(trace["replays"], json!([]));
+
+    // The same record from its curated file and row; the file holds it at
+    // the position of its id among the file's rows.
+    let store =
+        hubflow::embedded::FsBlobStore::new(node.settings.data_dir().join("blobs")).unwrap();
+    let curated_container = &node.settings.config.storage.curated_container;
+    let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, &file)
+        .await
+        .unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut position = None;
+    let mut seen = 0;
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids =
+            arrow::array::AsArray::as_string::<i32>(batch.column_by_name("_record_id").unwrap());
+        if let Some(i) = (0..batch.num_rows()).find(|&i| ids.value(i) == id) {
+            position = Some(seen + i);
+        }
+        seen += batch.num_rows();
+    }
+    let position = position.expect("the file holds the record");
+    let (code, by_row) = node
+        .get(&format!("/trace?file={file}&row={position}"))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{by_row}");
+    assert_eq!(by_row["id"], id);
+    assert_eq!(by_row["curated"], trace["curated"]);
+
+    // `hubflow ctl trace`, by id and by row.
+    let (ok, stdout, stderr) = node.ctl(&["trace", "demo", id], None);
+    assert!(ok, "{stdout}{stderr}");
+    for want in [
+        format!("record {id} of source demo"),
+        format!("fetched    GET {}", node.demo.url),
+        format!("curated    {file} (transform identity"),
+    ] {
+        assert!(stdout.contains(&want), "{want} not in\n{stdout}");
+    }
+    let (ok, stdout, stderr) = node.ctl(
+        &["trace", "--file", &file, "--row", &position.to_string()],
+        None,
+    );
+    assert!(
+        ok && stdout.contains(&format!("record {id}")),
+        "{stdout}{stderr}"
+    );
+
+    // A replay of its partition and a dead letter naming it show up.
+    let partition = row["p"].as_u64().unwrap();
+    let (code, started) = node.post("/replay", json!({"partition": partition})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
+    let job = started["id"].as_u64().unwrap();
+    let done = node.replay_finished(job).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    hubflow_actors::dead_letter::write_dead_letter_at(
+        &store,
+        &node.settings.config.storage.dead_letter_container,
+        "transform",
+        "ingest-p0000-00000000000000000000-00000000000000000001-000000",
+        "payload is not a JSON object",
+        &json!({"raw_blob": "raw/x", "record_id": id, "source": "demo"}),
+        Bytes::from_static(b"[]"),
+    )
+    .await
+    .unwrap();
+    let (code, trace) = node.get(&format!("/trace?source=demo&id={id}")).await;
+    assert_eq!(code, StatusCode::OK, "{trace}");
+    let replays = trace["replays"].as_array().unwrap();
+    assert_eq!(replays.len(), 1, "{trace}");
+    assert_eq!(replays[0]["id"], job);
+    assert_eq!(
+        trace["dead_letters"][0]["reason"],
+        "payload is not a JSON object"
+    );
+    assert_eq!(
+        trace["curated"].as_array().map(Vec::len),
+        Some(1),
+        "{trace}"
+    );
+
+    // Bad questions: 4xx, and `ctl` says which.
+    for (path, want) in [
+        ("/trace?source=demo&id=evt-99999999", StatusCode::NOT_FOUND),
+        ("/trace?source=nope&id=evt-1", StatusCode::NOT_FOUND),
+        ("/trace?source=demo", StatusCode::BAD_REQUEST),
+        ("/trace?source=demo&id=x&row=1", StatusCode::BAD_REQUEST),
+        ("/trace?file=demo/x.parquet&row=0", StatusCode::NOT_FOUND),
+        ("/trace?file=../etc/passwd&row=0", StatusCode::BAD_REQUEST),
+        ("/trace?row=nan&file=x", StatusCode::BAD_REQUEST),
+    ] {
+        let (code, body) = node.get(path).await;
+        assert_eq!(code, want, "{path}: {body}");
+    }
+    let (code, body) = node.get(&format!("/trace?file={file}&row=1000000")).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("past the last row")
+    );
+    let (code, _, stderr) = node.ctl_code(&["trace", "demo", "evt-99999999"], None);
+    assert!(
+        code == Some(4) && stderr.contains("evt-99999999"),
+        "{code:?} {stderr}"
+    );
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
