@@ -2,11 +2,11 @@
 //!
 //! The address and token come from `--addr`/`--token` or the environment
 //! (`HUBFLOW_ADMIN_ADDR`, `HUBFLOW_ADMIN_TOKEN`). Output is readable text, or
-//! the server's JSON with `--json`. `ctl replay` follows the job it started
-//! with a progress line (rewritten in place on a terminal, plain lines
-//! otherwise) unless `--no-wait`.
+//! the server's JSON with `--json`. `ctl replay` and `ctl transform
+//! backfill` follow the jobs they started (a progress bar per job with
+//! rate and ETA on a terminal, a plain line per change otherwise) unless
+//! `--no-wait`.
 
-use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -151,6 +151,12 @@ pub enum TransformCommand {
         since: String,
         #[arg(long)]
         with: Option<String>,
+        /// Print the jobs and return at once instead of following them.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up following the jobs after this many seconds.
+        #[arg(long, default_value_t = 3_600)]
+        wait_secs: u64,
     },
 }
 
@@ -428,7 +434,13 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             print(&v, swap_text(&v));
         }
         CtlCommand::Transform {
-            command: Some(TransformCommand::Backfill { since, with }),
+            command:
+                Some(TransformCommand::Backfill {
+                    since,
+                    with,
+                    no_wait,
+                    wait_secs,
+                }),
         } => {
             let mut body = json!({ "since": since });
             if let Some(with) = &with {
@@ -460,6 +472,25 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     }
                 ),
             );
+            if !no_wait {
+                let ids: Vec<u64> = v["jobs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|j| j["id"].as_u64())
+                    .collect();
+                let finished = follow_replays(&client, &ids, wait_secs).await?;
+                let failed: Vec<String> = finished
+                    .iter()
+                    .zip(&ids)
+                    .filter(|(p, _)| p["state"] == "failed")
+                    .map(|(p, id)| format!("{id}: {}", p["error"].as_str().unwrap_or("?")))
+                    .collect();
+                if !failed.is_empty() {
+                    anyhow::bail!("backfill replays failed: {}", failed.join("; "));
+                }
+                eprintln!("backfill done: {} replay(s) completed", finished.len());
+            }
         }
         CtlCommand::Swap {
             label,
@@ -722,44 +753,10 @@ async fn run_replay(client: &Client, args: ReplayArgs, json_out: bool) -> anyhow
         }
         return Ok(());
     }
-    let interactive = std::io::stderr().is_terminal();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
-    let mut last_line = String::new();
-    let progress = loop {
-        let progress = client.get(&format!("/replay/{id}")).await?;
-        let line = format!(
-            "replay {id} ({}): {}/{} blobs, {} rows, {} files{}",
-            progress["transform_version"].as_str().unwrap_or("?"),
-            progress["blobs_done"],
-            progress["blobs_total"],
-            progress["rows"],
-            progress["files"],
-            match progress["blobs_corrupt"].as_u64() {
-                Some(n) if n > 0 => format!(", {n} corrupt skipped"),
-                _ => String::new(),
-            }
-        );
-        if line != last_line {
-            let mut err = std::io::stderr();
-            if interactive {
-                let _ = write!(err, "\r{line}\x1b[K");
-            } else {
-                let _ = writeln!(err, "{line}");
-            }
-            let _ = err.flush();
-            last_line = line;
-        }
-        if progress["state"] != "running" {
-            break progress;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("replay {id} still running after {}s", args.wait_secs);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    if interactive {
-        eprintln!();
-    }
+    let progress = follow_replays(client, &[id], args.wait_secs)
+        .await?
+        .pop()
+        .context("no progress of the replay")?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&progress)?);
     } else {
@@ -780,6 +777,90 @@ async fn run_replay(client: &Client, args: ReplayArgs, json_out: bool) -> anyhow
         );
     }
     Ok(())
+}
+
+/// One line of a replay job's progress.
+fn replay_line(id: u64, progress: &Value) -> String {
+    format!(
+        "replay {id} ({}): {}/{} blobs, {} rows, {} files{}",
+        progress["transform_version"].as_str().unwrap_or("?"),
+        progress["blobs_done"],
+        progress["blobs_total"],
+        progress["rows"],
+        progress["files"],
+        match progress["blobs_corrupt"].as_u64() {
+            Some(n) if n > 0 => format!(", {n} corrupt skipped"),
+            _ => String::new(),
+        }
+    )
+}
+
+/// Follow replay jobs until none is running (at most `wait_secs`): a bar
+/// per job (blobs, rate, ETA) on a terminal, else a line per change. Their
+/// last progress, in the order of `ids`.
+async fn follow_replays(
+    client: &Client,
+    ids: &[u64],
+    wait_secs: u64,
+) -> anyhow::Result<Vec<Value>> {
+    let multi = crate::progress::multi();
+    let mut bars: Vec<Option<indicatif::ProgressBar>> = vec![None; ids.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
+    let mut last_lines = vec![String::new(); ids.len()];
+    let mut done: Vec<Option<Value>> = vec![None; ids.len()];
+    loop {
+        for (i, id) in ids.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            let progress = client.get(&format!("/replay/{id}")).await?;
+            let line = replay_line(*id, &progress);
+            let total = progress["blobs_total"].as_u64().unwrap_or(0);
+            match &multi {
+                Some(multi) if total > 0 || progress["state"] != "running" => {
+                    let bar = bars[i].get_or_insert_with(|| {
+                        crate::progress::add(multi, total, "blobs", format!("replay {id}"))
+                    });
+                    bar.set_length(total);
+                    bar.set_position(progress["blobs_done"].as_u64().unwrap_or(0));
+                    bar.set_message(format!(
+                        "{} rows, {} files",
+                        progress["rows"], progress["files"]
+                    ));
+                }
+                Some(_) => {}
+                None if line != last_lines[i] => eprintln!("{line}"),
+                None => {}
+            }
+            last_lines[i] = line;
+            if progress["state"] != "running" {
+                if let Some(bar) = &bars[i] {
+                    bar.finish_with_message(progress["state"].as_str().unwrap_or("?").to_string());
+                }
+                done[i] = Some(progress);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            if multi.is_some() {
+                // The bars stay; what follows starts on a line of its own.
+                eprintln!();
+            }
+            return Ok(done.into_iter().flatten().collect());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let running: Vec<String> = ids
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| d.is_none())
+                .map(|(id, _)| id.to_string())
+                .collect();
+            anyhow::bail!(
+                "replay {} still running after {wait_secs}s",
+                running.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The status answer as text: the progress line, then the tree.

@@ -104,6 +104,11 @@ pub async fn sync(
         .collect();
     report.kept = wanted.len() - to_fetch.len();
 
+    let bar = if to_fetch.len() > 1 {
+        crate::progress::bar(to_fetch.len() as u64, "files", "mirroring curated")
+    } else {
+        None
+    };
     let mut downloads = futures::stream::iter(to_fetch)
         .map(|(name, etag)| async move {
             let result = download(store, container, &name, dir).await;
@@ -117,6 +122,10 @@ pub async fn sync(
                 report.downloaded += 1;
                 report.bytes_downloaded += bytes;
                 manifest.insert(name, etag);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                    bar.set_message(format!("{} MB", report.bytes_downloaded / 1_000_000));
+                }
             }
             Err(error) => {
                 failure.get_or_insert(error);
@@ -124,6 +133,9 @@ pub async fn sync(
         }
     }
     drop(downloads);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     // The manifest records what is on disk, even after a failed download.
     write_manifest(&manifest_path, &manifest)?;
     // Parquet files the manifest lost track of (it was corrupt or deleted)

@@ -27,6 +27,8 @@
 //!   `hubflow query` reads.
 //! - [`trace`]: lineage: the path of one record from the request that
 //!   fetched it to its curated row (`GET /trace`, `hubflow ctl trace`).
+//! - [`progress`]: progress bars (rate, ETA) for long operations when
+//!   stderr is a terminal.
 //! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
 //!   used by the chaos tests and the chaos throughput benchmark.
 //! - [`transform`]: transformation specs (SQL over each curated batch,
@@ -49,6 +51,7 @@ pub mod embedded;
 pub mod health;
 pub mod otel;
 pub mod pipeline;
+pub mod progress;
 pub mod query;
 pub mod replay;
 pub mod service;

@@ -1,4 +1,5 @@
-//! The `hubflow` command line: `run`, `ctl`, `demo-source`, `query`, `config check`.
+//! The `hubflow` command line: `run`, `ctl`, `demo-source`, `query`,
+//! `config check`, `completions`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +90,13 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Print a shell completion script
+    /// (`source <(hubflow completions bash)`, or save it where your shell
+    /// loads completions: `hubflow completions fish > ~/.config/fish/completions/hubflow.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -197,6 +205,11 @@ async fn main_inner(
                 Format::Json => OutputFormat::Json,
             };
             println!("{}", query::format_batches(&batches, format)?);
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "hubflow", &mut std::io::stdout());
             Ok(())
         }
         Command::Config {

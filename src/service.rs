@@ -167,6 +167,7 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     };
     let mut tick = tokio::time::interval(every);
     let mut printed: Option<tokio::time::Instant> = None;
+    let mut backlog_bar: Option<indicatif::ProgressBar> = None;
     let mut idle_checks = 0;
     let stop = loop {
         tokio::select! {
@@ -185,7 +186,9 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
                     && printed.is_none_or(|at| at.elapsed() >= status_every)
                 {
                     printed = Some(tokio::time::Instant::now());
-                    print_status(&progress, &pipeline, interactive);
+                    if !show_backlog(&mut backlog_bar, &progress, interactive) {
+                        print_status(&progress, &pipeline, interactive);
+                    }
                 }
                 if pipeline.root.snapshot().state == hubflow_supervision::NodeState::Failed {
                     warn!(error = ?pipeline.root.snapshot().last_error, "pipeline failed");
@@ -318,6 +321,38 @@ impl Signals {
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// On a terminal, a bar (curated of in hub, rate, ETA) while a large
+/// backlog is worked off ([`crate::progress::backlog`]); true while it is
+/// shown (instead of the status line).
+fn show_backlog(
+    bar: &mut Option<indicatif::ProgressBar>,
+    progress: &Progress,
+    interactive: bool,
+) -> bool {
+    let backlog = crate::progress::backlog(progress.in_hub, progress.transformed);
+    match (interactive, backlog) {
+        (true, Some((curated, in_hub))) => {
+            if bar.is_none() {
+                // End the status line; the bar takes its place.
+                eprintln!();
+                *bar = crate::progress::bar(in_hub, "events curated", "backlog");
+            }
+            if let Some(bar) = bar {
+                bar.set_length(in_hub);
+                bar.set_position(curated);
+                bar.set_message(format!("fetched {}", progress.fetched));
+            }
+            bar.is_some()
+        }
+        _ => {
+            if let Some(bar) = bar.take() {
+                bar.finish_and_clear();
+            }
+            false
         }
     }
 }

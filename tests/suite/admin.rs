@@ -846,13 +846,41 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         "{stdout}{stderr}"
     );
 
-    // A replay of its partition and a dead letter naming it show up.
+    // A replay of its partition and a dead letter naming it show up. The
+    // replay runs through `ctl` on a terminal (util-linux `script` gives it
+    // one): it draws a bar with rate and ETA, which piped output never has.
     let partition = row["p"].as_u64().unwrap();
-    let (code, started) = node.post("/replay", json!({"partition": partition})).await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
-    let job = started["id"].as_u64().unwrap();
-    let done = node.replay_finished(job).await;
-    assert_eq!(done["state"], "completed", "{done}");
+    let command = format!(
+        "{} ctl --addr {} replay --partition {partition}",
+        env!("CARGO_BIN_EXE_hubflow"),
+        node.addr
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("HUBFLOW_ADMIN_TOKEN", TOKEN)
+        .env("HUBFLOW_LOG", "warn")
+        .env("TERM", "xterm")
+        .output()
+        .expect("util-linux script runs");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("blobs · ") && screen.contains("eta ") && screen.contains("[="),
+        "no progress bar on a terminal:\n{screen}"
+    );
+    let job: u64 = screen
+        .split(['\n', '\r'])
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("replay ")?;
+            let (id, tail) = rest.split_once(' ')?;
+            tail.starts_with("completed:").then(|| id.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no completed replay in:\n{screen:?}"));
+    let (ok, _, stderr) = node.ctl(
+        &["replay", "--partition", &partition.to_string()],
+        Some(TOKEN),
+    );
+    assert!(ok && !stderr.contains("eta "), "{stderr}");
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
         &node.settings.config.storage.dead_letter_container,
@@ -867,7 +895,7 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     let (code, trace) = node.get(&format!("/trace?source=demo&id={id}")).await;
     assert_eq!(code, StatusCode::OK, "{trace}");
     let replays = trace["replays"].as_array().unwrap();
-    assert_eq!(replays.len(), 1, "{trace}");
+    assert_eq!(replays.len(), 2, "{trace}");
     assert_eq!(replays[0]["id"], job);
     assert_eq!(
         trace["dead_letters"][0]["reason"],

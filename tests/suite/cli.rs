@@ -1,6 +1,7 @@
 //! The `hubflow` binary's non-running commands: `config check` explains
 //! errors with the field path, `query` refuses clearly when there is no data,
-//! `demo-source --ndjson` prints the demo records.
+//! `demo-source --ndjson` prints the demo records, `completions` gives
+//! scripts bash can load.
 
 use std::process::Command;
 
@@ -168,4 +169,31 @@ fn a_corrupt_spec_log_refuses_the_start_until_the_override() {
     let (ok, stderr) = run(&[]);
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("differs from the config file"), "{stderr}");
+}
+
+/// `hubflow completions`: bash loads the script and completes a `ctl` verb
+/// from its prefix; zsh and fish get theirs; an unknown shell is refused.
+#[test]
+fn completions_load_in_bash_and_complete_ctl_verbs() {
+    let script = format!(
+        "source <({} completions bash) && COMP_WORDS=(hubflow ctl tr) && COMP_CWORD=2 \
+         && _hubflow hubflow tr ctl && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        env!("CARGO_BIN_EXE_hubflow")
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words: Vec<&str> = stdout.lines().collect();
+    assert_eq!(words, ["trace", "transform"], "{stdout}");
+
+    let (ok, zsh, _) = hubflow(&["completions", "zsh"]);
+    assert!(ok && zsh.starts_with("#compdef hubflow"), "{zsh}");
+    let (ok, fish, _) = hubflow(&["completions", "fish"]);
+    assert!(ok && fish.contains("complete -c hubflow"), "{fish}");
+    let (ok, _, stderr) = hubflow(&["completions", "tcsh"]);
+    assert!(!ok && stderr.contains("invalid value 'tcsh'"), "{stderr}");
 }

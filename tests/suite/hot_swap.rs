@@ -360,20 +360,41 @@ async fn restart_replay_rollback_and_backfill(
         (Some("promoted"), Some("identity")),
         "{body}"
     );
-    // Everything curated since v2 first ran, rewritten with identity.
-    let (code, body) = admin
-        .call(
-            reqwest::Method::POST,
-            "/transform/backfill",
-            Some(json!({"since": "v2", "with": "identity"})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    let jobs = body["jobs"].as_array().unwrap().clone();
-    assert!(!jobs.is_empty(), "{body}");
-    for job in jobs {
-        let done = wait_replay(&admin, job["id"].as_u64().unwrap()).await;
-        assert_eq!(done["transform_version"], "identity", "{done}");
+    // Everything curated since v2 first ran, rewritten with identity,
+    // through `hubflow ctl transform backfill`, which follows every job to
+    // its end (plain progress lines when not on a terminal).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        .args(["ctl", "--addr", &admin.base, "transform", "backfill"])
+        .args(["--since", "v2", "--with", "identity", "--wait-secs", "300"])
+        .env("HUBFLOW_ADMIN_TOKEN", TOKEN)
+        .env("HUBFLOW_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let jobs: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.split("(replay ").nth(1)?.strip_suffix(')')?.parse().ok())
+        .collect();
+    assert!(!jobs.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "backfill done: {} replay(s) completed",
+            jobs.len()
+        )) && !stderr.contains("eta "),
+        "{stderr}"
+    );
+    for id in jobs {
+        let done = wait_replay(&admin, id).await;
+        assert_eq!(
+            (done["state"].as_str(), done["transform_version"].as_str()),
+            (Some("completed"), Some("identity")),
+            "{done}"
+        );
     }
     let status = admin.transform().await;
     assert_eq!(status["drift"], false, "{status}");
