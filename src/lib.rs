@@ -36,7 +36,6 @@
 //!   durable and applied on every node through [`specs`], the versioned
 //!   spec logs in the state container; [`source_specs`] does the same for
 //!   source settings.
-//! - [`testkit`]: the port contract suites every backend must pass.
 
 pub mod admin;
 pub mod azure;
@@ -59,6 +58,5 @@ pub mod source;
 pub mod source_specs;
 pub mod specs;
 pub mod telemetry;
-pub mod testkit;
 pub mod trace;
 pub mod transform;

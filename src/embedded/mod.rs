@@ -7,7 +7,7 @@
 //!   crash-safe writes and cross-process atomic conditional puts.
 //!
 //! Both implement the ports in `hubflow_actors::ports`, and both pass the
-//! contract suites in [`crate::testkit`].
+//! contract suites in `tests/suite/common/contract.rs`.
 
 pub mod blob;
 pub mod hub;

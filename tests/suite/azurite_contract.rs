@@ -1,5 +1,5 @@
 //! The Azure Blob adapter against Azurite: the same blob store contract the
-//! filesystem store passes (`hubflow::testkit::blob_store_contract`), once
+//! filesystem store passes (`common::contract::blob_store_contract`), once
 //! with account-key (Shared Key) auth and once with an account SAS, plus
 //! what only this adapter has: staged block uploads with conditions, paged
 //! listing, container existence, and errors that never carry a secret.
@@ -10,6 +10,7 @@ use crate::common;
 
 use std::sync::Arc;
 
+use crate::common::contract::{blob_store_contract, unique_name};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -17,7 +18,6 @@ use common::azurite::{ACCOUNT, ACCOUNT_KEY, Azurite};
 use hubflow::azure::shared_key::hmac_sha256_base64;
 use hubflow::azure::{AzureAuthConfig, AzureBlobConfig, AzureBlobStore};
 use hubflow::source::SecretString;
-use hubflow::testkit::{blob_store_contract, unique_name};
 use hubflow_actors::ports::{BlobError, BlobStore, PutCondition};
 
 /// An account SAS for Azurite's account: blob service, every resource type,

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::contract::{blob_store_contract, hub_contract, unique_name};
 use bytes::Bytes;
 use hubflow::embedded::{FsBlobStore, SqliteHub};
-use hubflow::testkit::{blob_store_contract, hub_contract, unique_name};
 use hubflow_actors::ports::{
     BlobError, BlobStore, EventData, Hub, HubError, PublishTarget, PutCondition, ReceivedEvent,
     StartPosition, partition_for_key,

@@ -9,7 +9,7 @@
 //! - `HUBFLOW_EVENTHUBS_HUB` (required): an Event Hub dedicated to this
 //!   suite, with at least 3 partitions and no other publisher while it runs.
 //!   It may hold events: the contract works relative to the end of each
-//!   partition (`hubflow::testkit::hub_contract_on_existing`).
+//!   partition (`common::contract::hub_contract_on_existing`).
 //! - `HUBFLOW_EVENTHUBS_CONSUMER_GROUP` (default `$Default`).
 //! - `HUBFLOW_EVENTHUBS_SECOND_CONSUMER_GROUP` (optional): a second,
 //!   existing consumer group, to check that groups read independently.
@@ -28,9 +28,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::contract::{ExistingHubGroups, hub_contract_on_existing};
 use hubflow::azure::eventhubs::{EventHubsAuthConfig, EventHubsConfig};
 use hubflow::azure::{EntraCredential, EventHubsHub};
-use hubflow::testkit::{ExistingHubGroups, hub_contract_on_existing};
 use hubflow_actors::ports::{EventData, Hub, HubError, PublishTarget, StartPosition};
 
 struct Live {

@@ -10,8 +10,9 @@
 //!   directory, SQL checks over curated, Azurite, a faulty blob store, and
 //!   [`common::exclusive`], the lock heavy tests hold so two of them never
 //!   share the machine.
-//! - Port contracts: [`contract_embedded`] (filesystem store, SQLite hub,
-//!   across processes), [`azurite_contract`] (Azure Blob on Azurite),
+//! - Port contracts (the suites are in [`common::contract`]):
+//!   [`contract_memory`] (the in-memory fakes the unit tests use),
+//!   [`contract_embedded`] (filesystem store, SQLite hub, across processes), [`azurite_contract`] (Azure Blob on Azurite),
 //!   [`eventhubs_live`] (Azure Event Hubs; needs a namespace, says SKIPPED
 //!   loudly without one).
 //! - Sources: [`http_source`], [`source_incremental`], [`source_restart`].
@@ -35,6 +36,7 @@ mod cluster;
 mod cluster_leases;
 mod cluster_swap;
 mod contract_embedded;
+mod contract_memory;
 mod crash_restart;
 mod curated_query;
 mod deploy;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod contract;
 pub mod faults;
 pub mod nodes;
 pub mod server;
