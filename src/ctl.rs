@@ -20,10 +20,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 /// No `Debug`: it holds the token.
 #[derive(Args)]
 pub struct CtlArgs {
-    /// Admin address (`host:port` or `http://host:port`).
+    /// Admin address (`host:port` or `http://host:port`), e.g. `10.0.0.4:9464`.
     #[arg(long, env = "HUBFLOW_ADMIN_ADDR", default_value = DEFAULT_ADDR, global = true)]
     pub addr: String,
-    /// Bearer token for control calls.
+    /// Bearer token for control calls (better from the environment:
+    /// `export HUBFLOW_ADMIN_TOKEN=…`).
     #[arg(
         long,
         env = "HUBFLOW_ADMIN_TOKEN",
@@ -34,7 +35,7 @@ pub struct CtlArgs {
     /// Print the server's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Request timeout in seconds.
+    /// Request timeout in seconds, e.g. `120` for a slow node.
     #[arg(long, default_value_t = 30, global = true)]
     pub timeout_secs: u64,
     #[command(subcommand)]
@@ -57,16 +58,28 @@ pub enum CtlCommand {
     Resume(Target),
     /// Drain a group or actor by path; without a path, drain the node (it exits).
     Drain {
+        /// A path of the status tree, e.g. `pipeline/transform`; none: the node.
         path: Option<String>,
+        /// How long the drain may take before the rest is stopped, e.g. `60`
+        /// (default: `[admin] drain_deadline_secs`).
         #[arg(long)]
         deadline_secs: Option<u64>,
     },
     /// Kill the actor or subtree at PATH, as a crash would.
-    Kill { path: String },
+    Kill {
+        /// e.g. `pipeline/ingest/p0001/consumer` (`hubflow ctl status` lists paths).
+        path: String,
+    },
     /// Make the actor at PATH panic on its next message.
-    Panic { path: String },
+    Panic {
+        /// e.g. `pipeline/transform/p0003`.
+        path: String,
+    },
     /// Start the actor or group at PATH afresh.
-    Restart { path: String },
+    Restart {
+        /// e.g. `pipeline/sources/fetcher-demo`.
+        path: String,
+    },
     /// Replay raw blobs of a partition into curated.
     Replay(ReplayArgs),
     /// Lineage of one record: the request that fetched it, hub partition
@@ -93,7 +106,11 @@ pub enum CtlCommand {
         command: DlqCommand,
     },
     /// Show the log filter, or set it (`info,hubflow_actors=debug`).
-    LogLevel { filter: Option<String> },
+    LogLevel {
+        /// EnvFilter directives, e.g. `info,hubflow_actors::transformer=debug`;
+        /// none: show the filter in effect.
+        filter: Option<String>,
+    },
     /// The transform: the version in effect, drift from the config file,
     /// every version (who, when, outcome) and the raw ranges each curated;
     /// `rollback` and `backfill` change it.
@@ -104,14 +121,18 @@ pub enum CtlCommand {
     /// Hot-swap the transformation spec (validated, dry-run, drained and
     /// replaced, rolled back automatically if it fails its probation).
     Swap {
-        /// The new version's label.
+        /// The new version's label, e.g. `v2`.
         #[arg(long = "version")]
         label: String,
-        /// `SELECT … FROM batch`; neither this nor --sql-file: identity.
+        /// `SELECT … FROM batch`, e.g. `'SELECT *, amount * 100 AS amount_cents
+        /// FROM batch'`; neither this nor --sql-file: identity.
         #[arg(long, conflicts_with = "sql_file")]
         sql: Option<String>,
+        /// Read the SQL from this file, e.g. `v2.sql`.
         #[arg(long)]
         sql_file: Option<std::path::PathBuf>,
+        /// Seconds the new version must run without a failure before it is
+        /// promoted, e.g. `30` (default 10).
         #[arg(long)]
         probation_secs: Option<u64>,
     },
@@ -120,13 +141,16 @@ pub enum CtlCommand {
     /// `hubflow ctl source orders --file orders.toml --version limit-500`.
     /// Secrets must be `{ env = "VAR" }` or `{ file = "path" }`.
     Source {
-        /// The source's name (the file's table must have the same).
+        /// The source's name (the file's table must have the same), e.g. `orders`.
         name: String,
+        /// The TOML file, e.g. `orders.toml`.
         #[arg(long)]
         file: std::path::PathBuf,
-        /// A label for these settings.
+        /// A label for these settings, e.g. `limit-500`.
         #[arg(long = "version")]
         label: String,
+        /// Seconds the new fetcher must run without a failure before the
+        /// settings are promoted, e.g. `30`.
         #[arg(long)]
         probation_secs: Option<u64>,
     },
@@ -137,18 +161,21 @@ pub enum TransformCommand {
     /// Swap back to an earlier version on every node (dry run and
     /// probation as a swap).
     Rollback {
-        /// The version to return to; default: the newest promoted one
-        /// before the active version.
+        /// The version to return to, e.g. `v1`; default: the newest
+        /// promoted one before the active version.
         #[arg(long)]
         to: Option<String>,
+        /// Seconds of probation, e.g. `30` (as for a swap).
         #[arg(long)]
         probation_secs: Option<u64>,
     },
     /// Replay everything curated since version SINCE first ran, with
     /// version WITH (default: the active one): one replay per partition.
     Backfill {
+        /// The version whose first run starts the range, e.g. `v2`.
         #[arg(long)]
         since: String,
+        /// The version to curate with, e.g. `v3`; default: the active one.
         #[arg(long)]
         with: Option<String>,
         /// Print the jobs and return at once instead of following them.
@@ -162,23 +189,30 @@ pub enum TransformCommand {
 
 #[derive(Debug, Args)]
 pub struct Target {
+    /// One source's fetcher, e.g. `--source demo`.
     #[arg(long, conflicts_with = "ingest", required_unless_present = "ingest")]
     pub source: Option<String>,
+    /// Every partition consumer of hub ingest (fetchers keep publishing).
     #[arg(long)]
     pub ingest: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
+    /// The hub partition whose raw blobs are replayed, e.g. `0`.
     #[arg(long)]
     pub partition: u32,
+    /// First hub sequence number of the range (inclusive), e.g. `0`.
     #[arg(long)]
     pub from_sequence: Option<i64>,
+    /// Last hub sequence number of the range (inclusive), e.g. `9999`.
     #[arg(long)]
     pub to_sequence: Option<i64>,
-    /// RFC 3339, e.g. 2026-01-01T00:00:00Z.
+    /// Start of the enqueued-time range, RFC 3339, e.g. 2026-01-01T00:00:00Z.
     #[arg(long)]
     pub from_time: Option<String>,
+    /// End of the enqueued-time range (exclusive), RFC 3339, e.g.
+    /// 2026-01-02T00:00:00Z.
     #[arg(long)]
     pub to_time: Option<String>,
     /// The transform version to curate with; default: the active version.
@@ -196,23 +230,30 @@ pub struct ReplayArgs {
 pub enum DlqCommand {
     /// List dead letters, newest first.
     List {
+        /// Only this stage, e.g. `transform` or `source/demo`.
         #[arg(long)]
         stage: Option<String>,
         /// Leave out redriven ones.
         #[arg(long)]
         pending: bool,
+        /// At most this many, newest first (up to 10000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
     /// Show one dead letter with its body.
-    Show { id: String },
+    Show {
+        /// `<stage>/<key>` as listed, e.g. `transform/ingest-p0001-…-000003`.
+        id: String,
+    },
     /// Republish a transform dead letter to hub ingest.
     Redrive {
+        /// `<stage>/<key>` as listed, e.g. `transform/ingest-p0001-…-000003`.
         id: String,
-        /// A corrected payload (a JSON object) instead of the stored one.
+        /// A corrected payload (a JSON object) instead of the stored one,
+        /// e.g. `'{"id": "evt-1", "n": 1}'`.
         #[arg(long, conflicts_with = "payload_file")]
         payload: Option<String>,
-        /// Read the corrected payload from this file.
+        /// Read the corrected payload from this file, e.g. `fixed.json`.
         #[arg(long)]
         payload_file: Option<std::path::PathBuf>,
     },
@@ -988,6 +1029,29 @@ fn render_dlq_detail(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Every argument and option of every `ctl` command says what it is.
+    #[test]
+    fn every_ctl_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = <super::CtlArgs as clap::Args>::augment_args(clap::Command::new("ctl"));
+        let mut missing = Vec::new();
+        walk(&cmd, "ctl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
     use super::*;
 
     #[test]

@@ -60,6 +60,7 @@ enum Command {
     Ctl(CtlArgs),
     /// Serve the built-in third-party API simulator on its own.
     DemoSource {
+        /// Where to listen, e.g. `127.0.0.1:8080`.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
         /// Records the API will ever have.
@@ -71,6 +72,7 @@ enum Command {
         /// Inject the quick-start fault mix (500s, 429s, slow, truncated, garbage).
         #[arg(long)]
         faults: bool,
+        /// Seed of the fault sequence (a run is reproducible), e.g. `7`.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print the first N records as NDJSON on stdout and exit (the same
@@ -80,9 +82,13 @@ enum Command {
     },
     /// Run SQL over the curated container (one table per source).
     Query {
+        /// One statement over the curated tables (one per source), e.g.
+        /// `"SELECT type, count(*) FROM demo GROUP BY type"`.
         sql: String,
+        /// TOML configuration (where curated data is), e.g. `hubflow.toml`.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Output: an aligned table, CSV or JSON rows.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -95,6 +101,7 @@ enum Command {
     /// (`source <(hubflow completions bash)`, or save it where your shell
     /// loads completions: `hubflow completions fish > ~/.config/fish/completions/hubflow.fish`).
     Completions {
+        /// The shell, e.g. `bash`.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -103,7 +110,10 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file; errors name the field path.
-    Check { file: PathBuf },
+    Check {
+        /// The file, e.g. `deploy/config/production.toml`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
