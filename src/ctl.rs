@@ -372,9 +372,80 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         args.token.clone(),
         Duration::from_secs(args.timeout_secs.max(1)),
     )?;
-    let json_out = args.json;
-    let print = |value: &Value, text: String| {
-        if json_out {
+    let out = Out { json: args.json };
+    match args.command {
+        CtlCommand::Health => {
+            let v = client.get("/healthz").await?;
+            out.print(&v, "ok".to_string());
+        }
+        CtlCommand::Ready => {
+            let v = client.get("/readyz").await?;
+            out.print(&v, "ready".to_string());
+        }
+        CtlCommand::Status => {
+            let status = client.get("/status").await?;
+            out.print(&status, render_status(&status));
+        }
+        CtlCommand::LogLevel { filter } => {
+            let v = match filter {
+                Some(f) => client.post("/log-level", &json!({ "filter": f })).await?,
+                None => client.get("/log-level").await?,
+            };
+            out.print(
+                &v,
+                format!("log filter: {}", v["filter"].as_str().unwrap_or("?")),
+            );
+        }
+        CtlCommand::Replay(replay) => run_replay(&client, replay, out.json).await?,
+        CtlCommand::Trace {
+            source,
+            id,
+            file,
+            row,
+        } => run_trace(&client, &out, source, id, file, row).await?,
+        CtlCommand::Dlq { command } => run_dlq(&client, &out, command).await?,
+        CtlCommand::Transform { command } => run_transform(&client, &out, command).await?,
+        CtlCommand::Swap {
+            label,
+            sql,
+            sql_file,
+            probation_secs,
+        } => {
+            let sql = text_or_file(sql, sql_file.as_deref())?;
+            let mut body = json!({ "version": label, "sql": sql });
+            if let Some(p) = probation_secs {
+                body["probation_secs"] = json!(p);
+            }
+            let v = client.post("/transform", &body).await?;
+            out.print(&v, swap_text(&v));
+        }
+        CtlCommand::Source {
+            name,
+            file,
+            label,
+            probation_secs,
+        } => {
+            let source = source_table(&file, &name)?;
+            let mut body = json!({ "version": label, "source": source });
+            if let Some(p) = probation_secs {
+                body["probation_secs"] = json!(p);
+            }
+            let v = client.post(&format!("/sources/{name}"), &body).await?;
+            out.print(&v, swap_text(&v));
+        }
+        control => run_control(&client, &out, control).await?,
+    }
+    Ok(())
+}
+
+/// How answers are printed: the server's JSON (`--json`) or text.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn print(&self, value: &Value, text: String) {
+        if self.json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(value).unwrap_or_default()
@@ -382,20 +453,26 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         } else {
             println!("{text}");
         }
-    };
-    match args.command {
-        CtlCommand::Health => {
-            let v = client.get("/healthz").await?;
-            print(&v, "ok".to_string());
-        }
-        CtlCommand::Ready => {
-            let v = client.get("/readyz").await?;
-            print(&v, "ready".to_string());
-        }
-        CtlCommand::Status => {
-            let status = client.get("/status").await?;
-            print(&status, render_status(&status));
-        }
+    }
+}
+
+/// `text`, or the contents of `file` when only that is given.
+fn text_or_file(
+    text: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    match (text, file) {
+        (Some(text), _) => Ok(Some(text)),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(Some)
+            .with_context(|| format!("reading {}", file.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Pause, resume, drain, kill, panic and restart.
+async fn run_control(client: &Client, out: &Out, command: CtlCommand) -> anyhow::Result<()> {
+    match command {
         CtlCommand::Pause(target) | CtlCommand::Resume(target)
             if target.source.is_none() && !target.ingest =>
         {
@@ -403,11 +480,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Pause(target) => {
             let v = client.post("/pause", &target_body(&target)).await?;
-            print(&v, format!("paused: {}", list(&v["paused"])));
+            out.print(&v, format!("paused: {}", list(&v["paused"])));
         }
         CtlCommand::Resume(target) => {
             let v = client.post("/resume", &target_body(&target)).await?;
-            print(&v, format!("resumed: {}", list(&v["resumed"])));
+            out.print(&v, format!("resumed: {}", list(&v["resumed"])));
         }
         CtlCommand::Drain {
             path,
@@ -427,43 +504,65 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
                 None => "the node is draining and will exit".to_string(),
             };
-            print(&v, text);
+            out.print(&v, text);
         }
         CtlCommand::Kill { path } => {
             let v = client
                 .post("/actors/kill", &json!({ "path": path }))
                 .await?;
-            print(&v, format!("killed {path}"));
+            out.print(&v, format!("killed {path}"));
         }
         CtlCommand::Panic { path } => {
             let v = client
                 .post("/actors/panic", &json!({ "path": path }))
                 .await?;
-            print(&v, format!("panic injected into {path}"));
+            out.print(&v, format!("panic injected into {path}"));
         }
         CtlCommand::Restart { path } => {
             let v = client
                 .post("/actors/restart", &json!({ "path": path }))
                 .await?;
-            print(&v, format!("restarted {path}"));
+            out.print(&v, format!("restarted {path}"));
         }
-        CtlCommand::LogLevel { filter } => {
-            let v = match filter {
-                Some(f) => client.post("/log-level", &json!({ "filter": f })).await?,
-                None => client.get("/log-level").await?,
-            };
-            print(
-                &v,
-                format!("log filter: {}", v["filter"].as_str().unwrap_or("?")),
-            );
+        other => anyhow::bail!("not a control command: {other:?}"),
+    }
+    Ok(())
+}
+
+/// `trace SOURCE ID` or `trace --file FILE --row N`.
+async fn run_trace(
+    client: &Client,
+    out: &Out,
+    source: Option<String>,
+    id: Option<String>,
+    file: Option<String>,
+    row: Option<usize>,
+) -> anyhow::Result<()> {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let query = match (source, id, file, row) {
+        (Some(source), Some(id), None, None) => {
+            format!("source={}&id={}", enc(&source), enc(&id))
         }
-        CtlCommand::Transform { command: None } => {
+        (None, None, Some(file), Some(row)) => format!("file={}&row={row}", enc(&file)),
+        _ => anyhow::bail!("give SOURCE ID, or --file FILE --row N"),
+    };
+    let v = client.get(&format!("/trace?{query}")).await?;
+    out.print(&v, crate::trace::render(&v));
+    Ok(())
+}
+
+/// `transform`, `transform rollback`, `transform backfill`.
+async fn run_transform(
+    client: &Client,
+    out: &Out,
+    command: Option<TransformCommand>,
+) -> anyhow::Result<()> {
+    match command {
+        None => {
             let v = client.get("/transform").await?;
-            print(&v, render_transform(&v));
+            out.print(&v, render_transform(&v));
         }
-        CtlCommand::Transform {
-            command: Some(TransformCommand::Rollback { to, probation_secs }),
-        } => {
+        Some(TransformCommand::Rollback { to, probation_secs }) => {
             let mut body = json!({});
             if let Some(to) = &to {
                 body["to"] = json!(to);
@@ -472,17 +571,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 body["probation_secs"] = json!(p);
             }
             let v = client.post("/transform/rollback", &body).await?;
-            print(&v, swap_text(&v));
+            out.print(&v, swap_text(&v));
         }
-        CtlCommand::Transform {
-            command:
-                Some(TransformCommand::Backfill {
-                    since,
-                    with,
-                    no_wait,
-                    wait_secs,
-                }),
-        } => {
+        Some(TransformCommand::Backfill {
+            since,
+            with,
+            no_wait,
+            wait_secs,
+        }) => {
             let mut body = json!({ "since": since });
             if let Some(with) = &with {
                 body["with"] = json!(with);
@@ -499,7 +595,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     )
                 })
                 .collect();
-            print(
+            out.print(
                 &v,
                 format!(
                     "backfill of everything since {since} with transform version {} (dry run: {} rows in, {} out):\n{}",
@@ -520,7 +616,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     .flatten()
                     .filter_map(|j| j["id"].as_u64())
                     .collect();
-                let finished = follow_replays(&client, &ids, wait_secs).await?;
+                let finished = follow_replays(client, &ids, wait_secs).await?;
                 let failed: Vec<String> = finished
                     .iter()
                     .zip(&ids)
@@ -533,115 +629,58 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 eprintln!("backfill done: {} replay(s) completed", finished.len());
             }
         }
-        CtlCommand::Swap {
-            label,
-            sql,
-            sql_file,
-            probation_secs,
+    }
+    Ok(())
+}
+
+/// `dlq list|show|redrive`.
+async fn run_dlq(client: &Client, out: &Out, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List {
+            stage,
+            pending,
+            limit,
         } => {
-            let sql = match (sql, sql_file) {
-                (Some(sql), _) => Some(sql),
-                (None, Some(file)) => Some(
-                    std::fs::read_to_string(&file)
-                        .with_context(|| format!("reading {}", file.display()))?,
-                ),
-                (None, None) => None,
-            };
-            let mut body = json!({ "version": label, "sql": sql });
-            if let Some(p) = probation_secs {
-                body["probation_secs"] = json!(p);
+            let mut query = vec![format!("limit={limit}")];
+            if let Some(s) = stage {
+                query.push(format!(
+                    "stage={}",
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                ));
             }
-            let v = client.post("/transform", &body).await?;
-            print(&v, swap_text(&v));
-        }
-        CtlCommand::Source {
-            name,
-            file,
-            label,
-            probation_secs,
-        } => {
-            let source = source_table(&file, &name)?;
-            let mut body = json!({ "version": label, "source": source });
-            if let Some(p) = probation_secs {
-                body["probation_secs"] = json!(p);
+            if pending {
+                query.push("pending_only=true".into());
             }
-            let v = client.post(&format!("/sources/{name}"), &body).await?;
-            print(&v, swap_text(&v));
+            let v = client.get(&format!("/dlq?{}", query.join("&"))).await?;
+            out.print(&v, render_dlq_list(&v));
         }
-        CtlCommand::Replay(replay) => run_replay(&client, replay, json_out).await?,
-        CtlCommand::Trace {
-            source,
+        DlqCommand::Show { id } => {
+            let v = client.get(&format!("/dlq/{id}")).await?;
+            out.print(&v, render_dlq_detail(&v));
+        }
+        DlqCommand::Redrive {
             id,
-            file,
-            row,
+            payload,
+            payload_file,
         } => {
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let query = match (source, id, file, row) {
-                (Some(source), Some(id), None, None) => {
-                    format!("source={}&id={}", enc(&source), enc(&id))
-                }
-                (None, None, Some(file), Some(row)) => format!("file={}&row={row}", enc(&file)),
-                _ => anyhow::bail!("give SOURCE ID, or --file FILE --row N"),
-            };
-            let v = client.get(&format!("/trace?{query}")).await?;
-            print(&v, crate::trace::render(&v));
+            let text = text_or_file(payload, payload_file.as_deref())?;
+            let mut body = json!({ "id": id });
+            if let Some(text) = text {
+                let value: Value = serde_json::from_str(&text).context("--payload is not JSON")?;
+                body["payload"] = value;
+            }
+            let v = client.post("/dlq/redrive", &body).await?;
+            out.print(
+                &v,
+                format!(
+                    "redriven {} (record {} of source {}) to partition {}",
+                    id,
+                    v["record_id"].as_str().unwrap_or("?"),
+                    v["source"].as_str().unwrap_or("?"),
+                    v["partition"]
+                ),
+            );
         }
-        CtlCommand::Dlq { command } => match command {
-            DlqCommand::List {
-                stage,
-                pending,
-                limit,
-            } => {
-                let mut query = vec![format!("limit={limit}")];
-                if let Some(s) = stage {
-                    query.push(format!(
-                        "stage={}",
-                        url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                    ));
-                }
-                if pending {
-                    query.push("pending_only=true".into());
-                }
-                let v = client.get(&format!("/dlq?{}", query.join("&"))).await?;
-                print(&v, render_dlq_list(&v));
-            }
-            DlqCommand::Show { id } => {
-                let v = client.get(&format!("/dlq/{id}")).await?;
-                print(&v, render_dlq_detail(&v));
-            }
-            DlqCommand::Redrive {
-                id,
-                payload,
-                payload_file,
-            } => {
-                let text = match (payload, payload_file) {
-                    (Some(p), _) => Some(p),
-                    (None, Some(file)) => Some(
-                        std::fs::read_to_string(&file)
-                            .with_context(|| format!("reading {}", file.display()))?,
-                    ),
-                    (None, None) => None,
-                };
-                let mut body = json!({ "id": id });
-                if let Some(text) = text {
-                    let value: Value =
-                        serde_json::from_str(&text).context("--payload is not JSON")?;
-                    body["payload"] = value;
-                }
-                let v = client.post("/dlq/redrive", &body).await?;
-                print(
-                    &v,
-                    format!(
-                        "redriven {} (record {} of source {}) to partition {}",
-                        id,
-                        v["record_id"].as_str().unwrap_or("?"),
-                        v["source"].as_str().unwrap_or("?"),
-                        v["partition"]
-                    ),
-                );
-            }
-        },
     }
     Ok(())
 }
