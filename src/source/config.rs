@@ -15,6 +15,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::error::ConfigError;
 use super::extract::{JsonPath, redact_url};
 use super::oauth::{ClientAuth, DEFAULT_REFRESH_MARGIN_SECS, OAuth2Settings};
 use super::ratelimit::{RateLimit, RateLimitConfig};
@@ -25,26 +26,6 @@ use super::watermark::{Watermark, WatermarkConfig, WatermarkSource};
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default cap on a response body.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// An invalid source configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A field's value is unusable; `field` is its path in the config.
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-    /// The HTTP client could not be built from valid settings.
-    #[error("http client: {0}")]
-    Client(String),
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// One HTTP GET source, as configured.
 ///
@@ -229,6 +210,41 @@ pub enum BodyFormat {
 }
 
 impl BodyFormat {
+    /// Whether a `Content-Type` is acceptable for the body format. A missing
+    /// header is accepted (many APIs omit it); HTML and friends are not.
+    pub fn accepts(self, content_type: Option<&str>) -> bool {
+        let Some(content_type) = content_type else {
+            return true;
+        };
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match self {
+            BodyFormat::Json | BodyFormat::Ndjson
+                if essence.is_empty()
+                    || essence.ends_with("json")
+                    || essence.ends_with("+json") =>
+            {
+                true
+            }
+            BodyFormat::Json => false,
+            BodyFormat::Ndjson => matches!(
+                essence.as_str(),
+                "application/x-ndjson"
+                    | "application/jsonl"
+                    | "application/json-seq"
+                    | "text/plain"
+            ),
+            BodyFormat::Csv => matches!(
+                essence.as_str(),
+                "" | "text/csv" | "application/csv" | "text/plain" | "application/octet-stream"
+            ),
+        }
+    }
+
     /// The config name.
     pub fn name(self) -> &'static str {
         match self {
@@ -890,6 +906,20 @@ impl HttpSourceConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_types() {
+        use BodyFormat::{Csv, Json, Ndjson};
+        assert!(Json.accepts(None));
+        assert!(Json.accepts(Some("application/json; charset=utf-8")));
+        assert!(Json.accepts(Some("application/vnd.api+json")));
+        assert!(!Json.accepts(Some("text/html")));
+        assert!(!Json.accepts(Some("text/plain")));
+        assert!(Ndjson.accepts(Some("application/x-ndjson")));
+        assert!(!Ndjson.accepts(Some("text/html; charset=utf-8")));
+        assert!(Csv.accepts(Some("text/csv; charset=utf-8")));
+        assert!(!Csv.accepts(Some("application/json")));
+    }
+
     use super::*;
 
     fn parse(text: &str) -> HttpSourceConfig {

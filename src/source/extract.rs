@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::config::BodyFormat;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -232,36 +231,6 @@ pub fn link_next(header: &str) -> Option<String> {
     }
 }
 
-/// Whether a `Content-Type` is acceptable for the body format. A missing
-/// header is accepted (many APIs omit it); HTML and friends are not.
-pub fn content_type_ok(content_type: Option<&str>, format: BodyFormat) -> bool {
-    let Some(content_type) = content_type else {
-        return true;
-    };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match format {
-        BodyFormat::Json | BodyFormat::Ndjson
-            if essence.is_empty() || essence.ends_with("json") || essence.ends_with("+json") =>
-        {
-            true
-        }
-        BodyFormat::Json => false,
-        BodyFormat::Ndjson => matches!(
-            essence.as_str(),
-            "application/x-ndjson" | "application/jsonl" | "application/json-seq" | "text/plain"
-        ),
-        BodyFormat::Csv => matches!(
-            essence.as_str(),
-            "" | "text/csv" | "application/csv" | "text/plain" | "application/octet-stream"
-        ),
-    }
-}
-
 /// The URL as we may show it: user info dropped, values of the named secret
 /// query parameter and of well-known sensitive ones replaced by `***`.
 pub fn redact_url(url: &Url, secret_param: Option<&str>) -> String {
@@ -400,23 +369,6 @@ mod tests {
         );
         assert_eq!(link_next(r#"<https://x/a>; rel="prev""#), None);
         assert_eq!(link_next("garbage"), None);
-    }
-
-    #[test]
-    fn content_types() {
-        use BodyFormat::{Csv, Json, Ndjson};
-        assert!(content_type_ok(None, Json));
-        assert!(content_type_ok(
-            Some("application/json; charset=utf-8"),
-            Json
-        ));
-        assert!(content_type_ok(Some("application/vnd.api+json"), Json));
-        assert!(!content_type_ok(Some("text/html"), Json));
-        assert!(!content_type_ok(Some("text/plain"), Json));
-        assert!(content_type_ok(Some("application/x-ndjson"), Ndjson));
-        assert!(!content_type_ok(Some("text/html; charset=utf-8"), Ndjson));
-        assert!(content_type_ok(Some("text/csv; charset=utf-8"), Csv));
-        assert!(!content_type_ok(Some("application/json"), Csv));
     }
 
     #[test]

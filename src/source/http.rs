@@ -6,7 +6,6 @@
 //! headers for a page asked for again (a 304 is an empty, caught-up page).
 
 use std::borrow::Cow;
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -20,10 +19,11 @@ use serde_json::Value;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::config::{BodyFormat, ConfigError, HttpSourceConfig, HttpSourceSettings, Pagination};
+use super::config::{BodyFormat, HttpSourceConfig, HttpSourceSettings, Pagination};
+use super::error::{ConfigError, error_chain};
 use super::extract::{
-    content_id, content_type_ok, link_next, page_digest, parse_retry_after, redact_url,
-    scalar_text, with_query_param, without_query_param,
+    content_id, link_next, page_digest, parse_retry_after, redact_url, scalar_text,
+    with_query_param, without_query_param,
 };
 use super::oauth::{TokenError, TokenSource};
 use super::paging::{CursorState, Observed, Step, Validators, advance, skip_unreadable};
@@ -343,7 +343,7 @@ impl HttpSource {
         };
         metrics::counter!("hubflow_source_response_bytes_total", "source" => self.settings.name.clone())
             .increment(body.len() as u64);
-        if !content_type_ok(content_type, format) {
+        if !format.accepts(content_type) {
             return Err(Failure::bad(
                 format!(
                     "unexpected content type {:?}",
@@ -732,19 +732,4 @@ fn token_failure(error: TokenError) -> Failure {
         },
         TokenError::Fatal(message) => Failure::Fatal(message),
     }
-}
-
-/// An error and its sources on one line. Callers strip URLs first.
-pub(crate) fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
 }

@@ -23,6 +23,8 @@
 //! Files:
 //! - [`config`]: the wire config [`HttpSourceConfig`] and its validated form
 //!   [`HttpSourceSettings`];
+//! - [`error`]: [`ConfigError`] and the one-line error chain the fetch and
+//!   token requests report;
 //! - [`secret`]: [`SecretString`] (literal, `{ env = .. }`, `{ file = .. }`);
 //! - [`paging`]: the cursor JSON and how each pagination style advances;
 //! - [`csv`]: CSV bodies as JSON records;
@@ -35,6 +37,7 @@
 
 pub mod config;
 pub mod csv;
+pub mod error;
 pub mod extract;
 pub mod http;
 pub mod oauth;
@@ -45,9 +48,10 @@ pub mod secret;
 pub mod watermark;
 
 pub use config::{
-    AuthConfig, BodyFormat, ConfigError, HttpSourceConfig, HttpSourceSettings, Pagination,
-    PaginationConfig, RetryBudgetConfig,
+    AuthConfig, BodyFormat, HttpSourceConfig, HttpSourceSettings, Pagination, PaginationConfig,
+    RetryBudgetConfig,
 };
+pub use error::ConfigError;
 pub use extract::JsonPath;
 pub use http::HttpSource;
 pub use oauth::ClientAuth;

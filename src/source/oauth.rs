@@ -28,9 +28,8 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 use url::Url;
 
-use super::config::ConfigError;
+use super::error::{ConfigError, error_chain};
 use super::extract::{parse_retry_after, redact_url};
-use super::http::error_chain;
 use super::secret::{Secret, SecretString};
 
 /// Default time before expiry at which a token is replaced.

@@ -25,7 +25,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::config::ConfigError;
+use super::error::ConfigError;
 use super::extract::parse_retry_after;
 
 /// Default cap on one rate-limit wait.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::config::ConfigError;
+use super::error::ConfigError;
 
 /// A secret as written in the configuration (literal, env var or file).
 #[derive(Clone, PartialEq, Eq)]

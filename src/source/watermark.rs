@@ -26,7 +26,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::ConfigError;
+use super::error::ConfigError;
 use super::extract::{JsonPath, scalar_text};
 
 /// The `watermark` table of a source.
