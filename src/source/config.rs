@@ -546,6 +546,55 @@ impl HttpSourceConfig {
     }
 
     pub fn validate(&self) -> Result<HttpSourceSettings, ConfigError> {
+        self.check_name()?;
+        let url = self.first_url()?;
+        let mut headers = self.headers()?;
+        let (query_key, oauth) = self.auth(&url, &mut headers)?;
+        let paths = self.body_paths()?;
+        let pagination = self.pagination.validate()?;
+        self.check_pagination(&pagination, &paths, &query_key)?;
+        let watermark = self.watermark(&pagination, &query_key)?;
+        let rate_limit = self.rate_limit.validate()?;
+
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::invalid("timeout_ms", "must be at least 1"));
+        }
+        if self.max_response_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "max_response_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.max_pages_per_poll == Some(0) {
+            return Err(ConfigError::invalid(
+                "max_pages_per_poll",
+                "must be at least 1",
+            ));
+        }
+
+        Ok(HttpSourceSettings {
+            name: self.name.clone(),
+            url,
+            headers,
+            query_key,
+            format: self.format,
+            records: paths.records,
+            id_field: paths.id_field,
+            pagination,
+            last_page_flag: paths.last_page_flag,
+            has_more_flag: paths.has_more_flag,
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            max_pages_per_poll: self.max_pages_per_poll,
+            oauth,
+            watermark,
+            conditional_get: self.conditional_get,
+            rate_limit,
+            retry_budget: self.retry_budget.budget(),
+        })
+    }
+
+    fn check_name(&self) -> Result<(), ConfigError> {
         if self.name.is_empty()
             || !self
                 .name
@@ -557,7 +606,11 @@ impl HttpSourceConfig {
                 "must be non-empty ASCII letters, digits, `-`, `_` or `.`",
             ));
         }
+        Ok(())
+    }
 
+    /// The first page's URL: the configured one with `query` applied.
+    fn first_url(&self) -> Result<Url, ConfigError> {
         let mut url = Url::parse(&self.url)
             .map_err(|e| ConfigError::invalid("url", format!("not a valid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -579,7 +632,11 @@ impl HttpSourceConfig {
         if !self.query.is_empty() {
             url.query_pairs_mut().extend_pairs(self.query.iter());
         }
+        Ok(url)
+    }
 
+    /// `Accept` for the body format and the configured headers (sensitive).
+    fn headers(&self) -> Result<HeaderMap, ConfigError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -596,7 +653,16 @@ impl HttpSourceConfig {
             let value = value.resolve(&field)?;
             headers.insert(header_name, sensitive(&field, value.expose())?);
         }
+        Ok(headers)
+    }
 
+    /// The auth header (into `headers`), or the API key query parameter, or
+    /// the OAuth2 settings.
+    fn auth(
+        &self,
+        url: &Url,
+        headers: &mut HeaderMap,
+    ) -> Result<(QueryKey, Option<OAuth2Settings>), ConfigError> {
         let mut query_key = None;
         let mut oauth = None;
         match &self.auth {
@@ -668,7 +734,11 @@ impl HttpSourceConfig {
                 )?);
             }
         }
+        Ok((query_key, oauth))
+    }
 
+    /// Where records, ids and the body's paging flags are.
+    fn body_paths(&self) -> Result<BodyPaths, ConfigError> {
         let records = path("records", &self.records)?;
         if self.format.is_record_stream() && !records.is_root() {
             return Err(ConfigError::invalid(
@@ -713,8 +783,121 @@ impl HttpSourceConfig {
             .or(keyset_has_more)
             .map(|p| path("has_more_flag", p))
             .transpose()?;
+        Ok(BodyPaths {
+            records,
+            id_field,
+            last_page_flag,
+            has_more_flag,
+        })
+    }
 
-        let pagination = match &self.pagination {
+    /// What the body format and the API key allow of the pagination.
+    fn check_pagination(
+        &self,
+        pagination: &Pagination,
+        paths: &BodyPaths,
+        query_key: &QueryKey,
+    ) -> Result<(), ConfigError> {
+        if self.format.is_record_stream() {
+            let format = self.format.name();
+            if matches!(
+                pagination,
+                Pagination::Cursor { .. } | Pagination::NextUrl { .. }
+            ) {
+                return Err(ConfigError::invalid(
+                    "pagination.type",
+                    format!("cursor and next_url read the body, which {format} does not allow"),
+                ));
+            }
+            if paths.last_page_flag.is_some() || paths.has_more_flag.is_some() {
+                return Err(ConfigError::invalid(
+                    if paths.last_page_flag.is_some() {
+                        "last_page_flag"
+                    } else {
+                        "has_more_flag"
+                    },
+                    format!("body flags are not available with format = \"{format}\""),
+                ));
+            }
+        }
+        if let (
+            Some((key, _)),
+            Pagination::PageNumber {
+                param, size_param, ..
+            },
+        ) = (&query_key, &pagination)
+            && (key == param || size_param.as_ref() == Some(key))
+        {
+            return Err(ConfigError::invalid(
+                "auth.query",
+                "collides with a pagination parameter",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The watermark, which must not reuse a pagination or API key parameter.
+    fn watermark(
+        &self,
+        pagination: &Pagination,
+        query_key: &QueryKey,
+    ) -> Result<Option<Watermark>, ConfigError> {
+        let watermark = self
+            .watermark
+            .as_ref()
+            .map(WatermarkConfig::validate)
+            .transpose()?;
+        if let Some(w) = &watermark {
+            if self.format.is_record_stream() && matches!(w.source, WatermarkSource::Body(_)) {
+                return Err(ConfigError::invalid(
+                    "watermark.from",
+                    format!(
+                        "reads the body, which format = \"{}\" does not allow; use `field`",
+                        self.format.name()
+                    ),
+                ));
+            }
+            let taken: Vec<&str> = match &pagination {
+                Pagination::PageNumber {
+                    param, size_param, ..
+                } => std::iter::once(param.as_str())
+                    .chain(size_param.as_deref())
+                    .collect(),
+                Pagination::OffsetLimit {
+                    offset_param,
+                    limit_param,
+                    ..
+                } => vec![offset_param, limit_param],
+                Pagination::Cursor { param, .. } => vec![param],
+                _ => Vec::new(),
+            };
+            if taken.contains(&w.param.as_str())
+                || query_key.as_ref().is_some_and(|(k, _)| *k == w.param)
+            {
+                return Err(ConfigError::invalid(
+                    "watermark.param",
+                    format!("`{}` is already a pagination or api key parameter", w.param),
+                ));
+            }
+        }
+        Ok(watermark)
+    }
+}
+
+/// An API key sent as a query parameter: (name, value).
+type QueryKey = Option<(String, Secret)>;
+
+/// The validated body paths of a source.
+struct BodyPaths {
+    records: JsonPath,
+    id_field: Option<JsonPath>,
+    last_page_flag: Option<JsonPath>,
+    has_more_flag: Option<JsonPath>,
+}
+
+impl PaginationConfig {
+    fn validate(&self) -> Result<Pagination, ConfigError> {
+        let pagination = match self {
             PaginationConfig::None => Pagination::None,
             PaginationConfig::PageNumber {
                 param,
@@ -789,123 +972,14 @@ impl HttpSourceConfig {
                 }
             }
         };
-        if self.format.is_record_stream() {
-            let format = self.format.name();
-            if matches!(
-                pagination,
-                Pagination::Cursor { .. } | Pagination::NextUrl { .. }
-            ) {
-                return Err(ConfigError::invalid(
-                    "pagination.type",
-                    format!("cursor and next_url read the body, which {format} does not allow"),
-                ));
-            }
-            if last_page_flag.is_some() || has_more_flag.is_some() {
-                return Err(ConfigError::invalid(
-                    if last_page_flag.is_some() {
-                        "last_page_flag"
-                    } else {
-                        "has_more_flag"
-                    },
-                    format!("body flags are not available with format = \"{format}\""),
-                ));
-            }
-        }
-        if let (
-            Some((key, _)),
-            Pagination::PageNumber {
-                param, size_param, ..
-            },
-        ) = (&query_key, &pagination)
-            && (key == param || size_param.as_ref() == Some(key))
-        {
-            return Err(ConfigError::invalid(
-                "auth.query",
-                "collides with a pagination parameter",
-            ));
-        }
-
-        let watermark = self
-            .watermark
-            .as_ref()
-            .map(WatermarkConfig::validate)
-            .transpose()?;
-        if let Some(w) = &watermark {
-            if self.format.is_record_stream() && matches!(w.source, WatermarkSource::Body(_)) {
-                return Err(ConfigError::invalid(
-                    "watermark.from",
-                    format!(
-                        "reads the body, which format = \"{}\" does not allow; use `field`",
-                        self.format.name()
-                    ),
-                ));
-            }
-            let taken: Vec<&str> = match &pagination {
-                Pagination::PageNumber {
-                    param, size_param, ..
-                } => std::iter::once(param.as_str())
-                    .chain(size_param.as_deref())
-                    .collect(),
-                Pagination::OffsetLimit {
-                    offset_param,
-                    limit_param,
-                    ..
-                } => vec![offset_param, limit_param],
-                Pagination::Cursor { param, .. } => vec![param],
-                _ => Vec::new(),
-            };
-            if taken.contains(&w.param.as_str())
-                || query_key.as_ref().is_some_and(|(k, _)| *k == w.param)
-            {
-                return Err(ConfigError::invalid(
-                    "watermark.param",
-                    format!("`{}` is already a pagination or api key parameter", w.param),
-                ));
-            }
-        }
-        let rate_limit = self.rate_limit.validate()?;
-
-        if self.timeout_ms == 0 {
-            return Err(ConfigError::invalid("timeout_ms", "must be at least 1"));
-        }
-        if self.max_response_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "max_response_bytes",
-                "must be at least 1",
-            ));
-        }
-        if self.max_pages_per_poll == Some(0) {
-            return Err(ConfigError::invalid(
-                "max_pages_per_poll",
-                "must be at least 1",
-            ));
-        }
-
-        Ok(HttpSourceSettings {
-            name: self.name.clone(),
-            url,
-            headers,
-            query_key,
-            format: self.format,
-            records,
-            id_field,
-            pagination,
-            last_page_flag,
-            has_more_flag,
-            timeout: Duration::from_millis(self.timeout_ms),
-            max_response_bytes: self.max_response_bytes,
-            max_pages_per_poll: self.max_pages_per_poll,
-            oauth,
-            watermark,
-            conditional_get: self.conditional_get,
-            rate_limit,
-            retry_budget: self.retry_budget.budget(),
-        })
+        Ok(pagination)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn content_types() {
         use BodyFormat::{Csv, Json, Ndjson};
@@ -919,8 +993,6 @@ mod tests {
         assert!(Csv.accepts(Some("text/csv; charset=utf-8")));
         assert!(!Csv.accepts(Some("application/json")));
     }
-
-    use super::*;
 
     fn parse(text: &str) -> HttpSourceConfig {
         toml::from_str(text).unwrap()
