@@ -91,33 +91,8 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     } else {
         Backends::embedded(&settings).await?
     };
-    let (demo_shutdown, demo_task) = tokio::sync::oneshot::channel::<()>();
-    // Each source's stored settings (the file's on the first start).
     backends.ensure_containers(&settings).await?;
-    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    for config in &settings.config.sources {
-        sources.push(crate::source_specs::bootstrap(&settings, &backends, config).await?);
-    }
-    let mut demo_handle = None;
-    if sources.is_empty() && settings.config.demo.enabled {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the demo api")?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let config = settings.config.demo.api();
-        demo_handle = Some(tokio::spawn(async move {
-            if let Err(error) = demo::serve(listener, config, async {
-                let _ = demo_task.await;
-            })
-            .await
-            {
-                warn!(%error, "demo api stopped");
-            }
-        }));
-        let source = HttpSource::from_config(&demo::demo_source_config(&url))?;
-        info!(%url, "no sources configured: fetching from the built-in demo api");
-        sources.push(Arc::new(source));
-    }
+    let (sources, demo) = start_sources(&settings, &backends).await?;
     let source_count = sources.len();
     let shutdown_deadline = admin_settings.shutdown_deadline;
     let pipeline = Arc::new(Pipeline::start(settings, backends, sources).await?);
@@ -128,34 +103,174 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
         Arc::downgrade(&pipeline),
         sync_stopped,
     ));
+    let admin = match admin_listener {
+        Some(listener) => Some(AdminPort::start(
+            listener,
+            AdminParts {
+                pipeline: pipeline.clone(),
+                settings: admin_settings.clone(),
+                logs: hooks.logs.clone(),
+                metrics,
+            },
+            &hooks,
+        )?),
+        None => None,
+    };
 
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut admin_state = None;
-    let mut admin_task = None;
-    if let Some(listener) = admin_listener {
+    let stop = watch(
+        &pipeline,
+        &options,
+        &hooks,
+        admin.as_ref().map(|a| &a.state),
+        &mut signals,
+        source_count,
+    )
+    .await;
+    if let Some(admin) = &admin {
+        admin.state.set_ready(false);
+    }
+    info!(
+        ?stop,
+        deadline_secs = shutdown_deadline.as_secs(),
+        "draining"
+    );
+    let drain = async move {
+        // The admin port goes first: no new control calls during the drain,
+        // and the pipeline is ours alone again.
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
+        let _ = sync_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(2), sync_task)
+            .await
+            .is_err()
+        {
+            warn!("transform sync did not stop within 2s");
+        }
+        stop_pipeline(pipeline).await;
+        demo.stop().await;
+    };
+    tokio::select! {
+        drained = tokio::time::timeout(shutdown_deadline, drain) => match drained {
+            Ok(()) => {
+                info!("stopped");
+                Ok(())
+            }
+            Err(_) => {
+                warn!(deadline_secs = shutdown_deadline.as_secs(), "drain deadline passed, exiting");
+                Err(ServiceError::DrainTimeout(shutdown_deadline).into())
+            }
+        },
+        _ = signals.recv() => {
+            warn!("second signal while draining, exiting now");
+            Err(ServiceError::Interrupted.into())
+        }
+    }
+}
+
+/// The built-in demo API, while it serves (only when no source is
+/// configured).
+struct DemoApi {
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DemoApi {
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Each configured source from its stored settings (the file's on the first
+/// start); with none configured and the demo enabled, the demo API on
+/// loopback and a source reading it.
+async fn start_sources(
+    settings: &Settings,
+    backends: &Backends,
+) -> anyhow::Result<(Vec<Arc<dyn Source>>, DemoApi)> {
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut demo = DemoApi {
+        shutdown,
+        task: None,
+    };
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    for config in &settings.config.sources {
+        sources.push(crate::source_specs::bootstrap(settings, backends, config).await?);
+    }
+    if sources.is_empty() && settings.config.demo.enabled {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the demo api")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let config = settings.config.demo.api();
+        demo.task = Some(tokio::spawn(async move {
+            if let Err(error) = demo::serve(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                warn!(%error, "demo api stopped");
+            }
+        }));
+        let source = HttpSource::from_config(&demo::demo_source_config(&url))?;
+        info!(%url, "no sources configured: fetching from the built-in demo api");
+        sources.push(Arc::new(source));
+    }
+    Ok((sources, demo))
+}
+
+/// The admin port, serving.
+struct AdminPort {
+    state: AdminState,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl AdminPort {
+    fn start(listener: TcpListener, parts: AdminParts, hooks: &Hooks) -> anyhow::Result<AdminPort> {
         let addr = listener.local_addr()?;
-        let state = AdminState::new(AdminParts {
-            pipeline: pipeline.clone(),
-            settings: admin_settings.clone(),
-            logs: hooks.logs.clone(),
-            metrics,
-        });
+        let state = AdminState::new(parts);
         state.set_ready(true);
         let server_state = state.clone();
-        admin_task = Some(tokio::spawn(async move {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             let stopped = async {
-                let _ = admin_stopped.await;
+                let _ = stopped.await;
             };
             if let Err(error) = admin::serve(listener, server_state, stopped).await {
                 warn!(%error, "admin port stopped");
             }
-        }));
+        });
         if let Some(tx) = &hooks.on_admin_listening {
             let _ = tx.send(addr);
         }
-        admin_state = Some(state);
+        Ok(AdminPort { state, task, stop })
     }
 
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(2), self.task)
+            .await
+            .is_err()
+        {
+            warn!("admin port did not stop within 2s");
+        }
+    }
+}
+
+/// Watch the running pipeline (status line or backlog bar, idle check)
+/// until something asks it to stop.
+async fn watch(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    hooks: &Hooks,
+    admin: Option<&AdminState>,
+    signals: &mut Signals,
+    source_count: usize,
+) -> Stop {
     let interactive = std::io::stderr().is_terminal();
     // An exit-when-idle run checks progress often (the check reads a few
     // small records, and a run should end as soon as it is done); the
@@ -172,7 +287,7 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     let stop = loop {
         tokio::select! {
             _ = signals.recv() => break Stop::Signal,
-            _ = admin_drain(admin_state.as_ref()) => break Stop::AdminDrain,
+            _ = admin_drain(admin) => break Stop::AdminDrain,
             _ = external_stop(hooks.stop.as_deref()) => break Stop::Requested,
             _ = tick.tick() => {
                 let progress = match pipeline.progress().await {
@@ -187,7 +302,7 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
                 {
                     printed = Some(tokio::time::Instant::now());
                     if !show_backlog(&mut backlog_bar, &progress, interactive) {
-                        print_status(&progress, &pipeline, interactive);
+                        print_status(&progress, pipeline, interactive);
                     }
                 }
                 if pipeline.root.snapshot().state == hubflow_supervision::NodeState::Failed {
@@ -208,64 +323,21 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     if interactive && options.status_every.is_some() {
         eprintln!();
     }
-    if let Some(state) = &admin_state {
-        state.set_ready(false);
-    }
-    info!(
-        ?stop,
-        deadline_secs = shutdown_deadline.as_secs(),
-        "draining"
-    );
-    let drain = async move {
-        // The admin port goes first: no new control calls during the drain,
-        // and the pipeline is ours alone again.
-        let _ = admin_stop.send(());
-        let _ = sync_stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(2), sync_task)
-            .await
-            .is_err()
-        {
-            warn!("transform sync did not stop within 2s");
-        }
-        if let Some(task) = admin_task
-            && tokio::time::timeout(Duration::from_secs(2), task)
-                .await
-                .is_err()
-        {
-            warn!("admin port did not stop within 2s");
-        }
-        drop(admin_state);
-        match Arc::try_unwrap(pipeline) {
-            Ok(pipeline) => pipeline.shutdown().await,
-            Err(shared) => {
-                // An admin request still holds it: stop the root directly.
-                warn!("pipeline still shared at shutdown; stopping its root");
-                let actor = shared.root.actor().clone();
-                actor.stop(Some("shutdown".to_string()));
-                while !matches!(actor.get_status(), ractor::ActorStatus::Stopped) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+    stop
+}
+
+/// Stop the tree gracefully (in-flight batches finish and checkpoint).
+async fn stop_pipeline(pipeline: Arc<Pipeline>) {
+    match Arc::try_unwrap(pipeline) {
+        Ok(pipeline) => pipeline.shutdown().await,
+        Err(shared) => {
+            // An admin request still holds it: stop the root directly.
+            warn!("pipeline still shared at shutdown; stopping its root");
+            let actor = shared.root.actor().clone();
+            actor.stop(Some("shutdown".to_string()));
+            while !matches!(actor.get_status(), ractor::ActorStatus::Stopped) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }
-        let _ = demo_shutdown.send(());
-        if let Some(handle) = demo_handle {
-            let _ = handle.await;
-        }
-    };
-    tokio::select! {
-        drained = tokio::time::timeout(shutdown_deadline, drain) => match drained {
-            Ok(()) => {
-                info!("stopped");
-                Ok(())
-            }
-            Err(_) => {
-                warn!(deadline_secs = shutdown_deadline.as_secs(), "drain deadline passed, exiting");
-                Err(ServiceError::DrainTimeout(shutdown_deadline).into())
-            }
-        },
-        _ = signals.recv() => {
-            warn!("second signal while draining, exiting now");
-            Err(ServiceError::Interrupted.into())
         }
     }
 }
