@@ -22,7 +22,7 @@ use url::Url;
 use super::config::{BodyFormat, HttpSourceConfig, HttpSourceSettings, Pagination};
 use super::error::{ConfigError, error_chain};
 use super::extract::{
-    content_id, link_next, page_digest, parse_retry_after, redact_url, scalar_text,
+    JsonPath, content_id, link_next, page_digest, parse_retry_after, redact_url, scalar_text,
     with_query_param, without_query_param,
 };
 use super::oauth::{TokenError, TokenSource};
@@ -51,6 +51,29 @@ impl fmt::Debug for HttpSource {
             .finish_non_exhaustive()
     }
 }
+
+/// The validators of a response to `position` for the next conditional GET
+/// (none when it sent neither `ETag` nor `Last-Modified`).
+fn validators(position: &Url, headers: &HeaderMap) -> Option<Box<Validators>> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (etag, last_modified) = (text(header::ETAG), text(header::LAST_MODIFIED));
+    (etag.is_some() || last_modified.is_some()).then(|| {
+        Box::new(Validators {
+            url: position.to_string(),
+            etag,
+            last_modified,
+        })
+    })
+}
+
+/// A body's records and the body values asked for, as
+/// [`HttpSource::split_records`] returns them.
+type Split<'b> = (Vec<Cow<'b, str>>, Vec<Option<Value>>);
 
 /// Why one fetch failed, before it gets the source name.
 enum Failure {
@@ -129,9 +152,9 @@ impl HttpSource {
 
     /// The body paths a page's values are read from: flags, the next
     /// cursor or URL, a body watermark.
-    fn body_paths(&self) -> Vec<&super::extract::JsonPath> {
+    fn body_paths(&self) -> Vec<&JsonPath> {
         let s = &self.settings;
-        let mut paths: Vec<&super::extract::JsonPath> = Vec::new();
+        let mut paths: Vec<&JsonPath> = Vec::new();
         paths.extend(s.last_page_flag.as_ref());
         paths.extend(s.has_more_flag.as_ref());
         if let Pagination::Cursor { from, .. } | Pagination::NextUrl { from } = &s.pagination {
@@ -235,62 +258,9 @@ impl HttpSource {
             .as_ref()
             .filter(|v| self.settings.conditional_get && v.url == position.as_str());
 
-        let mut token_refreshed = false;
-        let response = loop {
-            if let Some((wait, reason)) = self.limiter.acquire().await {
-                metrics::histogram!("hubflow_source_rate_limit_wait_seconds", "source" => self.settings.name.clone(), "reason" => reason.label())
-                    .record(wait.as_secs_f64());
-                debug!(source = %self.settings.name, wait_ms = wait.as_millis() as u64, reason = reason.label(), "rate limit wait");
-            }
-            let mut request = self
-                .client
-                .get(request_url.clone())
-                .headers(self.settings.headers.clone());
-            if let Some(v) = conditional {
-                for (name, value) in [
-                    (header::IF_NONE_MATCH, &v.etag),
-                    (header::IF_MODIFIED_SINCE, &v.last_modified),
-                ] {
-                    if let Some(value) =
-                        value.as_deref().and_then(|t| HeaderValue::from_str(t).ok())
-                    {
-                        request = request.header(name, value);
-                    }
-                }
-            }
-            let authorization = match &self.tokens {
-                Some(tokens) => Some(tokens.authorization().await.map_err(token_failure)?),
-                None => None,
-            };
-            if let Some(value) = &authorization {
-                request = request.header(header::AUTHORIZATION, value.clone());
-            }
-            let response = request.send().await.map_err(|e| {
-                let builder = e.is_builder();
-                let message = format!("GET {shown}: {}", error_chain(&e.without_url()));
-                if builder {
-                    Failure::Fatal(message)
-                } else {
-                    Failure::Transient {
-                        message,
-                        retry_after: None,
-                    }
-                }
-            })?;
-            if let Some(wait) = self.limiter.observe(response.headers(), chrono::Utc::now()) {
-                debug!(source = %self.settings.name, wait_ms = wait.as_millis() as u64, "server rate limit exhausted, next request waits for its reset");
-            }
-            if response.status() == StatusCode::UNAUTHORIZED
-                && !token_refreshed
-                && let (Some(tokens), Some(used)) = (&self.tokens, &authorization)
-            {
-                debug!(source = %self.settings.name, "api refused the oauth2 token, fetching a new one");
-                tokens.reject(used).await;
-                token_refreshed = true;
-                continue;
-            }
-            break response;
-        };
+        let response = self
+            .send(&request_url, conditional.map(|v| v.as_ref()), shown)
+            .await?;
 
         let status = response.status();
         let headers = response.headers().clone();
@@ -355,31 +325,284 @@ impl HttpSource {
 
         // The records (spans of the body) and the body values asked for.
         let wanted = self.body_paths();
+        let (texts, found) = self.split_records(status, &body, &wanted)?;
+        let body_value = |path: &Option<JsonPath>| {
+            let path = path.as_ref()?;
+            let i = wanted.iter().position(|w| *w == path)?;
+            found[i].as_ref()
+        };
+
+        let (mut records, watermark_values) = self.records_of(&texts, &body)?;
+
+        let flag = |path: &Option<JsonPath>| body_value(path).and_then(Value::as_bool);
+        let last_page = flag(&self.settings.last_page_flag) == Some(true)
+            || flag(&self.settings.has_more_flag) == Some(false);
+        let next_token = self.next_token(&position, &headers, &texts, &body, body_value)?;
+        let current_token = match pagination {
+            Pagination::Cursor { .. } | Pagination::Keyset { .. } => state.cursor.clone(),
+            _ => Some(position.to_string()),
+        };
+        let observed = Observed {
+            count: records.len() as u64,
+            digest: page_digest(records.iter().map(|r| r.id.as_str())),
+            last_page,
+            next_token,
+        };
+        let (mut next, skip, caught_up) =
+            match advance(pagination, &state, &observed, current_token.as_deref()) {
+                Step::Page {
+                    next,
+                    skip,
+                    caught_up,
+                } => (next, skip, caught_up),
+                Step::Identical => {
+                    return Err(Failure::bad("page is identical to the previous page", body));
+                }
+                Step::NotAdvanced => {
+                    return Err(Failure::bad("next position equals the requested one", body));
+                }
+            };
+        if let Some(w) = &self.settings.watermark {
+            let body_watermark = body_value(&w.body_path().cloned()).cloned();
+            next = self.with_watermark(&state, next, caught_up, body_watermark, watermark_values);
+        }
+        if self.settings.conditional_get
+            && self.position_url(&next)? == position
+            && let Some(v) = validators(&position, &headers)
+        {
+            next.validators = Some(v);
+        }
+        let caught_up = self.end_of_poll(caught_up);
+        let skip = usize::try_from(skip)
+            .unwrap_or(usize::MAX)
+            .min(records.len());
+        records.drain(..skip);
+        debug!(source = %self.settings.name, url = %shown, records = records.len(), skipped = skip, caught_up, "page fetched");
+        Ok(Page {
+            records,
+            next: SourceCursor(next.encode()),
+            caught_up,
+            request: format!("GET {shown}"),
+        })
+    }
+
+    /// The next cursor with the watermark: raised from what this page
+    /// showed once the poll is over (the next poll starts from the
+    /// beginning), carried along while it goes on.
+    fn with_watermark(
+        &self,
+        state: &CursorState,
+        next: CursorState,
+        caught_up: bool,
+        body_watermark: Option<Value>,
+        record_values: Vec<String>,
+    ) -> CursorState {
+        let Some(w) = &self.settings.watermark else {
+            return next;
+        };
+        let (high, odd) = w.observe(state.high.clone(), body_watermark.as_ref(), record_values);
+        if let Some(first) = odd.first() {
+            warn!(source = %self.settings.name, ignored = odd.len(), value = %first, "watermark values of another kind ignored");
+        }
+        let current = self.watermark_of(state);
+        if caught_up {
+            CursorState {
+                watermark: w.next(current.as_deref(), high),
+                ..Default::default()
+            }
+        } else {
+            CursorState {
+                watermark: current,
+                high,
+                ..next
+            }
+        }
+    }
+
+    /// Whether the poll ends with this page: the source is caught up, or
+    /// `max_pages_per_poll` pages were fetched in it.
+    fn end_of_poll(&self, caught_up: bool) -> bool {
+        if caught_up {
+            self.pages_in_poll.store(0, Ordering::Relaxed);
+            return true;
+        }
+        if let Some(max) = self.settings.max_pages_per_poll {
+            let pages = self.pages_in_poll.fetch_add(1, Ordering::Relaxed) + 1;
+            if pages >= max {
+                self.pages_in_poll.store(0, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The token of the next page: from the body (cursor, next URL), the
+    /// `Link` header, or the last record (keyset).
+    fn next_token<'v>(
+        &self,
+        position: &Url,
+        headers: &HeaderMap,
+        texts: &[Cow<'_, str>],
+        body: &Bytes,
+        body_value: impl Fn(&Option<JsonPath>) -> Option<&'v Value>,
+    ) -> Result<Option<String>, Failure> {
+        let pagination = &self.settings.pagination;
+        let flag = |path: &Option<JsonPath>| body_value(path).and_then(Value::as_bool);
+        let token = match pagination {
+            Pagination::Cursor { from, .. } | Pagination::NextUrl { from } => {
+                let raw = body_value(&Some(from.clone())).and_then(scalar_text);
+                match (raw, pagination) {
+                    (Some(raw), Pagination::NextUrl { .. }) => {
+                        Some(self.next_url(position, &raw, body)?)
+                    }
+                    (raw, _) => raw,
+                }
+            }
+            Pagination::LinkHeader => {
+                let link = headers
+                    .get_all(header::LINK)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(link_next);
+                match link {
+                    Some(raw) => Some(self.next_url(position, &raw, body)?),
+                    None => None,
+                }
+            }
+            Pagination::Keyset { from_record, .. } => match texts.last() {
+                None => {
+                    if flag(&self.settings.has_more_flag) == Some(true) {
+                        return Err(Failure::bad(
+                            "keyset: the body says has_more but the page is empty",
+                            body.clone(),
+                        ));
+                    }
+                    None
+                }
+                Some(last) => {
+                    let value = raw_lookup(last, from_record.segments())
+                        .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+                        .as_ref()
+                        .and_then(scalar_text);
+                    match value {
+                        Some(v) => Some(v),
+                        None => {
+                            return Err(Failure::bad(
+                                format!(
+                                    "keyset: the last record of the page has no `{from_record}` to continue after"
+                                ),
+                                body.clone(),
+                            ));
+                        }
+                    }
+                }
+            },
+            _ => None,
+        };
+        Ok(token)
+    }
+
+    /// Send the GET (after the rate limiter; with validators for a
+    /// conditional GET and the OAuth2 token), once more with a fresh token
+    /// if the API refuses the one used.
+    async fn send(
+        &self,
+        request_url: &Url,
+        conditional: Option<&Validators>,
+        shown: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut token_refreshed = false;
+        loop {
+            if let Some((wait, reason)) = self.limiter.acquire().await {
+                metrics::histogram!("hubflow_source_rate_limit_wait_seconds", "source" => self.settings.name.clone(), "reason" => reason.label())
+                    .record(wait.as_secs_f64());
+                debug!(source = %self.settings.name, wait_ms = wait.as_millis() as u64, reason = reason.label(), "rate limit wait");
+            }
+            let mut request = self
+                .client
+                .get(request_url.clone())
+                .headers(self.settings.headers.clone());
+            if let Some(v) = conditional {
+                for (name, value) in [
+                    (header::IF_NONE_MATCH, &v.etag),
+                    (header::IF_MODIFIED_SINCE, &v.last_modified),
+                ] {
+                    if let Some(value) =
+                        value.as_deref().and_then(|t| HeaderValue::from_str(t).ok())
+                    {
+                        request = request.header(name, value);
+                    }
+                }
+            }
+            let authorization = match &self.tokens {
+                Some(tokens) => Some(tokens.authorization().await.map_err(token_failure)?),
+                None => None,
+            };
+            if let Some(value) = &authorization {
+                request = request.header(header::AUTHORIZATION, value.clone());
+            }
+            let response = request.send().await.map_err(|e| {
+                let builder = e.is_builder();
+                let message = format!("GET {shown}: {}", error_chain(&e.without_url()));
+                if builder {
+                    Failure::Fatal(message)
+                } else {
+                    Failure::Transient {
+                        message,
+                        retry_after: None,
+                    }
+                }
+            })?;
+            if let Some(wait) = self.limiter.observe(response.headers(), chrono::Utc::now()) {
+                debug!(source = %self.settings.name, wait_ms = wait.as_millis() as u64, "server rate limit exhausted, next request waits for its reset");
+            }
+            if response.status() == StatusCode::UNAUTHORIZED
+                && !token_refreshed
+                && let (Some(tokens), Some(used)) = (&self.tokens, &authorization)
+            {
+                debug!(source = %self.settings.name, "api refused the oauth2 token, fetching a new one");
+                tokens.reject(used).await;
+                token_refreshed = true;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    /// The body's records (spans of the body, or owned text for CSV) and
+    /// the values at `wanted` (JSON bodies only).
+    fn split_records<'b>(
+        &self,
+        status: StatusCode,
+        body: &'b Bytes,
+        wanted: &[&JsonPath],
+    ) -> Result<Split<'b>, Failure> {
+        let format = self.settings.format;
         let wanted_segments: Vec<&[String]> = wanted.iter().map(|p| p.segments()).collect();
-        let (texts, found) = if status == StatusCode::NO_CONTENT
+        let split = if status == StatusCode::NO_CONTENT
             || (format.is_record_stream() && body.is_empty())
         {
             (Vec::new(), vec![None; wanted.len()])
         } else if format == BodyFormat::Ndjson {
             (
-                split_ndjson(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
+                split_ndjson(body).map_err(|reason| Failure::bad(reason, body.clone()))?,
                 vec![None; wanted.len()],
             )
         } else if format == BodyFormat::Csv {
             (
-                super::csv::records(&body).map_err(|reason| Failure::bad(reason, body.clone()))?,
+                super::csv::records(body).map_err(|reason| Failure::bad(reason, body.clone()))?,
                 vec![None; wanted.len()],
             )
         } else {
-            let scanned = scan_document(&body, self.settings.records.segments(), &wanted_segments)
+            let scanned = scan_document(body, self.settings.records.segments(), &wanted_segments)
                 .map_err(|e| {
-                    let what = if e.is_eof() {
-                        "truncated json"
-                    } else {
-                        "malformed json"
-                    };
-                    Failure::bad(format!("{what}: {e}"), body.clone())
-                })?;
+                let what = if e.is_eof() {
+                    "truncated json"
+                } else {
+                    "malformed json"
+                };
+                Failure::bad(format!("{what}: {e}"), body.clone())
+            })?;
             match scanned.records {
                 Records::Found(texts) => (texts, scanned.values),
                 Records::NotArray(what) => {
@@ -388,23 +611,27 @@ impl HttpSource {
                             "`{}` is {what} (expected an array of records)",
                             self.settings.records
                         ),
-                        body,
+                        body.clone(),
                     ));
                 }
                 Records::Missing => {
                     return Err(Failure::bad(
                         format!("no records at `{}`", self.settings.records),
-                        body,
+                        body.clone(),
                     ));
                 }
             }
         };
-        let body_value = |path: &Option<super::extract::JsonPath>| {
-            let path = path.as_ref()?;
-            let i = wanted.iter().position(|w| *w == path)?;
-            found[i].as_ref()
-        };
+        Ok(split)
+    }
 
+    /// Each record with its id (the id field, or a hash of the record),
+    /// and the record watermark values.
+    fn records_of(
+        &self,
+        texts: &[Cow<'_, str>],
+        body: &Bytes,
+    ) -> Result<(Vec<SourceRecord>, Vec<String>), Failure> {
         let mut records = Vec::with_capacity(texts.len());
         let mut watermark_values = Vec::new();
         let watermark_field = self
@@ -412,7 +639,7 @@ impl HttpSource {
             .watermark
             .as_ref()
             .and_then(|w| w.field_path());
-        for text in &texts {
+        for text in texts {
             let id = match &self.settings.id_field {
                 Some(path) => raw_lookup(text, path.segments())
                     .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
@@ -443,148 +670,7 @@ impl HttpSource {
             };
             records.push(SourceRecord { id, payload });
         }
-
-        let flag =
-            |path: &Option<super::extract::JsonPath>| body_value(path).and_then(Value::as_bool);
-        let last_page = flag(&self.settings.last_page_flag) == Some(true)
-            || flag(&self.settings.has_more_flag) == Some(false);
-        let next_token = match pagination {
-            Pagination::Cursor { from, .. } | Pagination::NextUrl { from } => {
-                let raw = body_value(&Some(from.clone())).and_then(scalar_text);
-                match (raw, pagination) {
-                    (Some(raw), Pagination::NextUrl { .. }) => {
-                        Some(self.next_url(&position, &raw, &body)?)
-                    }
-                    (raw, _) => raw,
-                }
-            }
-            Pagination::LinkHeader => {
-                let link = headers
-                    .get_all(header::LINK)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(link_next);
-                match link {
-                    Some(raw) => Some(self.next_url(&position, &raw, &body)?),
-                    None => None,
-                }
-            }
-            Pagination::Keyset { from_record, .. } => match texts.last() {
-                None => {
-                    if flag(&self.settings.has_more_flag) == Some(true) {
-                        return Err(Failure::bad(
-                            "keyset: the body says has_more but the page is empty",
-                            body,
-                        ));
-                    }
-                    None
-                }
-                Some(last) => {
-                    let value = raw_lookup(last, from_record.segments())
-                        .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
-                        .as_ref()
-                        .and_then(scalar_text);
-                    match value {
-                        Some(v) => Some(v),
-                        None => {
-                            return Err(Failure::bad(
-                                format!(
-                                    "keyset: the last record of the page has no `{from_record}` to continue after"
-                                ),
-                                body,
-                            ));
-                        }
-                    }
-                }
-            },
-            _ => None,
-        };
-        let current_token = match pagination {
-            Pagination::Cursor { .. } | Pagination::Keyset { .. } => state.cursor.clone(),
-            _ => Some(position.to_string()),
-        };
-        let observed = Observed {
-            count: records.len() as u64,
-            digest: page_digest(records.iter().map(|r| r.id.as_str())),
-            last_page,
-            next_token,
-        };
-        let (mut next, skip, mut caught_up) =
-            match advance(pagination, &state, &observed, current_token.as_deref()) {
-                Step::Page {
-                    next,
-                    skip,
-                    caught_up,
-                } => (next, skip, caught_up),
-                Step::Identical => {
-                    return Err(Failure::bad("page is identical to the previous page", body));
-                }
-                Step::NotAdvanced => {
-                    return Err(Failure::bad("next position equals the requested one", body));
-                }
-            };
-        if let Some(w) = &self.settings.watermark {
-            let body_watermark = w.body_path().cloned();
-            let (high, odd) = w.observe(
-                state.high.clone(),
-                body_value(&body_watermark),
-                watermark_values,
-            );
-            if let Some(first) = odd.first() {
-                warn!(source = %self.settings.name, ignored = odd.len(), value = %first, "watermark values of another kind ignored");
-            }
-            let current = self.watermark_of(&state);
-            next = if caught_up {
-                // The poll is over: the next one starts from the beginning
-                // with the raised watermark.
-                CursorState {
-                    watermark: w.next(current.as_deref(), high),
-                    ..Default::default()
-                }
-            } else {
-                CursorState {
-                    watermark: current,
-                    high,
-                    ..next
-                }
-            };
-        }
-        if self.settings.conditional_get && self.position_url(&next)? == position {
-            let text = |name| {
-                headers
-                    .get(name)
-                    .and_then(|v: &HeaderValue| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let (etag, last_modified) = (text(header::ETAG), text(header::LAST_MODIFIED));
-            if etag.is_some() || last_modified.is_some() {
-                next.validators = Some(Box::new(Validators {
-                    url: position.to_string(),
-                    etag,
-                    last_modified,
-                }));
-            }
-        }
-        if caught_up {
-            self.pages_in_poll.store(0, Ordering::Relaxed);
-        } else if let Some(max) = self.settings.max_pages_per_poll {
-            let pages = self.pages_in_poll.fetch_add(1, Ordering::Relaxed) + 1;
-            if pages >= max {
-                self.pages_in_poll.store(0, Ordering::Relaxed);
-                caught_up = true;
-            }
-        }
-        let skip = usize::try_from(skip)
-            .unwrap_or(usize::MAX)
-            .min(records.len());
-        records.drain(..skip);
-        debug!(source = %self.settings.name, url = %shown, records = records.len(), skipped = skip, caught_up, "page fetched");
-        Ok(Page {
-            records,
-            next: SourceCursor(next.encode()),
-            caught_up,
-            request: format!("GET {shown}"),
-        })
+        Ok((records, watermark_values))
     }
 
     async fn status_failure(
