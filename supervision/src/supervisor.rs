@@ -194,22 +194,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::RestartDue { names, epoch } => {
-                for name in names {
-                    if let Some(i) = state.slots.iter().position(|s| s.spec.name == name)
-                        && state.slots[i].awaiting == Some(epoch)
-                    {
-                        state.slots[i].awaiting = None;
-                        start_child(&myself, state, i).await?;
-                        let slot = &state.slots[i];
-                        if let (Some(p), Some(_)) = (&slot.probation, &slot.cell) {
-                            let msg = SupervisorMsg::ProbationDue {
-                                name: slot.spec.name.clone(),
-                                generation: slot.generation,
-                            };
-                            myself.send_after(p.probation, move || msg);
-                        }
-                    }
-                }
+                restart_due(&myself, state, names, epoch).await?
             }
             SupervisorMsg::HealthCheck => {
                 check_health(state);
@@ -247,28 +232,7 @@ impl Actor for Supervisor {
                 name,
                 deadline,
                 reply,
-            } => {
-                let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else {
-                    let _ = reply.send(Err(format!("no child {name}")));
-                    return Ok(());
-                };
-                let slot = &mut state.slots[i];
-                slot.awaiting = None;
-                slot.drained = true;
-                slot.status
-                    .record(format!("drained {}", version_label(&slot.spec)));
-                info!(path = slot.status.path(), "draining child");
-                let status = slot.status.clone();
-                let cell = slot.cell.take();
-                tokio::spawn(async move {
-                    if let Some(cell) = cell {
-                        stop_within(cell, deadline).await;
-                    }
-                    status.exited(None, false);
-                    status.set_state(NodeState::Drained);
-                    let _ = reply.send(Ok(()));
-                });
-            }
+            } => drain_child(state, name, deadline, reply)?,
             SupervisorMsg::Restart { name, reply } => {
                 let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else {
                     let _ = reply.send(Err(format!("no child {name}")));
@@ -289,57 +253,9 @@ impl Actor for Supervisor {
                 deadline,
                 probation,
                 reply,
-            } => {
-                let Some(i) = state.slots.iter().position(|s| s.spec.name == spec.name) else {
-                    let _ = reply.send(Err(format!("no child {}", spec.name)));
-                    return Ok(());
-                };
-                let slot = &mut state.slots[i];
-                if slot.probation.is_some() {
-                    let _ = reply.send(Err(format!(
-                        "{} is already being replaced",
-                        slot.status.path()
-                    )));
-                    return Ok(());
-                }
-                info!(
-                    path = slot.status.path(),
-                    from = ?slot.spec.version,
-                    to = ?spec.version,
-                    "replacing child"
-                );
-                slot.status.record(format!(
-                    "replacing {} with {}",
-                    version_label(&slot.spec),
-                    version_label(&spec)
-                ));
-                let previous = std::mem::replace(&mut slot.spec, spec);
-                slot.probation = Some(Probation {
-                    previous,
-                    probation,
-                    reply: Some(reply),
-                });
-                slot.drained = false;
-                slot.failures = 0;
-                slot.recent_restarts.clear();
-                state.epoch += 1;
-                restart_after_stop(&myself, &mut state.slots[i], state.epoch, deadline);
-            }
+            } => replace_child(&myself, state, spec, deadline, probation, reply)?,
             SupervisorMsg::ProbationDue { name, generation } => {
-                check_probations(&myself, state)?;
-                if let Some(slot) = state.slots.iter_mut().find(|s| s.spec.name == name)
-                    && slot.generation == generation
-                    && slot.cell.is_some()
-                    && let Some(mut p) = slot.probation.take()
-                {
-                    let version = slot.spec.version.clone();
-                    info!(path = slot.status.path(), ?version, "replacement promoted");
-                    slot.status
-                        .record(format!("promoted {}", version_label(&slot.spec)));
-                    if let Some(reply) = p.reply.take() {
-                        let _ = reply.send(Ok(ReplaceOutcome::Promoted { version }));
-                    }
-                }
+                probation_due(&myself, state, name, generation)?
             }
             SupervisorMsg::Panic => panic!("injected panic in supervisor {}", state.status.path()),
         }
@@ -783,4 +699,133 @@ impl ChildFactory for NestedFactory {
         let (actor, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor).await?;
         Ok(actor.get_cell())
     }
+}
+
+/// Backoff elapsed: start the children still awaiting `epoch` (and time
+/// the probation of a replacement).
+async fn restart_due(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    names: Vec<String>,
+    epoch: u64,
+) -> Result<(), ActorProcessingErr> {
+    for name in names {
+        if let Some(i) = state.slots.iter().position(|s| s.spec.name == name)
+            && state.slots[i].awaiting == Some(epoch)
+        {
+            state.slots[i].awaiting = None;
+            start_child(myself, state, i).await?;
+            let slot = &state.slots[i];
+            if let (Some(p), Some(_)) = (&slot.probation, &slot.cell) {
+                let msg = SupervisorMsg::ProbationDue {
+                    name: slot.spec.name.clone(),
+                    generation: slot.generation,
+                };
+                myself.send_after(p.probation, move || msg);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stop a child within `deadline` and keep it stopped until restarted.
+fn drain_child(
+    state: &mut SupervisorState,
+    name: String,
+    deadline: Duration,
+    reply: RpcReplyPort<Result<(), String>>,
+) -> Result<(), ActorProcessingErr> {
+    let Some(i) = state.slots.iter().position(|s| s.spec.name == name) else {
+        let _ = reply.send(Err(format!("no child {name}")));
+        return Ok(());
+    };
+    let slot = &mut state.slots[i];
+    slot.awaiting = None;
+    slot.drained = true;
+    slot.status
+        .record(format!("drained {}", version_label(&slot.spec)));
+    info!(path = slot.status.path(), "draining child");
+    let status = slot.status.clone();
+    let cell = slot.cell.take();
+    tokio::spawn(async move {
+        if let Some(cell) = cell {
+            stop_within(cell, deadline).await;
+        }
+        status.exited(None, false);
+        status.set_state(NodeState::Drained);
+        let _ = reply.send(Ok(()));
+    });
+    Ok(())
+}
+
+/// Swap a child's spec: stop the old one (within `deadline`), start the
+/// new one and watch it for `probation`.
+fn replace_child(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    spec: ChildSpec,
+    deadline: Duration,
+    probation: Duration,
+    reply: RpcReplyPort<Result<ReplaceOutcome, String>>,
+) -> Result<(), ActorProcessingErr> {
+    let Some(i) = state.slots.iter().position(|s| s.spec.name == spec.name) else {
+        let _ = reply.send(Err(format!("no child {}", spec.name)));
+        return Ok(());
+    };
+    let slot = &mut state.slots[i];
+    if slot.probation.is_some() {
+        let _ = reply.send(Err(format!(
+            "{} is already being replaced",
+            slot.status.path()
+        )));
+        return Ok(());
+    }
+    info!(
+        path = slot.status.path(),
+        from = ?slot.spec.version,
+        to = ?spec.version,
+        "replacing child"
+    );
+    slot.status.record(format!(
+        "replacing {} with {}",
+        version_label(&slot.spec),
+        version_label(&spec)
+    ));
+    let previous = std::mem::replace(&mut slot.spec, spec);
+    slot.probation = Some(Probation {
+        previous,
+        probation,
+        reply: Some(reply),
+    });
+    slot.drained = false;
+    slot.failures = 0;
+    slot.recent_restarts.clear();
+    state.epoch += 1;
+    restart_after_stop(myself, &mut state.slots[i], state.epoch, deadline);
+    Ok(())
+}
+
+/// A replacement's probation ended: promote it if it is still the one
+/// that started it.
+fn probation_due(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    name: String,
+    generation: u64,
+) -> Result<(), ActorProcessingErr> {
+    check_probations(myself, state)?;
+    if let Some(slot) = state.slots.iter_mut().find(|s| s.spec.name == name)
+        && slot.generation == generation
+        && slot.cell.is_some()
+        && let Some(mut p) = slot.probation.take()
+    {
+        let version = slot.spec.version.clone();
+        info!(path = slot.status.path(), ?version, "replacement promoted");
+        slot.status
+            .record(format!("promoted {}", version_label(&slot.spec)));
+        if let Some(reply) = p.reply.take() {
+            let _ = reply.send(Ok(ReplaceOutcome::Promoted { version }));
+        }
+    }
+    Ok(())
 }
