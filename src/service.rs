@@ -308,7 +308,10 @@ async fn watch(
                 if pipeline.root.snapshot().state == hubflow_supervision::NodeState::Failed {
                     warn!(error = ?pipeline.root.snapshot().last_error, "pipeline failed");
                 }
-                if options.exit_when_idle && progress.idle(source_count) {
+                if options.exit_when_idle
+                    && progress.idle(source_count)
+                    && fetchers_caught_up_this_run(pipeline)
+                {
                     idle_checks += 1;
                     if idle_checks >= 2 {
                         info!(?progress, "everything fetched is curated, exiting");
@@ -324,6 +327,31 @@ async fn watch(
         eprintln!();
     }
     stop
+}
+
+/// Whether every fetcher of this node has found its source caught up since
+/// it started. The stored cursors say whether the source was caught up when
+/// last written, possibly by an earlier run: right after a restart they can
+/// claim caught up before the fetcher has asked the source again, and an
+/// exit-when-idle run must not end on that.
+fn fetchers_caught_up_this_run(pipeline: &Pipeline) -> bool {
+    use crate::pipeline::{ROOT_SUPERVISOR, SOURCES_SUPERVISOR, fetcher_child_name};
+    let prefix = format!(
+        "{ROOT_SUPERVISOR}/{SOURCES_SUPERVISOR}/{}",
+        fetcher_child_name("")
+    );
+    pipeline
+        .root
+        .snapshot()
+        .walk()
+        .iter()
+        .filter(|n| n.path.starts_with(&prefix))
+        .all(|n| {
+            n.observed
+                .get("caught_up")
+                .and_then(serde_json::Value::as_bool)
+                == Some(true)
+        })
 }
 
 /// Stop the tree gracefully (in-flight batches finish and checkpoint).
