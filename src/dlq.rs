@@ -201,6 +201,16 @@ pub async fn count(
 }
 
 impl Dlq {
+    /// The dead letters of a node: its dead-letter container, redriven to
+    /// its hub "ingest".
+    pub fn of(settings: &crate::config::Settings, backends: &crate::pipeline::Backends) -> Dlq {
+        Dlq {
+            store: backends.blobs.clone(),
+            container: settings.config.storage.dead_letter_container.clone(),
+            ingest: backends.ingest.clone(),
+        }
+    }
+
     async fn load_json<T: serde::de::DeserializeOwned>(
         &self,
         id: &str,

@@ -176,12 +176,7 @@ pub async fn trace(
         replays: Vec::new(),
         notes: Vec::new(),
     };
-    let dlq = Dlq {
-        store: backends.blobs.clone(),
-        container: cfg.storage.dead_letter_container.clone(),
-        ingest: backends.ingest.clone(),
-    };
-    trace.dead_letters = dlq
+    trace.dead_letters = Dlq::of(settings, backends)
         .touching(source, id)
         .await
         .context("reading dead letters")?;

@@ -401,21 +401,23 @@ async fn commit_pages(
     let mut logged = Vec::with_capacity(pages.len());
     for FetchedPage { page, from, at_ms } in pages {
         let fetched_ms = state.page_log.stamp(at_ms);
-        logged.push(PageLogPage {
-            fetched_ms,
-            request: page.request,
-            cursor: from.0,
-            records: page.records.len() as u64,
-            first_id: page.records.first().map(|r| r.id.clone()),
-            last_id: page.records.last().map(|r| r.id.clone()),
-        });
+        if state.page_log.enabled() && !page.records.is_empty() {
+            logged.push(PageLogPage {
+                fetched_ms,
+                request: page.request,
+                cursor: from.0,
+                records: page.records.len() as u64,
+                first_id: page.records.first().map(|r| r.id.clone()),
+                last_id: page.records.last().map(|r| r.id.clone()),
+            });
+        }
         stamped.push((fetched_ms, page.records));
         last = Some((page.next, page.caught_up));
     }
     publish_records(state, stamped).await?;
     // Logged once published (a page published twice after a crash is
     // logged under both fetch times; the transformer keeps the first copy).
-    for page in logged.into_iter().filter(|p| p.records > 0) {
+    for page in logged {
         state.page_log.push(page);
     }
     if let Some((next, caught_up)) = last {

@@ -1014,11 +1014,7 @@ async fn get_replay(
 
 fn dlq(state: &AdminState) -> Dlq {
     let p = state.pipeline();
-    Dlq {
-        store: p.backends.blobs.clone(),
-        container: p.settings.config.storage.dead_letter_container.clone(),
-        ingest: p.backends.ingest.clone(),
-    }
+    Dlq::of(&p.settings, &p.backends)
 }
 
 async fn list_dlq(
