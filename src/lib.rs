@@ -34,11 +34,12 @@
 //! - [`transform`]: transformation specs (SQL over each curated batch,
 //!   versioned), their dry run and hot swap with automatic roll back, kept
 //!   durable and applied on every node through [`specs`], the versioned
-//!   spec logs in the state container; [`source_specs`] does the same for
+//!   spec logs in the state container; [`swap`] does the same for
 //!   source settings.
 
 pub mod admin;
 pub mod azure;
+pub mod backends;
 pub mod chaos;
 pub mod cluster;
 pub mod config;
@@ -48,6 +49,7 @@ pub mod demo;
 pub mod dlq;
 pub mod embedded;
 pub mod health;
+pub mod node;
 pub mod otel;
 pub mod pipeline;
 pub mod progress;
@@ -55,8 +57,8 @@ pub mod query;
 pub mod replay;
 pub mod service;
 pub mod source;
-pub mod source_specs;
 pub mod specs;
+pub mod swap;
 pub mod telemetry;
 pub mod trace;
 pub mod transform;

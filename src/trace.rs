@@ -28,9 +28,9 @@ use hubflow_actors::record::RawBlobName;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::backends::Backends;
 use crate::config::Settings;
 use crate::dlq::{DeadLetterSummary, Dlq};
-use crate::pipeline::Backends;
 use crate::replay::{REPLAY_RECORDS, ReplayProgress};
 
 /// Payload bytes shown in a trace, at most.
@@ -132,7 +132,7 @@ pub async fn trace(
     if !known {
         return Err(TraceError::UnknownSource(source.to_string()));
     }
-    let cfg = &settings.config;
+    let cfg = settings;
     let sql = format!(
         "SELECT date, hour, {COL_HUB_PARTITION}, {COL_HUB_SEQUENCE}, {COL_HUB_OFFSET}, \
          {COL_RAW_BLOB}, {COL_TRANSFORM_VERSION} FROM \"{}\" WHERE {COL_RECORD_ID} = {} \
@@ -140,7 +140,7 @@ pub async fn trace(
         source.replace('"', "\"\""),
         sql_text(id)
     );
-    let batches = crate::service::query(settings, &sql)
+    let batches = crate::query::curated(settings, &sql)
         .await
         .with_context(|| format!("querying curated table {source}"))?;
     let mut curated = Vec::new();
@@ -317,7 +317,7 @@ pub async fn trace_row(
         .next()
         .filter(|s| !s.is_empty() && file.ends_with(".parquet") && !file.contains(".."))
         .ok_or_else(|| bad("expected <source>/date=…/hour=…/<name>.parquet".into()))?;
-    let container = &settings.config.storage.curated_container;
+    let container = &settings.storage.curated_container;
     let (bytes, _) = match backends.blobs.get(container, file).await {
         Ok(found) => found,
         Err(e) if e.is_not_found() => return Err(TraceError::NoSuchFile(file.to_string())),

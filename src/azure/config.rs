@@ -32,7 +32,6 @@ use std::time::Duration;
 use azure_core::http::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
 use crate::source::{Secret, SecretString};
 
 /// The `[azure_blob]` section as written.
@@ -208,9 +207,18 @@ impl AzureAuth {
     }
 }
 
-fn field(path: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        origin: "config".to_string(),
+/// A field of `[azure_blob]` or `[event_hubs]` that does not validate:
+/// its path in the file and why (never a secret). `crate::config` turns it
+/// into a `ConfigError::Field`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct AzureConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn field(path: &str, message: impl Into<String>) -> AzureConfigError {
+    AzureConfigError {
         path: format!("azure_blob.{path}"),
         message: message.into(),
     }
@@ -219,7 +227,7 @@ fn field(path: &str, message: impl Into<String>) -> ConfigError {
 impl AzureBlobConfig {
     /// Check the section and resolve its secrets. Errors name the field and
     /// never contain a secret.
-    pub fn validate(&self) -> Result<AzureBlobSettings, ConfigError> {
+    pub fn validate(&self) -> Result<AzureBlobSettings, AzureConfigError> {
         let account_url = parse_account_url(&self.account_url)?;
         let account_name = match &self.account_name {
             Some(name) if !name.is_empty() => name.clone(),
@@ -234,8 +242,7 @@ impl AzureBlobConfig {
         let resolve = |secret: &SecretString, path: &str| {
             secret
                 .resolve(&format!("azure_blob.auth.{path}"))
-                .map_err(|e| ConfigError::Field {
-                    origin: "config".to_string(),
+                .map_err(|e| AzureConfigError {
                     path: format!("azure_blob.auth.{path}"),
                     message: e.to_string(),
                 })
@@ -306,7 +313,7 @@ impl AzureBlobConfig {
 
 /// Parse the account URL: http(s), no query or fragment, trailing slash
 /// removed (container paths are appended segment by segment).
-fn parse_account_url(text: &str) -> Result<Url, ConfigError> {
+fn parse_account_url(text: &str) -> Result<Url, AzureConfigError> {
     let mut url =
         Url::parse(text.trim()).map_err(|e| field("account_url", format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -347,7 +354,7 @@ pub fn account_name_from_url(url: &Url) -> Option<String> {
 }
 
 /// The SAS query string from a SAS URL of this account or a bare token.
-fn sas_query(sas: &Secret, account_url: &Url) -> Result<Secret, ConfigError> {
+fn sas_query(sas: &Secret, account_url: &Url) -> Result<Secret, AzureConfigError> {
     let text = sas.expose().trim();
     let query = if text.starts_with("http://") || text.starts_with("https://") {
         // Never echo the URL: its query is the secret.

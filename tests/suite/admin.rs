@@ -414,7 +414,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     .await;
     let (code, body) = node.post("/pause", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    let partitions = node.settings.config.hub.partitions as usize;
+    let partitions = node.settings.hub.partitions as usize;
     assert_eq!(body["paused"].as_array().unwrap().len(), partitions);
     let consumer0 = "pipeline/ingest/p0000/consumer";
     node.wait_until("consumers paused", Duration::from_secs(10), |s| {
@@ -497,7 +497,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         .settings
         .data_dir()
         .join("blobs")
-        .join(&node.settings.config.storage.curated_container);
+        .join(&node.settings.storage.curated_container);
     let mut deleted = 0;
     for entry in walk(&curated) {
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
@@ -619,7 +619,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     // Dead letters: list, inspect, refuse a bad redrive, redrive a fixed one.
     let store =
         hubflow::embedded::FsBlobStore::new(node.settings.data_dir().join("blobs")).unwrap();
-    let dlq = &node.settings.config.storage.dead_letter_container;
+    let dlq = &node.settings.storage.dead_letter_container;
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
         dlq,
@@ -800,7 +800,7 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     // the position of its id among the file's rows.
     let store =
         hubflow::embedded::FsBlobStore::new(node.settings.data_dir().join("blobs")).unwrap();
-    let curated_container = &node.settings.config.storage.curated_container;
+    let curated_container = &node.settings.storage.curated_container;
     let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, &file)
         .await
         .unwrap();
@@ -883,7 +883,7 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     assert!(ok && !stderr.contains("eta "), "{stderr}");
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
-        &node.settings.config.storage.dead_letter_container,
+        &node.settings.storage.dead_letter_container,
         "transform",
         "ingest-p0000-00000000000000000000-00000000000000000001-000000",
         "payload is not a JSON object",
@@ -938,10 +938,10 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_reads_work_and_control_is_refused() {
-    if std::env::var(hubflow::admin::TOKEN_ENV).is_ok() {
+    if std::env::var(hubflow::config::admin::TOKEN_ENV).is_ok() {
         eprintln!(
             "skipped: {} is set in the environment",
-            hubflow::admin::TOKEN_ENV
+            hubflow::config::admin::TOKEN_ENV
         );
         return;
     }
@@ -1021,10 +1021,10 @@ async fn ctl_health_fails_when_nothing_listens() {
 
 #[tokio::test]
 async fn non_loopback_without_a_token_is_refused_before_listening() {
-    if std::env::var(hubflow::admin::TOKEN_ENV).is_ok() {
+    if std::env::var(hubflow::config::admin::TOKEN_ENV).is_ok() {
         eprintln!(
             "skipped: {} is set in the environment",
-            hubflow::admin::TOKEN_ENV
+            hubflow::config::admin::TOKEN_ENV
         );
         return;
     }

@@ -52,8 +52,8 @@ fn settings(data_dir: &std::path::Path, demo_url: &str, azurite: &Azurite) -> Se
 /// Run the pipeline until everything fetched is curated (checked twice in a
 /// row, like `hubflow run --exit-when-idle`), bounded.
 async fn run_until_idle(settings: &Settings) -> Progress {
-    assert!(hubflow::azure::is_configured(settings));
-    let backends = hubflow::azure::azure_backends(settings).await.unwrap();
+    assert!(settings.uses_azure());
+    let backends = hubflow::backends::Backends::open(settings).await.unwrap();
     assert!(backends.blobs.describe().contains("azure blob storage"));
     let sources: Vec<Arc<dyn Source>> = settings
         .sources
@@ -119,7 +119,7 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
     assert_eq!(progress.transformed, progress.in_hub, "{progress:?}");
 
     let store = azurite.account_key_store();
-    let s = &settings.config.storage;
+    let s = &settings.storage;
 
     // Raw: every hub event in exactly one valid raw blob.
     let mut raw_records = 0u64;
@@ -147,7 +147,7 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .count();
     assert_eq!(
         checkpoints,
-        settings.config.hub.partitions as usize,
+        settings.hub.partitions as usize,
         "one writer checkpoint per partition: {:?}",
         state.iter().map(|b| &b.name).collect::<Vec<_>>()
     );

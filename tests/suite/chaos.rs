@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::faults::{FaultyBlobStore, Mode};
+use hubflow::backends::Backends;
 use hubflow::chaos::{Chaos, ChaosConfig, Target};
 use hubflow::config::{Config, Settings};
 use hubflow::demo::DemoConfig;
-use hubflow::pipeline::{Backends, Pipeline, Progress};
+use hubflow::pipeline::{Pipeline, Progress};
 use hubflow::source::HttpSource;
 use hubflow_actors::consumer::ConsumerStatus;
 use hubflow_actors::ports::Source;
@@ -196,7 +197,7 @@ async fn a_poisoned_partition_is_isolated_and_recovers_once_fixed() {
         c.supervision.max_restarts = 3;
     })
     .await;
-    let raw = run.settings.config.storage.raw_container.clone();
+    let raw = run.settings.storage.raw_container.clone();
     run.blobs.inject(&raw, "/p0002/", Mode::Fail);
     run.until("p0002 failed", Duration::from_secs(120), |_, s| {
         s.find("pipeline/ingest/p0002")
@@ -250,7 +251,7 @@ async fn a_stalled_writer_is_detected_and_replaced() {
         c.supervision.stall_timeout_ms = 1_000;
     })
     .await;
-    let raw = run.settings.config.storage.raw_container.clone();
+    let raw = run.settings.storage.raw_container.clone();
     run.blobs.inject(&raw, "/p0001/", Mode::Hang);
     run.until("a stall detected", Duration::from_secs(60), |_, s| {
         s.find("pipeline/ingest/p0001/writer")
@@ -280,7 +281,7 @@ async fn memory_stays_bounded_while_storage_and_transform_are_down() {
         .drain("pipeline/transform", Duration::from_secs(10))
         .await
         .unwrap();
-    let raw = run.settings.config.storage.raw_container.clone();
+    let raw = run.settings.storage.raw_container.clone();
     run.blobs.inject(&raw, "/p", Mode::Hang);
     let landed_before = run.pipeline.progress().await.unwrap().landed;
 

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::azurite::Azurite;
 use common::nodes::Nodes;
+use hubflow::backends::Backends;
 use hubflow::demo::DemoConfig;
-use hubflow::pipeline::{Backends, Progress};
+use hubflow::pipeline::Progress;
 use hubflow::specs::{Outcome, SpecLog, SpecStore};
 use hubflow::transform::{SPEC_RECORD, TransformSpec};
 use hubflow_actors::ports::StateStore;
@@ -233,7 +234,7 @@ async fn cluster_swaps(store: Store) {
 
     // Source settings too: swapped through any node, applied by the node
     // holding the fetcher lease, known to every node for its next start.
-    let mut smaller = serde_json::to_value(&settings.config.sources[0]).unwrap();
+    let mut smaller = serde_json::to_value(&settings.source_configs[0]).unwrap();
     smaller["query"]["limit"] = json!("500");
     let (code, body) = nodes
         .call(
@@ -304,7 +305,7 @@ async fn cluster_swaps(store: Store) {
         .unwrap();
     assert_eq!(status["active"]["version"], "v3", "{status}");
     assert_eq!(status["drift"], true, "{status}");
-    let container = &settings.config.storage.curated_container;
+    let container = &settings.storage.curated_container;
     let mut p0: Vec<String> = blobs
         .list(container, "")
         .await

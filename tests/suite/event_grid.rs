@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use crate::common;
 
+use hubflow::backends::Backends;
 use hubflow::config::LandedNotices;
 use hubflow::demo::DemoConfig;
-use hubflow::pipeline::{Backends, Pipeline};
+use hubflow::pipeline::Pipeline;
 use hubflow::source::HttpSource;
 use hubflow_actors::notices::NoticeListenerStatus;
 use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget, Source};

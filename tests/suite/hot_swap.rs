@@ -172,8 +172,7 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
 
     // A version that passes its dry run (on data already landed) but fails
     // on records that arrive after it started: rolled back to v2.
-    let conditions =
-        common::records_after_now(dir.path(), settings.config.hub.partitions, 200).await;
+    let conditions = common::records_after_now(dir.path(), settings.hub.partitions, 200).await;
     let failing = format!(
         "SELECT *, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
     );
@@ -487,7 +486,7 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
         stop,
         run,
     } = Running::start(config).await;
-    let source = settings.config.sources[0].clone();
+    let source = settings.source_configs[0].clone();
     let post = |body: Value| {
         let admin = &admin;
         async move {

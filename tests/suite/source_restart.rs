@@ -10,9 +10,10 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hubflow::backends::Backends;
 use hubflow::config::Settings;
 use hubflow::demo::{DemoConfig, FaultConfig, demo_incremental_source_config, demo_source_config};
-use hubflow::pipeline::{Backends, Pipeline, Progress};
+use hubflow::pipeline::{Pipeline, Progress};
 use hubflow::source::{
     BodyFormat, HttpSource, HttpSourceConfig, PaginationConfig, RateLimitConfig,
 };

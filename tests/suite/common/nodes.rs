@@ -154,7 +154,7 @@ impl Nodes {
     pub async fn finish_and_drain(
         &mut self,
         settings: &hubflow::config::Settings,
-        backends: &hubflow::pipeline::Backends,
+        backends: &hubflow::backends::Backends,
         total: u64,
     ) {
         let deadline = Instant::now() + Duration::from_secs(120);
