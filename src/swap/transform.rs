@@ -322,43 +322,10 @@ pub async fn swap(
         .load(SPEC_RECORD)
         .await?
         .ok_or_else(|| TransformError::Invalid("the spec log is not written yet".into()))?;
-    let refuse = async |e: TransformError| {
-        active.record(&spec.version, "refused", Some(e.to_string()));
-        warn!(version = spec.version, error = %e, "transform refused");
-        if let Err(store_error) = store
-            .refuse(
-                SPEC_RECORD,
-                &spec.version,
-                spec.clone(),
-                &options.by,
-                &e.to_string(),
-            )
-            .await
-        {
-            warn!(error = %store_error, "cannot record the refusal in the spec log");
-        }
-        e
+    let dry = match checked_dry_run(pipeline, &spec).await {
+        Ok(dry) => dry,
+        Err(e) => return Err(refuse(active, &store, &spec, &options.by, e).await),
     };
-    let transform = match SqlTransform::build(&spec) {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(e).await),
-    };
-    let dry = match dry_run(pipeline, &spec.version, transform).await {
-        Ok(d) => d,
-        Err(e) => return Err(refuse(e).await),
-    };
-    if let Some((source, columns)) = dry.columns.iter().find(|(_, c)| {
-        hubflow_actors::formats::curated::METADATA_COLUMNS
-            .iter()
-            .any(|m| !c.iter().any(|name| name == m))
-    }) {
-        let e = TransformError::DryRun {
-            version: spec.version.clone(),
-            raw_blob: dry.raw_blob.clone().unwrap_or_default(),
-            message: format!("output of {source} lacks metadata columns: {columns:?}"),
-        };
-        return Err(refuse(e).await);
-    }
     let settle = sync_interval(&pipeline.settings).saturating_mul(3);
     let proposal = Proposal {
         version: spec.version.clone(),
@@ -393,10 +360,10 @@ pub async fn swap(
             warn!(%error, "transform sync round failed during a swap");
         }
     };
-    match store
+    let decision = store
         .await_decision::<TransformSpec, _, _>(SPEC_RECORD, seq, limit, round)
-        .await?
-    {
+        .await?;
+    match decision {
         Some(Decision::Promoted) => {
             active.record(&spec.version, "promoted", None);
             Ok(SwapOutcome::Promoted {
@@ -421,6 +388,48 @@ pub async fn swap(
             spec.version
         ))),
     }
+}
+
+/// Build `spec` and dry-run it on the newest raw blob; its output must keep
+/// every metadata column.
+async fn checked_dry_run(
+    pipeline: &Pipeline,
+    spec: &TransformSpec,
+) -> Result<DryRun, TransformError> {
+    let transform = SqlTransform::build(spec)?;
+    let dry = dry_run(pipeline, &spec.version, transform).await?;
+    if let Some((source, columns)) = dry.columns.iter().find(|(_, c)| {
+        hubflow_actors::formats::curated::METADATA_COLUMNS
+            .iter()
+            .any(|m| !c.iter().any(|name| name == m))
+    }) {
+        return Err(TransformError::DryRun {
+            version: spec.version.clone(),
+            raw_blob: dry.raw_blob.clone().unwrap_or_default(),
+            message: format!("output of {source} lacks metadata columns: {columns:?}"),
+        });
+    }
+    Ok(dry)
+}
+
+/// A swap refused before it was proposed: recorded in this node's history
+/// and in the spec log, so operators see why.
+async fn refuse(
+    active: &ActiveTransform,
+    store: &SpecStore,
+    spec: &TransformSpec,
+    by: &str,
+    e: TransformError,
+) -> TransformError {
+    active.record(&spec.version, "refused", Some(e.to_string()));
+    warn!(version = spec.version, error = %e, "transform refused");
+    if let Err(store_error) = store
+        .refuse(SPEC_RECORD, &spec.version, spec.clone(), by, &e.to_string())
+        .await
+    {
+        warn!(error = %store_error, "cannot record the refusal in the spec log");
+    }
+    e
 }
 
 /// The transform of version `label` in the spec log (`None`: the active
