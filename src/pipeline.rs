@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use hubflow_actors::blob_writer::{BlobWriter, Checkpoint, WriterMsg, WriterParams};
 use hubflow_actors::consumer::{ConsumerParams, PartitionConsumer};
 use hubflow_actors::fetcher::{CursorRecord, Fetcher, FetcherParams};
@@ -36,10 +35,10 @@ use hubflow_actors::transformer::{
     self, CurateSlots, TransformCheckpoint, Transformer, TransformerParams,
 };
 use hubflow_supervision::{
-    Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, RootHandle, Strategy,
-    SupervisorSpec,
+    ActorFactory, Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, RootHandle,
+    Strategy, SupervisorSpec,
 };
-use ractor::{Actor, ActorCell, SpawnErr};
+use ractor::SpawnErr;
 use serde::Serialize;
 
 use crate::backends::{Backends, INGEST_HUB};
@@ -245,7 +244,7 @@ pub(crate) fn fetcher_spec_with(
     ChildSpec::new(
         fetcher_child_name(source.name()),
         Restart::Permanent,
-        Arc::new(FetcherFactory(params, boards.pauses.clone())),
+        fetcher_factory(params, boards.pauses.clone()),
     )
     .with_stall_timeout(stall)
 }
@@ -291,17 +290,21 @@ pub fn ingest_partition_spec(
         ChildSpec::new(
             "writer",
             Restart::Permanent,
-            Arc::new(WriterFactory(writer)),
+            ActorFactory::new(
+                || BlobWriter,
+                move |ctx: &ChildContext| {
+                    Ok(WriterParams {
+                        probe: ctx.probe.clone(),
+                        ..writer.clone()
+                    })
+                },
+            ),
         )
         .with_stall_timeout(stall),
     )
     .child(
-        ChildSpec::new(
-            "consumer",
-            Restart::Permanent,
-            Arc::new(ConsumerFactory(consumer)),
-        )
-        .with_stall_timeout(stall),
+        ChildSpec::new("consumer", Restart::Permanent, consumer_factory(consumer))
+            .with_stall_timeout(stall),
     )
     .into_child()
 }
@@ -328,7 +331,15 @@ pub fn notice_listener_spec(
     ChildSpec::new(
         format!("l{landed_partition:04}"),
         Restart::Permanent,
-        Arc::new(NoticeListenerFactory(params)),
+        ActorFactory::new(
+            || NoticeListener,
+            move |ctx: &ChildContext| {
+                Ok(NoticeListenerParams {
+                    probe: ctx.probe.clone(),
+                    ..params.clone()
+                })
+            },
+        ),
     )
     .with_stall_timeout(Duration::from_millis(cfg.supervision.stall_timeout_ms))
 }
@@ -365,7 +376,15 @@ pub fn transform_partition_spec(
     ChildSpec::new(
         partition_child_name(partition),
         Restart::Permanent,
-        Arc::new(TransformerFactory(transform)),
+        ActorFactory::new(
+            || Transformer,
+            move |ctx: &ChildContext| {
+                Ok(TransformerParams {
+                    probe: ctx.probe.clone(),
+                    ..transform.clone()
+                })
+            },
+        ),
     )
     .with_stall_timeout(stall)
     .with_version(settings.transform.current().version)
@@ -406,33 +425,19 @@ fn transform_supervisor(settings: &Settings) -> SupervisorSpec {
         .stop_children_together()
 }
 
-struct FetcherFactory(FetcherParams, Pauses);
-
-#[async_trait]
-impl ChildFactory for FetcherFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = FetcherParams {
-            probe: ctx.probe,
-            start_paused: self.1.source(self.0.source.name()),
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, Fetcher, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
-}
-
-struct WriterFactory(WriterParams);
-
-#[async_trait]
-impl ChildFactory for WriterFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = WriterParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, BlobWriter, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
+/// A source's fetcher; a restarted one starts paused when an operator
+/// paused its source.
+fn fetcher_factory(params: FetcherParams, pauses: Pauses) -> Arc<dyn ChildFactory> {
+    ActorFactory::new(
+        || Fetcher,
+        move |ctx: &ChildContext| {
+            Ok(FetcherParams {
+                probe: ctx.probe.clone(),
+                start_paused: pauses.source(params.source.name()),
+                ..params.clone()
+            })
+        },
+    )
 }
 
 #[derive(Clone)]
@@ -445,57 +450,28 @@ struct ConsumerTemplate {
     pauses: Pauses,
 }
 
-struct ConsumerFactory(ConsumerTemplate);
-
-#[async_trait]
-impl ChildFactory for ConsumerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let writer = ctx.sibling::<WriterMsg>("writer").ok_or_else(|| {
-            SpawnErr::StartupFailed(format!("{}: writer is not running", ctx.path).into())
-        })?;
-        let t = self.0.clone();
-        let params = ConsumerParams {
-            hub: t.hub,
-            consumer_group: t.consumer_group,
-            partition: t.partition,
-            writer,
-            limits: t.limits,
-            max_wait: t.max_wait,
-            start_paused: t.pauses.ingest(),
-            probe: ctx.probe,
-        };
-        let (actor, _) =
-            Actor::spawn_linked(None, PartitionConsumer, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
-}
-
-struct NoticeListenerFactory(NoticeListenerParams);
-
-#[async_trait]
-impl ChildFactory for NoticeListenerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = NoticeListenerParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, NoticeListener, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
-}
-
-struct TransformerFactory(TransformerParams);
-
-#[async_trait]
-impl ChildFactory for TransformerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = TransformerParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, Transformer, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
+/// A partition's consumer: it hands its batches to the writer started
+/// before it in the same group (rest_for_one), and starts paused while
+/// ingest is paused.
+fn consumer_factory(t: ConsumerTemplate) -> Arc<dyn ChildFactory> {
+    ActorFactory::new(
+        || PartitionConsumer,
+        move |ctx: &ChildContext| {
+            let writer = ctx.sibling::<WriterMsg>("writer").ok_or_else(|| {
+                SpawnErr::StartupFailed(format!("{}: writer is not running", ctx.path).into())
+            })?;
+            Ok(ConsumerParams {
+                hub: t.hub.clone(),
+                consumer_group: t.consumer_group.clone(),
+                partition: t.partition,
+                writer,
+                limits: t.limits,
+                max_wait: t.max_wait,
+                start_paused: t.pauses.ingest(),
+                probe: ctx.probe.clone(),
+            })
+        },
+    )
 }
 
 /// How far the data has come, read from durable state.

@@ -34,14 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::Source;
 use hubflow_supervision::{
-    ActorProbe, ChildContext, ChildFactory, ChildSpec, NodeKind, Restart, StatusHandle,
+    ActorFactory, ActorProbe, ChildContext, ChildSpec, NodeKind, Restart, StatusHandle,
     SupervisorMsg,
 };
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -170,24 +169,17 @@ pub fn manager_child(params: ManagerParams) -> ChildSpec {
     ChildSpec::new(
         MANAGER_NAME,
         Restart::Permanent,
-        Arc::new(ManagerFactory(params)),
+        ActorFactory::new(
+            || OwnershipManager,
+            move |ctx: &ChildContext| {
+                Ok(ManagerParams {
+                    probe: ctx.probe.clone(),
+                    ..params.clone()
+                })
+            },
+        ),
     )
     .with_stall_timeout(stall)
-}
-
-struct ManagerFactory(ManagerParams);
-
-#[async_trait]
-impl ChildFactory for ManagerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = ManagerParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) =
-            Actor::spawn_linked(None, OwnershipManager, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
 }
 
 impl Actor for OwnershipManager {
@@ -768,7 +760,7 @@ mod tests {
     /// A source that is always caught up.
     struct Quiet;
 
-    #[async_trait]
+    #[async_trait::async_trait]
     impl Source for Quiet {
         fn name(&self) -> &str {
             "quiet"
