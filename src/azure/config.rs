@@ -89,6 +89,26 @@ mod defaults {
     }
 }
 
+/// The SDK retry settings both Azure sections share: at most 20 retries,
+/// an initial delay of at least 1 ms and no more than the maximum. Errors
+/// as (field, message).
+pub(crate) fn check_retries(
+    max_retries: u32,
+    initial_ms: u64,
+    max_ms: u64,
+) -> Result<(), (&'static str, &'static str)> {
+    if max_retries > 20 {
+        return Err(("max_retries", "must be at most 20"));
+    }
+    if initial_ms == 0 || max_ms < initial_ms {
+        return Err((
+            "retry_initial_ms",
+            "must be at least 1 and at most retry_max_ms",
+        ));
+    }
+    Ok(())
+}
+
 impl AzureBlobConfig {
     /// A section for `account_url` with `auth` and default tuning.
     pub fn new(account_url: impl Into<String>, auth: AzureAuthConfig) -> Self {
@@ -280,15 +300,8 @@ impl AzureBlobConfig {
         if !(1..=600).contains(&self.connect_timeout_secs) {
             return Err(field("connect_timeout_secs", "must be 1..=600"));
         }
-        if self.max_retries > 20 {
-            return Err(field("max_retries", "must be at most 20"));
-        }
-        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
-            return Err(field(
-                "retry_initial_ms",
-                "must be at least 1 and at most retry_max_ms",
-            ));
-        }
+        check_retries(self.max_retries, self.retry_initial_ms, self.retry_max_ms)
+            .map_err(|(path, message)| field(path, message))?;
         // Azure's limits: blocks of up to 4000 MiB; 64 KiB keeps block lists short.
         if !(64 * 1024..=4000 * 1024 * 1024).contains(&self.block_size_bytes) {
             return Err(field("block_size_bytes", "must be 64 KiB..=4000 MiB"));

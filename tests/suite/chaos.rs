@@ -166,14 +166,7 @@ async fn chaos_kills_and_panics_lose_and_duplicate_nothing() {
     run.until_done(total, Duration::from_secs(600)).await;
     let report = chaos.stop().await;
     eprintln!("chaos report: {report:?}");
-    for target in [
-        Target::Fetcher,
-        Target::Consumer,
-        Target::Writer,
-        Target::Transformer,
-        Target::NoticeListener,
-        Target::Supervisor,
-    ] {
+    for target in Target::ALL {
         assert!(report.hits(target) > 0, "{target:?} never hit: {report:?}");
     }
     assert!(report.panics.values().sum::<u64>() > 0 && report.kills.values().sum::<u64>() > 0);

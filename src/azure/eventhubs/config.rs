@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::azure::config::{AzureConfigError, EntraCredential};
+use crate::azure::config::{AzureConfigError, EntraCredential, check_retries};
 use crate::source::SecretString;
 
 /// The `[event_hubs]` section as written.
@@ -221,15 +221,8 @@ impl EventHubsConfig {
         if !(1..=3600).contains(&self.operation_timeout_secs) {
             return Err(field("operation_timeout_secs", "must be 1..=3600"));
         }
-        if self.max_retries > 20 {
-            return Err(field("max_retries", "must be at most 20"));
-        }
-        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
-            return Err(field(
-                "retry_initial_ms",
-                "must be at least 1 and at most retry_max_ms",
-            ));
-        }
+        check_retries(self.max_retries, self.retry_initial_ms, self.retry_max_ms)
+            .map_err(|(path, message)| field(path, message))?;
         Ok(EventHubsSettings {
             namespace,
             ingest_hub: self.ingest_hub.clone(),
