@@ -88,7 +88,7 @@ async fn run_once(total: u64, rate: f64, seed: u64) -> anyhow::Result<(Duration,
     let _ = stop.send(());
     let _ = server.await;
     let rows = hubflow::query::curated(
-        &settings,
+        &settings.curated_location(),
         "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
     )
     .await?;

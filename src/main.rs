@@ -165,8 +165,9 @@ async fn main_inner(
             config,
             format,
         } => {
-            let settings = settings(config.as_deref())?;
-            let batches = hubflow::query::curated(&settings, &sql).await?;
+            // Only what reading curated data needs: no ingestion secret.
+            let location = Config::load(config.as_deref())?.curated_location()?;
+            let batches = hubflow::query::curated(&location, &sql).await?;
             let format = match format {
                 Format::Table => OutputFormat::Table,
                 Format::Csv => OutputFormat::Csv,

@@ -42,7 +42,7 @@ pub use hubflow_actors::formats::curated::PARTITION_COLUMNS;
 use hubflow_actors::formats::curated::merge_schemas;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
-use crate::config::Settings;
+use crate::config::CuratedLocation;
 use tracing::{debug, warn};
 
 /// Errors of the query layer.
@@ -542,7 +542,7 @@ fn json_text(field: &Field, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     }
     Ok(Arc::new(out.finish()))
 }
-/// `hubflow query`: SQL over the curated container of `settings`, each
+/// `hubflow query`: SQL over the curated container at `location`, each
 /// source's table
 /// typed by its schema registry record (the union of every file's schema).
 ///
@@ -552,25 +552,25 @@ fn json_text(field: &Field, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
 /// downloaded, see [`crate::curated_cache`]) and the registry is read from
 /// Azure.
 pub async fn curated(
-    settings: &Settings,
+    location: &CuratedLocation,
     sql: &str,
 ) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
-    let container = &settings.storage.curated_container;
+    let container = &location.storage.curated_container;
     let (store, curated): (
         Arc<dyn hubflow_actors::ports::BlobStore>,
         std::path::PathBuf,
-    ) = if let Some(section) = &settings.azure_blob {
+    ) = if let Some(section) = &location.azure_blob {
         let store = crate::azure::AzureBlobStore::new(section)?;
-        let mirror = settings.data_dir().join("query-cache").join(container);
+        let mirror = location.data_dir.join("query-cache").join(container);
         crate::curated_cache::sync(&store, container, &mirror).await?;
         (Arc::new(store), mirror)
     } else {
-        let store = crate::embedded::FsBlobStore::new(settings.data_dir().join("blobs"))?;
+        let store = crate::embedded::FsBlobStore::new(location.data_dir.join("blobs"))?;
         let curated = store.container_path(container);
         (Arc::new(store), curated)
     };
     let state =
-        hubflow_actors::ports::StateStore::new(store, settings.storage.state_container.clone());
+        hubflow_actors::ports::StateStore::new(store, location.storage.state_container.clone());
     let mut schemas = std::collections::BTreeMap::new();
     let names = match state.list_names("schemas/").await {
         Ok(names) => names,

@@ -175,7 +175,7 @@ async fn curated_rows(
         source.replace('"', "\"\""),
         sql_text(id)
     );
-    let batches = crate::query::curated(settings, &sql)
+    let batches = crate::query::curated(&settings.curated_location(), &sql)
         .await
         .with_context(|| format!("querying curated table {source}"))?;
     let mut curated = Vec::new();

@@ -360,7 +360,27 @@ pub struct Settings {
     pub live_sources: crate::source::ActiveSources,
 }
 
+/// Where a configuration's curated data is and how to reach it: all that
+/// `hubflow query` needs. Built by [`Config::curated_location`] without
+/// validating the sources, the admin port or the hubs, so querying never
+/// needs an ingestion secret.
+#[derive(Debug, Clone)]
+pub struct CuratedLocation {
+    pub data_dir: PathBuf,
+    pub storage: StorageConfig,
+    pub azure_blob: Option<AzureBlobSettings>,
+}
+
 impl Settings {
+    /// The curated data of these settings.
+    pub fn curated_location(&self) -> CuratedLocation {
+        CuratedLocation {
+            data_dir: self.pipeline.data_dir.clone(),
+            storage: self.storage.clone(),
+            azure_blob: self.azure_blob.clone(),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.pipeline.data_dir
     }
@@ -498,6 +518,24 @@ impl Config {
             admin,
             transform,
             live_sources: Default::default(),
+        })
+    }
+
+    /// Validate only the sections reading curated data needs (`[storage]`,
+    /// `[azure_blob]`), for `hubflow query`: no source secret, admin token
+    /// or hub setting is resolved.
+    pub fn curated_location(&self) -> Result<CuratedLocation, ConfigError> {
+        self.check_containers()?;
+        let azure_blob = self
+            .azure_blob
+            .as_ref()
+            .map(|section| section.validate())
+            .transpose()
+            .map_err(|e| field(&e.path, &e.message))?;
+        Ok(CuratedLocation {
+            data_dir: self.pipeline.data_dir.clone(),
+            storage: self.storage.clone(),
+            azure_blob,
         })
     }
 
