@@ -117,58 +117,13 @@ impl Balancer {
         heartbeats: &BTreeMap<String, NodeRecord>,
         now_ms: i64,
     ) -> Plan {
-        let draining: BTreeSet<&str> = heartbeats
-            .values()
-            .filter(|h| h.draining && h.expires_at_ms > now_ms)
-            .map(|h| h.node_id.as_str())
-            .collect();
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        counts.insert(node.to_string(), 0);
-        for h in heartbeats.values() {
-            if h.expires_at_ms > now_ms && !h.draining {
-                counts.entry(h.node_id.clone()).or_insert(0);
-            }
-        }
-        let mut owners: BTreeMap<u32, &str> = BTreeMap::new();
-        for (&partition, record) in records {
-            if let Some(owner) = record.as_ref().and_then(|r| r.live_owner(now_ms)) {
-                owners.insert(partition, owner);
-                if !draining.contains(owner) {
-                    *counts.entry(owner.to_string()).or_insert(0) += 1;
-                }
-            }
-        }
+        let (mut counts, owners) = Self::shares(node, records, heartbeats, now_ms);
         let total = records.len();
         let n = counts.len().max(1);
         let (min, extra) = (total / n, total % n);
 
         let mut actions = Vec::new();
-        let mine: Vec<u32> = owners
-            .iter()
-            .filter(|(_, o)| **o == node)
-            .map(|(p, _)| *p)
-            .collect();
-        let mut have = mine.len();
-        for partition in mine {
-            let requester = records
-                .get(&partition)
-                .and_then(|r| r.as_ref())
-                .and_then(|r| r.requested_by.as_deref())
-                .filter(|r| *r != node);
-            match requester {
-                Some(to) if counts.get(to).is_some_and(|theirs| have > theirs + 1) => {
-                    actions.push(Action::HandOver {
-                        partition,
-                        to: to.to_string(),
-                    });
-                    have -= 1;
-                    if let Some(theirs) = counts.get_mut(to) {
-                        *theirs += 1;
-                    }
-                }
-                _ => actions.push(Action::Renew { partition }),
-            }
-        }
+        let mut have = Self::renew_or_hand_over(node, records, &owners, &mut counts, &mut actions);
         counts.insert(node.to_string(), have);
 
         let others_above = counts
@@ -201,34 +156,115 @@ impl Balancer {
                 && r.live_owner(now_ms).is_some_and(|o| o != node)
         });
         if have < quota && !waiting {
-            let victim = counts
-                .iter()
-                .filter(|(k, c)| k.as_str() != node && **c > have + 1)
-                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                .map(|(k, _)| k.clone());
-            if let Some(from) = victim {
-                // Its highest partition nobody has asked for yet.
-                let wanted = owners
-                    .iter()
-                    .rev()
-                    .filter(|(_, o)| **o == from.as_str())
-                    .map(|(p, _)| *p)
-                    .find(|p| {
-                        records
-                            .get(p)
-                            .and_then(|r| r.as_ref())
-                            .is_some_and(|r| r.requested_by.is_none())
-                    });
-                if let Some(partition) = wanted {
-                    actions.push(Action::RequestHandover { partition, from });
-                }
-            }
+            actions.extend(Self::request_from_busiest(
+                node, have, records, &owners, &counts,
+            ));
         }
         Plan {
             actions,
             nodes: counts.into_keys().collect(),
             quota,
         }
+    }
+
+    /// Partitions held per live, non-draining node (this one included, a
+    /// draining owner's partitions not counted), and each owned
+    /// partition's live owner.
+    fn shares<'r>(
+        node: &str,
+        records: &'r BTreeMap<u32, Option<OwnershipRecord>>,
+        heartbeats: &BTreeMap<String, NodeRecord>,
+        now_ms: i64,
+    ) -> (BTreeMap<String, usize>, BTreeMap<u32, &'r str>) {
+        let draining: BTreeSet<&str> = heartbeats
+            .values()
+            .filter(|h| h.draining && h.expires_at_ms > now_ms)
+            .map(|h| h.node_id.as_str())
+            .collect();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        counts.insert(node.to_string(), 0);
+        for h in heartbeats.values() {
+            if h.expires_at_ms > now_ms && !h.draining {
+                counts.entry(h.node_id.clone()).or_insert(0);
+            }
+        }
+        let mut owners: BTreeMap<u32, &str> = BTreeMap::new();
+        for (&partition, record) in records {
+            if let Some(owner) = record.as_ref().and_then(|r| r.live_owner(now_ms)) {
+                owners.insert(partition, owner);
+                if !draining.contains(owner) {
+                    *counts.entry(owner.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        (counts, owners)
+    }
+
+    /// Renew each partition `node` owns, or hand it over to a node that
+    /// asked for it and has at least two fewer; how many `node` keeps.
+    fn renew_or_hand_over(
+        node: &str,
+        records: &BTreeMap<u32, Option<OwnershipRecord>>,
+        owners: &BTreeMap<u32, &str>,
+        counts: &mut BTreeMap<String, usize>,
+        actions: &mut Vec<Action>,
+    ) -> usize {
+        let mine: Vec<u32> = owners
+            .iter()
+            .filter(|(_, o)| **o == node)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut have = mine.len();
+        for partition in mine {
+            let requester = records
+                .get(&partition)
+                .and_then(|r| r.as_ref())
+                .and_then(|r| r.requested_by.as_deref())
+                .filter(|r| *r != node);
+            match requester {
+                Some(to) if counts.get(to).is_some_and(|theirs| have > theirs + 1) => {
+                    actions.push(Action::HandOver {
+                        partition,
+                        to: to.to_string(),
+                    });
+                    have -= 1;
+                    if let Some(theirs) = counts.get_mut(to) {
+                        *theirs += 1;
+                    }
+                }
+                _ => actions.push(Action::Renew { partition }),
+            }
+        }
+        have
+    }
+
+    /// Below quota with nothing free: ask the node with the most
+    /// partitions (at least two more than `have`) for its highest one that
+    /// nobody has asked for yet.
+    fn request_from_busiest(
+        node: &str,
+        have: usize,
+        records: &BTreeMap<u32, Option<OwnershipRecord>>,
+        owners: &BTreeMap<u32, &str>,
+        counts: &BTreeMap<String, usize>,
+    ) -> Option<Action> {
+        let from = counts
+            .iter()
+            .filter(|(k, c)| k.as_str() != node && **c > have + 1)
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(k, _)| k.clone())?;
+        let partition = owners
+            .iter()
+            .rev()
+            .filter(|(_, o)| **o == from.as_str())
+            .map(|(p, _)| *p)
+            .find(|p| {
+                records
+                    .get(p)
+                    .and_then(|r| r.as_ref())
+                    .is_some_and(|r| r.requested_by.is_none())
+            })?;
+        Some(Action::RequestHandover { partition, from })
     }
 }
 

@@ -36,7 +36,7 @@ use crate::backends::Backends;
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, ROOT_SUPERVISOR, SOURCES_SUPERVISOR, fetcher_child_name};
 use crate::source::{HttpSource, HttpSourceConfig, LiveSource};
-use crate::specs::{Decision, Proposal, SpecError, SpecStore};
+use crate::specs::{Decision, Entry, Probation, Proposal, SpecError, SpecStore};
 
 /// Prefix of the source spec logs in the state container.
 pub const SOURCE_SPECS: &str = "specs/sources/";
@@ -139,7 +139,6 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), SourceSpecError> {
     let settings = &pipeline.settings;
     let _one_at_a_time = settings.transform.applying().await;
     let store = store(settings, &pipeline.backends);
-    let deadline = settings.admin.drain_deadline;
     for (name, live) in settings.live_sources.snapshot() {
         if !live.durable {
             continue;
@@ -158,43 +157,8 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), SourceSpecError> {
             let next = build(&entry.spec, &entry.version, entry.seq);
             let outcome = match (&next, running_here) {
                 (Ok(next), true) => {
-                    let now = now_ms();
-                    let probation = match watched {
-                        Some(p) if p.until_ms > now => {
-                            Duration::from_millis((p.until_ms - now) as u64)
-                        }
-                        Some(p) => Duration::from_millis(p.probation_ms),
-                        None => Duration::from_secs(2),
-                    }
-                    .max(Duration::from_secs(1));
-                    info!(
-                        source = name,
-                        version = entry.version,
-                        seq = entry.seq,
-                        "applying source settings"
-                    );
-                    let spec = crate::pipeline::fetcher_spec_with(
-                        settings,
-                        &pipeline.backends,
-                        &pipeline.boards,
-                        next.source.clone(),
-                        next.budget,
-                    )
-                    .with_version(&entry.version);
-                    match pipeline
-                        .root
-                        .replace(
-                            &format!("{ROOT_SUPERVISOR}/{SOURCES_SUPERVISOR}"),
-                            spec,
-                            deadline,
-                            probation,
-                        )
-                        .await
-                    {
-                        Ok(ReplaceOutcome::Promoted { .. }) => Ok(()),
-                        Ok(ReplaceOutcome::RolledBack { error, .. }) => Err(error),
-                        Err(e) => Err(e.to_string()),
-                    }
+                    let probation = remaining_probation(watched);
+                    replace_fetcher(pipeline, &name, entry, next, probation).await
                 }
                 (Ok(_), false) => Ok(()),
                 (Err(e), _) => Err(e.to_string()),
@@ -236,6 +200,57 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), SourceSpecError> {
         }
     }
     Ok(())
+}
+
+/// How long the rest of a probation lasts (at least a second; two when the
+/// version is not on probation).
+fn remaining_probation(watched: Option<Probation>) -> Duration {
+    let now = now_ms();
+    match watched {
+        Some(p) if p.until_ms > now => Duration::from_millis((p.until_ms - now) as u64),
+        Some(p) => Duration::from_millis(p.probation_ms),
+        None => Duration::from_secs(2),
+    }
+    .max(Duration::from_secs(1))
+}
+
+/// Drain this node's fetcher of `name` and start `next` from its saved
+/// cursor, watched for `probation`; the error if it was rolled back.
+async fn replace_fetcher(
+    pipeline: &Pipeline,
+    name: &str,
+    entry: &Entry<HttpSourceConfig>,
+    next: &LiveSource,
+    probation: Duration,
+) -> Result<(), String> {
+    info!(
+        source = name,
+        version = entry.version,
+        seq = entry.seq,
+        "applying source settings"
+    );
+    let spec = crate::pipeline::fetcher_spec_with(
+        &pipeline.settings,
+        &pipeline.backends,
+        &pipeline.boards,
+        next.source.clone(),
+        next.budget,
+    )
+    .with_version(&entry.version);
+    match pipeline
+        .root
+        .replace(
+            &format!("{ROOT_SUPERVISOR}/{SOURCES_SUPERVISOR}"),
+            spec,
+            pipeline.settings.admin.drain_deadline,
+            probation,
+        )
+        .await
+    {
+        Ok(ReplaceOutcome::Promoted { .. }) => Ok(()),
+        Ok(ReplaceOutcome::RolledBack { error, .. }) => Err(error),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What `GET /sources` shows of one source.
