@@ -1020,7 +1020,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn landing_again_rewrites_files_and_keeps_existing_dead_letters() {
         let blobs = Arc::new(MemoryBlobStore::new());
         for c in ["curated", "state", "dlq"] {
@@ -1183,7 +1183,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn transforms_landed_blobs_and_recovers_missed_ones() {
         let f = Fixture::new().await;
         // Landed before the transformer existed: found by recovery.
@@ -1208,7 +1208,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn duplicates_across_a_restart_are_dropped() {
         let f = Fixture::new().await;
         f.land(0, &[0, 1, 2]).await;
@@ -1230,7 +1230,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_corrupt_blob_is_quarantined_and_the_chain_goes_on() {
         let f = Fixture::new().await;
         let bad = RawBlobName {
@@ -1258,7 +1258,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn non_object_payloads_are_dead_lettered_once() {
         let f = Fixture::new().await;
         let mut bad = record(7, 0);
@@ -1293,7 +1293,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn overlapping_blobs_from_a_killed_writer_are_read_once() {
         let f = Fixture::new().await;
         // The new writer landed [0..2] then [3..7]; the killed one's put of
