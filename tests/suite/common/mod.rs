@@ -2,13 +2,17 @@
 //! for a temporary data directory, and SQL checks over curated; [`azurite`]
 //! (the storage emulator), [`faults`] (a blob store that fails on demand),
 //! [`nodes`] (`hubflow run` processes of a cluster, with admin ports),
-//! [`server`] (an axum server on loopback for handlers under test).
+//! [`server`] (an axum server on loopback for handlers under test),
+//! [`harness`] (the service with its admin port, the admin client, and
+//! `Pipeline::start` over chosen backends: how every module runs Hubflow
+//! in-process).
 
 #![allow(dead_code)]
 
 pub mod azurite;
 pub mod contract;
 pub mod faults;
+pub mod harness;
 pub mod nodes;
 pub mod server;
 
@@ -51,6 +55,15 @@ impl DemoServer {
             .unwrap();
         });
         DemoServer { url, stop, task }
+    }
+
+    /// The demo API serving `total` records, with no faults.
+    pub async fn serving(total: u64) -> DemoServer {
+        DemoServer::start(DemoConfig {
+            total,
+            ..DemoConfig::default()
+        })
+        .await
     }
 
     pub async fn stop(self) {
