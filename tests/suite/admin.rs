@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hubflow::config::{Config, Settings};
 use common::harness::{Admin, Service};
+use hubflow::config::{Config, Settings};
 use hubflow::service::{self, RunOptions};
 use hubflow::source::SecretString;
 use reqwest::StatusCode;
@@ -179,7 +179,10 @@ async fn scrape(node: &Node) -> String {
 
 /// Health and readiness answer without a token on loopback; everything is
 /// curated; `/status` names the version and a running pipeline.
-async fn case_health_and_readiness_need_no_token_and_everything_is_curated(node: &Node, total: u64) {
+async fn case_health_and_readiness_need_no_token_and_everything_is_curated(
+    node: &Node,
+    total: u64,
+) {
     // Health and readiness need no token on loopback.
     assert_eq!(
         node.get("/healthz").await,
@@ -586,7 +589,10 @@ async fn case_dead_letters_are_listed_inspected_and_redriven(node: &Node, total:
         s["progress"]["transformed"] == total + 1
     })
     .await;
-    assert_eq!(common::counts(node.settings()).await, (total + 1, total + 1));
+    assert_eq!(
+        common::counts(node.settings()).await,
+        (total + 1, total + 1)
+    );
     let text = scrape(node).await;
     assert!(
         text.contains("hubflow_end_to_end_latency_seconds_count"),
@@ -598,7 +604,11 @@ async fn case_dead_letters_are_listed_inspected_and_redriven(node: &Node, total:
 }
 
 /// `hubflow ctl`: status as JSON and text, auth errors and exit codes.
-async fn case_ctl_reports_status_and_exits_with_the_documented_codes(node: &Node, total: u64, dead_letter: &str) {
+async fn case_ctl_reports_status_and_exits_with_the_documented_codes(
+    node: &Node,
+    total: u64,
+    dead_letter: &str,
+) {
     // ctl: status as JSON and text, auth errors surface.
     let (ok, stdout, stderr) = node.ctl(&["status", "--json"], None);
     assert!(ok, "{stderr}");
