@@ -11,16 +11,16 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::azurite::{ACCOUNT, ACCOUNT_KEY, Azurite, repo_root};
+use common::harness;
 use hubflow::config::{Config, Settings};
 use hubflow::demo::{DemoConfig, FaultConfig};
-use hubflow::pipeline::{Pipeline, Progress};
-use hubflow::source::{HttpSource, SecretString};
+use hubflow::pipeline::Progress;
+use hubflow::source::SecretString;
 use hubflow_actors::formats::raw;
-use hubflow_actors::ports::{BlobStore, Source};
+use hubflow_actors::ports::BlobStore;
 use serde_json::Value;
 
 const TOTAL: u64 = 20_000;
@@ -55,15 +55,8 @@ async fn run_until_idle(settings: &Settings) -> Progress {
     assert!(hubflow::azure::is_configured(settings));
     let backends = hubflow::azure::azure_backends(settings).await.unwrap();
     assert!(backends.blobs.describe().contains("azure blob storage"));
-    let sources: Vec<Arc<dyn Source>> = settings
-        .sources
-        .iter()
-        .map(|s| Arc::new(HttpSource::new(s.clone()).unwrap()) as Arc<dyn Source>)
-        .collect();
-    let expected_sources = sources.len();
-    let pipeline = Pipeline::start(settings.clone(), backends, sources)
-        .await
-        .unwrap();
+    let expected_sources = settings.sources.len();
+    let pipeline = harness::start_pipeline(settings, backends).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     let mut idle_checks = 0;
     let progress = loop {

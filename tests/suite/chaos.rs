@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::faults::{FaultyBlobStore, Mode};
+use common::harness;
 use hubflow::chaos::{Chaos, ChaosConfig, Target};
 use hubflow::config::{Config, Settings};
 use hubflow::demo::DemoConfig;
 use hubflow::pipeline::{Backends, Pipeline, Progress};
-use hubflow::source::HttpSource;
 use hubflow_actors::consumer::ConsumerStatus;
-use hubflow_actors::ports::Source;
 use hubflow_supervision::{NodeState, StatusNode};
 
 struct Run {
@@ -49,13 +48,10 @@ async fn start(total: u64, rate: Option<f64>, tweak: impl FnOnce(&mut Config)) -
     config.supervision.backoff_max_ms = 200;
     tweak(&mut config);
     let settings = config.validate().unwrap();
-    let source: Arc<dyn Source> = Arc::new(HttpSource::new(settings.sources[0].clone()).unwrap());
     let mut backends = Backends::embedded(&settings).await.unwrap();
     let blobs = FaultyBlobStore::new(backends.blobs.clone());
     backends.blobs = blobs.clone();
-    let pipeline = Pipeline::start(settings.clone(), backends, vec![source])
-        .await
-        .unwrap();
+    let pipeline = harness::start_pipeline(&settings, backends).await;
     Run {
         pipeline,
         settings,
