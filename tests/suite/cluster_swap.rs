@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use common::azurite::Azurite;
 use common::nodes::Nodes;
+use hubflow::config::Settings;
 use hubflow::demo::DemoConfig;
 use hubflow::pipeline::{Backends, Progress};
 use hubflow::specs::{Outcome, SpecLog, SpecStore};
 use hubflow::transform::{SPEC_RECORD, TransformSpec};
-use hubflow_actors::ports::StateStore;
+use hubflow_actors::ports::{BlobStore, StateStore};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -138,8 +139,24 @@ async fn cluster_swaps(store: Store) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    case_two_swaps_at_once_one_wins_and_the_other_learns_the_winner(&nodes).await;
+    case_a_swap_outlives_its_killed_initiator_and_reaches_a_newcomer(&mut nodes, &backends).await;
+    case_source_settings_swapped_anywhere_reach_every_node(&nodes, &settings).await;
+    case_a_version_failing_on_one_node_rolls_back_on_all(&nodes, &settings, &backends).await;
+    nodes.finish_and_drain(&settings, &backends, total).await;
+    let blobs = backends.blobs.as_ref();
+    case_everything_is_curated_once_with_the_columns_of_its_version(&settings, blobs, total).await;
+    case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it(
+        &mut nodes, &settings, blobs, total,
+    )
+    .await;
+    demo.stop().await;
+    eprintln!("cluster swap test took {:?}", test_start.elapsed());
+}
 
-    // 1. Two swaps at once: one wins, the other learns the winner.
+/// Two swaps at once on two nodes: one wins by compare-and-swap, the other
+/// gets 409 naming the winner, and every node runs the winner.
+async fn case_two_swaps_at_once_one_wins_and_the_other_learns_the_winner(nodes: &Nodes) {
     let first = json!({"version": "v2", "sql": "SELECT *, amount * 2 AS amount_x2 FROM batch", "probation_secs": 2});
     let second = json!({"version": "v2b", "sql": "SELECT *, amount * 3 AS amount_x3 FROM batch", "probation_secs": 2});
     let (ra, rb) = tokio::join!(
@@ -160,25 +177,25 @@ async fn cluster_swaps(store: Store) {
         lost.1.to_string().contains(&winner),
         "the loser is not told the winner {winner}: {lost:?}"
     );
-    until_all_run(&nodes, &["a", "b", "c"], &winner, Duration::from_secs(30)).await;
+    until_all_run(nodes, &["a", "b", "c"], &winner, Duration::from_secs(30)).await;
+}
 
-    // 2. v3 proposed on a; a is SIGKILLed during the probation and d starts.
+/// v3 proposed on a; a is SIGKILLed during the probation and d starts: the
+/// survivors and the newcomer apply it, and one of them promotes it.
+async fn case_a_swap_outlives_its_killed_initiator_and_reaches_a_newcomer(
+    nodes: &mut Nodes,
+    backends: &Backends,
+) {
     let v3 = json!({"version": "v3", "sql": V3_SQL, "probation_secs": 10});
     let swap = {
-        let port = nodes.ports["a"];
+        let admin = nodes.admin("a");
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let _ = http
-                .post(format!("http://127.0.0.1:{port}/transform"))
-                .bearer_auth(common::nodes::TOKEN)
-                .json(&v3)
-                .send()
-                .await;
+            let _ = admin.try_call(Method::POST, "/transform", Some(&v3)).await;
         })
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let log = spec_log(&backends).await;
+        let log = spec_log(backends).await;
         if log
             .probation
             .is_some_and(|p| log.entry(p.seq).is_some_and(|e| e.version == "v3"))
@@ -198,7 +215,7 @@ async fn cluster_swaps(store: Store) {
     nodes.start("d");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let log = spec_log(&backends).await;
+        let log = spec_log(backends).await;
         let v3 = log.by_version("v3").unwrap();
         if v3.outcome == Outcome::Promoted {
             assert_eq!(log.active, v3.seq);
@@ -214,7 +231,7 @@ async fn cluster_swaps(store: Store) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     nodes.until_ready("d", Duration::from_secs(60)).await;
-    until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+    until_all_run(nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
     // d started while v3 was in probation: it started with the stable
     // version and applied v3 through the probation like the others.
     let (_, d) = nodes
@@ -230,9 +247,14 @@ async fn cluster_swaps(store: Store) {
     let (_, d_status) = nodes.call("d", Method::GET, "/status", None).await.unwrap();
     assert_eq!(d_status["transform"]["version"], "v3", "{d_status}");
     assert_eq!(d_status["transform"]["drift"], true, "{d_status}");
+}
 
-    // Source settings too: swapped through any node, applied by the node
-    // holding the fetcher lease, known to every node for its next start.
+/// Source settings swapped through any node: applied by the node holding
+/// the fetcher lease, known to every node for its next start.
+async fn case_source_settings_swapped_anywhere_reach_every_node(
+    nodes: &Nodes,
+    settings: &Settings,
+) {
     let mut smaller = serde_json::to_value(&settings.config.sources[0]).unwrap();
     smaller["query"]["limit"] = json!("500");
     let (code, body) = nodes
@@ -246,10 +268,16 @@ async fn cluster_swaps(store: Store) {
         .unwrap();
     assert_eq!(code, StatusCode::OK, "{body};{}", nodes.tails());
     assert_eq!(body["outcome"], "promoted", "{body}");
-    until_all_sources(&nodes, &["b", "c", "d"], "pages-500").await;
+    until_all_sources(nodes, &["b", "c", "d"], "pages-500").await;
+}
 
-    // 3. v4 fails on records that arrive after it starts, on whichever node
-    //    meets one first: rolled back on every node.
+/// v4 fails on records that arrive after it starts, on whichever node
+/// meets one first: rolled back on every node.
+async fn case_a_version_failing_on_one_node_rolls_back_on_all(
+    nodes: &Nodes,
+    settings: &Settings,
+    backends: &Backends,
+) {
     let conditions = common::records_after_now(settings.data_dir(), PARTITIONS as u32, 50).await;
     let failing = format!(
         "SELECT *, amount * 100 AS amount_cents, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
@@ -266,7 +294,7 @@ async fn cluster_swaps(store: Store) {
     assert_eq!(code, StatusCode::OK, "{body};{}", nodes.tails());
     assert_eq!(body["outcome"], "rolled_back", "{body}");
     assert_eq!(body["restored"], "v3", "{body}");
-    let log = spec_log(&backends).await;
+    let log = spec_log(backends).await;
     let v4 = log.by_version("v4").unwrap();
     assert_eq!(v4.outcome, Outcome::RolledBack);
     assert!(
@@ -277,25 +305,36 @@ async fn cluster_swaps(store: Store) {
         "{v4:?}"
     );
     assert_eq!(log.active_entry().unwrap().version, "v3");
-    until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+    until_all_run(nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+}
 
-    // 4. Everything curated, exactly once, then every node drains.
-    nodes.finish_and_drain(&settings, &backends, total).await;
-    let blobs = backends.blobs.as_ref();
-    assert_eq!(curated_counts(&settings, blobs).await, (total, total));
+/// Everything curated exactly once; rows curated by v3 carry its column.
+async fn case_everything_is_curated_once_with_the_columns_of_its_version(
+    settings: &Settings,
+    blobs: &dyn BlobStore,
+    total: u64,
+) {
+    assert_eq!(curated_counts(settings, blobs).await, (total, total));
     let wrong = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3' \
                  AND amount IS NOT NULL AND (amount_cents IS NULL OR amount_cents <> amount * 100)";
-    assert_eq!(curated_rows(&settings, blobs, wrong).await[0]["n"], 0);
+    assert_eq!(curated_rows(settings, blobs, wrong).await[0]["n"], 0);
     let v3_rows = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3'";
     assert!(
-        curated_rows(&settings, blobs, v3_rows).await[0]["n"]
+        curated_rows(settings, blobs, v3_rows).await[0]["n"]
             .as_u64()
             .unwrap()
             > 0
     );
+}
 
-    // A node restarted alone runs the stored v3, not its file's identity,
-    // and a replay of deleted files of partition 0 keeps v3's column.
+/// A node restarted alone runs the stored v3, not its file's identity, and
+/// a replay of deleted files of partition 0 keeps v3's column.
+async fn case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it(
+    nodes: &mut Nodes,
+    settings: &Settings,
+    blobs: &dyn BlobStore,
+    total: u64,
+) {
     nodes.start("a");
     nodes.until_ready("a", Duration::from_secs(60)).await;
     let (_, status) = nodes
@@ -323,26 +362,15 @@ async fn cluster_swaps(store: Store) {
         .unwrap();
     assert_eq!(code, StatusCode::ACCEPTED, "{started}");
     assert_eq!(started["transform_version"], "v3", "{started}");
-    let id = started["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, p) = nodes
-            .call("a", Method::GET, &format!("/replay/{id}"), None)
-            .await
-            .unwrap();
-        if p["state"] != "running" {
-            assert_eq!(p["state"], "completed", "{p}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "replay stuck: {p}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let done = nodes
+        .admin("a")
+        .replay_finished(started["id"].as_u64().unwrap())
+        .await;
+    assert_eq!(done["state"], "completed", "{done}");
     let status = nodes.drain("a", Duration::from_secs(30)).await;
     assert!(status.success(), "a exited with {status}");
-    assert_eq!(curated_counts(&settings, blobs).await, (total, total));
+    assert_eq!(curated_counts(settings, blobs).await, (total, total));
     let p0_lost = "SELECT count(*) AS n FROM demo WHERE _hub_partition = 0 AND amount IS NOT NULL \
                    AND (amount_cents IS NULL OR _transform_version <> 'v3')";
-    assert_eq!(curated_rows(&settings, blobs, p0_lost).await[0]["n"], 0);
-    demo.stop().await;
-    eprintln!("cluster swap test took {:?}", test_start.elapsed());
+    assert_eq!(curated_rows(settings, blobs, p0_lost).await[0]["n"], 0);
 }

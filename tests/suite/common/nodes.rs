@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+
+use super::harness::Admin;
 use serde_json::Value;
 
 /// The admin token every node is started with.
@@ -103,6 +105,12 @@ impl Nodes {
         self.running.keys().cloned().collect()
     }
 
+    /// Node `id`'s admin client (token [`TOKEN`], operator "cluster-test").
+    pub fn admin(&self, id: &str) -> Admin {
+        let base = format!("http://127.0.0.1:{}", self.ports[id]);
+        Admin::with_client(self.http.clone(), base, Some(TOKEN)).operator("cluster-test")
+    }
+
     /// Call node `id`'s admin port; `None` when it cannot be reached.
     pub async fn call(
         &self,
@@ -111,22 +119,7 @@ impl Nodes {
         path: &str,
         body: Option<&Value>,
     ) -> Option<(StatusCode, Value)> {
-        let port = self.ports[id];
-        let mut req = self
-            .http
-            .request(method, format!("http://127.0.0.1:{port}{path}"))
-            .bearer_auth(TOKEN)
-            .header("x-hubflow-operator", "cluster-test");
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.ok()?;
-        let code = resp.status();
-        let text = resp.text().await.ok()?;
-        Some((
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        self.admin(id).try_call(method, path, body).await
     }
 
     /// Wait (bounded) until node `id` answers `/readyz` with 200.
