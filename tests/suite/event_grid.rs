@@ -8,17 +8,16 @@
 //! still reach curated exactly once, woken by those events alone.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common;
+use crate::common::harness;
 
 use hubflow::config::LandedNotices;
 use hubflow::demo::DemoConfig;
-use hubflow::pipeline::{Backends, Pipeline};
-use hubflow::source::HttpSource;
+use hubflow::pipeline::Backends;
 use hubflow_actors::notices::NoticeListenerStatus;
-use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget, Source};
+use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget};
 use hubflow_actors::record::RawBlobName;
 use hubflow_supervision::NodeKind;
 use serde_json::json;
@@ -82,29 +81,22 @@ async fn blob_created_events_alone_drive_the_transform() {
     config.transform.notices = LandedNotices::EventGrid;
     config.transform.poll_ms = 600_000;
     let settings = config.validate().unwrap();
-    let source: Arc<dyn Source> = Arc::new(HttpSource::new(settings.sources[0].clone()).unwrap());
     let backends = Backends::embedded(&settings).await.unwrap();
     let (blobs, landed) = (backends.blobs.clone(), backends.landed.clone());
     let partitions = landed.partition_ids().await.unwrap().len() as u32;
     assert!(partitions > 1, "the test needs several landed partitions");
-    let pipeline = Pipeline::start(settings.clone(), backends, vec![source])
-        .await
-        .unwrap();
+    let pipeline = harness::start_pipeline(&settings, backends).await;
 
     // 1. Everything lands in raw; with no notices nothing is transformed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = pipeline.progress().await.unwrap();
-        if p.sources_caught_up && p.in_hub >= total && p.landed == p.in_hub {
-            assert_eq!(p.transformed, 0, "something woke a transformer: {p:?}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "raw did not fill: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let p = harness::until_progress(
+        &pipeline,
+        "raw did not fill",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        |p| p.sources_caught_up && p.in_hub >= total && p.landed == p.in_hub,
+    )
+    .await;
+    assert_eq!(p.transformed, 0, "something woke a transformer: {p:?}");
 
     // 2. Noise first: none of it may wake anything or stop a listener.
     for (partition, body) in [
