@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hubflow::config::{Config, Settings};
 use hubflow::pipeline::{Backends, Pipeline, Progress};
@@ -35,10 +35,7 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(base: String, token: Option<&str>, timeout: Duration) -> Admin {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .unwrap();
+        let http = reqwest::Client::builder().timeout(timeout).build().unwrap();
         Admin::with_client(http, base, token)
     }
 
@@ -58,16 +55,8 @@ impl Admin {
         self
     }
 
-    /// `method path` with `token` and a raw JSON body text; the status and
-    /// the answer (JSON, or the text as a string); `None` when the port
-    /// cannot be reached.
-    pub async fn try_raw(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> Option<(StatusCode, Value)> {
+    /// `method path` with `token` (and the operator header, if any).
+    fn request(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -75,11 +64,19 @@ impl Admin {
         if let Some(o) = &self.operator {
             req = req.header("x-hubflow-operator", o);
         }
-        if let Some(b) = body {
-            req = req
+        req
+    }
+
+    /// Send `req` with a raw JSON body text; the status and the answer
+    /// (JSON, or the text as a string); `None` when the port cannot be
+    /// reached.
+    async fn send(req: reqwest::RequestBuilder, body: Option<&str>) -> Option<(StatusCode, Value)> {
+        let req = match body {
+            Some(b) => req
                 .header("content-type", "application/json")
-                .body(b.to_string());
-        }
+                .body(b.to_string()),
+            None => req,
+        };
         let resp = req.send().await.ok()?;
         let status = resp.status();
         let text = resp.text().await.ok()?;
@@ -87,7 +84,8 @@ impl Admin {
         Some((status, value))
     }
 
-    /// [`Self::try_raw`], which must reach the port.
+    /// `method path` with `token` and a raw JSON body text, which must
+    /// reach the port: the status and the answer.
     pub async fn raw(
         &self,
         method: Method,
@@ -95,7 +93,8 @@ impl Admin {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
-        self.try_raw(method.clone(), path, token, body)
+        let req = self.request(method.clone(), path, token);
+        Admin::send(req, body)
             .await
             .unwrap_or_else(|| panic!("{method} {}{path}: no answer", self.base))
     }
@@ -107,13 +106,17 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
     ) -> Option<(StatusCode, Value)> {
-        let body = body.map(Value::to_string);
-        self.try_raw(method, path, self.token.as_deref(), body.as_deref())
-            .await
+        let req = self.request(method, path, self.token.as_deref());
+        Admin::send(req, body.map(Value::to_string).as_deref()).await
     }
 
     /// `method path` with this client's token.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let body = body.map(Value::to_string);
         self.raw(method, path, self.token.as_deref(), body.as_deref())
             .await
@@ -147,37 +150,29 @@ impl Admin {
 
     /// Poll `/status` until `check` holds (bounded).
     pub async fn wait_until(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + limit;
-        loop {
+        super::eventually(what, limit, Duration::from_millis(100), async || {
             let status = self.status().await;
-            if check(&status) {
-                return;
+            match check(&status) {
+                true => Ok(()),
+                false => Err(format!("status: {}", status["progress"])),
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status: {}",
-                status["progress"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Poll replay job `id` (bounded, 120 s) until it no longer runs; its
     /// progress.
     pub async fn replay_finished(&self, id: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let (limit, every) = (Duration::from_secs(120), Duration::from_millis(100));
+        super::eventually(&format!("replay {id}"), limit, every, async || {
             let (code, progress) = self.get(&format!("/replay/{id}")).await;
             assert_eq!(code, StatusCode::OK, "{progress}");
-            if progress["state"] != "running" {
-                return progress;
+            match progress["state"] != "running" {
+                true => Ok(progress),
+                false => Err(progress.to_string()),
             }
-            assert!(
-                Instant::now() < deadline,
-                "replay {id} did not finish: {progress}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Start a replay (`POST /replay` must accept it) and follow it to its
@@ -188,6 +183,23 @@ impl Admin {
         let done = self.replay_finished(started["id"].as_u64().unwrap()).await;
         assert_eq!(done["state"], "completed", "{done}");
         done
+    }
+}
+
+/// A swap's answer (`POST /transform` or `/sources/..`): 200 with
+/// `outcome`, and for a rollback the version `restored`; `context` is added
+/// to the message when the status is not 200.
+pub fn assert_swapped(
+    answer: &(StatusCode, Value),
+    outcome: &str,
+    restored: Option<&str>,
+    context: &str,
+) {
+    let (code, body) = answer;
+    assert_eq!(*code, StatusCode::OK, "{body};{context}");
+    assert_eq!(body["outcome"], outcome, "{body}");
+    if let Some(restored) = restored {
+        assert_eq!(body["restored"], restored, "{body}");
     }
 }
 
@@ -289,17 +301,12 @@ pub async fn until_progress(
     every: Duration,
     done: impl Fn(&Progress) -> bool,
 ) -> Progress {
-    let deadline = Instant::now() + limit;
-    loop {
+    super::eventually(what, limit, every, async || {
         let progress = pipeline.progress().await.unwrap();
-        if done(&progress) {
-            return progress;
+        match done(&progress) {
+            true => Ok(progress),
+            false => Err(format!("{progress:?}\n{:#?}", pipeline.root.snapshot())),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: timed out at {progress:?}\n{:#?}",
-            pipeline.root.snapshot()
-        );
-        tokio::time::sleep(every).await;
-    }
+    })
+    .await
 }

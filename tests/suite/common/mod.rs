@@ -66,6 +66,17 @@ impl DemoServer {
         .await
     }
 
+    /// The demo API with `total` records appearing at `rate` per second
+    /// (all at once with `None`), with no faults.
+    pub async fn streaming(total: u64, rate: Option<f64>) -> DemoServer {
+        DemoServer::start(DemoConfig {
+            total,
+            rate_per_sec: rate,
+            ..DemoConfig::default()
+        })
+        .await
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
@@ -166,6 +177,29 @@ pub async fn records_after_now(data_dir: &Path, partitions: u32, margin: i64) ->
         ));
     }
     conditions.join(" OR ")
+}
+
+/// Run `probe` every `every` until it answers `Ok` (bounded by `limit`);
+/// that answer. An `Err` says what the probe saw, for the failure message
+/// if time runs out.
+pub async fn eventually<T>(
+    what: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let seen = match probe().await {
+            Ok(answer) => return answer,
+            Err(seen) => seen,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}: {seen}"
+        );
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Wait (bounded) for a child process to exit; `None` if it is still

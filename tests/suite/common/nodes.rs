@@ -124,20 +124,17 @@ impl Nodes {
 
     /// Wait (bounded) until node `id` answers `/readyz` with 200.
     pub async fn until_ready(&self, id: &str, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some((StatusCode::OK, _)) =
-                self.call(id, reqwest::Method::GET, "/readyz", None).await
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{id} not ready in {limit:?};{}",
-                self.tails()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{id} ready");
+        super::eventually(
+            &what,
+            limit,
+            Duration::from_millis(100),
+            async || match self.call(id, reqwest::Method::GET, "/readyz", None).await {
+                Some((StatusCode::OK, _)) => Ok(()),
+                other => Err(format!("{other:?};{}", self.tails())),
+            },
+        )
+        .await
     }
 }
 
@@ -150,21 +147,17 @@ impl Nodes {
         backends: &hubflow::pipeline::Backends,
         total: u64,
     ) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let (limit, every) = (Duration::from_secs(120), Duration::from_millis(250));
+        super::eventually("every record curated", limit, every, async || {
             let p = hubflow::pipeline::Progress::read(settings, backends)
                 .await
                 .unwrap();
-            if p.idle(1) && p.in_hub >= total {
-                break;
+            match p.idle(1) && p.in_hub >= total {
+                true => Ok(()),
+                false => Err(format!("not finished: {p:?};{}", self.tails())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "not finished: {p:?};{}",
-                self.tails()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
         for id in self.ids() {
             let status = self.drain(&id, Duration::from_secs(30)).await;
             assert!(
