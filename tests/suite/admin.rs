@@ -333,60 +333,65 @@ async fn case_an_invalid_log_filter_is_refused_and_a_valid_one_applied(node: &No
     node.post("/log-level", json!({"filter": "info"})).await;
 }
 
+/// Wait (bounded) until the actor at `path` says it is `paused` (or not).
+async fn until_paused(node: &Node, path: &str, paused: bool) {
+    node.wait_until(
+        &format!("{path} paused: {paused}"),
+        Duration::from_secs(10),
+        |s| tree_node(s, path)["observed"]["paused"] == paused,
+    )
+    .await;
+}
+
+/// Kill the paused actor at `path`: it is restarted, running and still
+/// paused (bounded).
+async fn killed_comes_back_paused(node: &Node, path: &str) {
+    let (code, body) = node.post("/actors/kill", json!({"path": path})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until(
+        &format!("paused {path} restarted, still paused"),
+        Duration::from_secs(30),
+        |s| {
+            let a = tree_node(s, path);
+            a["restarts"].as_u64() >= Some(1)
+                && a["state"] == "running"
+                && a["observed"]["paused"] == true
+        },
+    )
+    .await;
+}
+
 /// Pause and resume one source and all ingest; a paused actor killed
 /// comes back paused.
 async fn case_pauses_resume_and_outlive_restarts(node: &Node) {
     // Pause / resume a source and all ingest.
     let (code, body) = node.post("/pause", json!({"source": "demo"})).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until("fetcher paused", Duration::from_secs(10), |s| {
-        tree_node(s, FETCHER)["observed"]["paused"] == true
-    })
-    .await;
-    let (code, body) = node.post("/actors/kill", json!({"path": FETCHER})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "paused fetcher restarted, still paused",
-        Duration::from_secs(30),
-        |s| {
-            let f = tree_node(s, FETCHER);
-            f["restarts"].as_u64() >= Some(1)
-                && f["state"] == "running"
-                && f["observed"]["paused"] == true
-        },
-    )
-    .await;
+    until_paused(node, FETCHER, true).await;
+    killed_comes_back_paused(node, FETCHER).await;
     node.post("/resume", json!({"source": "demo"})).await;
-    node.wait_until("fetcher resumed", Duration::from_secs(10), |s| {
-        tree_node(s, FETCHER)["observed"]["paused"] == false
-    })
-    .await;
+    until_paused(node, FETCHER, false).await;
     let (code, body) = node.post("/pause", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     let partitions = node.settings().config.hub.partitions as usize;
     assert_eq!(body["paused"].as_array().unwrap().len(), partitions);
-    node.wait_until("consumers paused", Duration::from_secs(10), |s| {
-        tree_node(s, CONSUMER0)["observed"]["paused"] == true
-    })
-    .await;
+    until_paused(node, CONSUMER0, true).await;
     // A pause outlives a restart: the killed consumer comes back paused.
-    let (code, body) = node.post("/actors/kill", json!({"path": CONSUMER0})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "paused consumer restarted, still paused",
-        Duration::from_secs(30),
-        |s| {
-            let c = tree_node(s, CONSUMER0);
-            c["restarts"].as_u64() >= Some(1)
-                && c["state"] == "running"
-                && c["observed"]["paused"] == true
-        },
-    )
-    .await;
+    killed_comes_back_paused(node, CONSUMER0).await;
     let (code, _) = node.post("/resume", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK);
-    node.wait_until("consumers resumed", Duration::from_secs(10), |s| {
-        tree_node(s, CONSUMER0)["observed"]["paused"] == false
+    until_paused(node, CONSUMER0, false).await;
+}
+
+/// `POST action {"path": path}`: answered 200, and the actor is running
+/// again with at least `restarts` restarts (bounded).
+async fn restarted_after(node: &Node, action: &str, path: &str, restarts: u64) {
+    let (code, body) = node.post(action, json!({"path": path})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let what = format!("{path} restarted after {action}");
+    node.wait_until(&what, Duration::from_secs(30), |s| {
+        tree_node(s, path)["restarts"].as_u64() >= Some(restarts)
+            && tree_node(s, path)["state"] == "running"
     })
     .await;
 }
@@ -394,32 +399,9 @@ async fn case_pauses_resume_and_outlive_restarts(node: &Node) {
 /// Kill, panic, drain and restart actors by their path.
 async fn case_kill_panic_drain_and_restart_by_path(node: &Node) {
     // Kill, panic, drain and restart by path.
-    let (code, body) = node.post("/actors/kill", json!({"path": CONSUMER0})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "consumer restarted after kill",
-        Duration::from_secs(30),
-        |s| {
-            // One restart was the paused kill above.
-            tree_node(s, CONSUMER0)["restarts"].as_u64() >= Some(2)
-                && tree_node(s, CONSUMER0)["state"] == "running"
-        },
-    )
-    .await;
-    let transformer1 = "pipeline/transform/p0001";
-    let (code, body) = node
-        .post("/actors/panic", json!({"path": transformer1}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "transformer restarted after panic",
-        Duration::from_secs(30),
-        |s| {
-            tree_node(s, transformer1)["restarts"].as_u64() >= Some(1)
-                && tree_node(s, transformer1)["state"] == "running"
-        },
-    )
-    .await;
+    // One restart of the consumer was the paused kill above.
+    restarted_after(node, "/actors/kill", CONSUMER0, 2).await;
+    restarted_after(node, "/actors/panic", "pipeline/transform/p0001", 1).await;
     let group = "pipeline/ingest/p0001";
     let (code, body) = node
         .post("/drain", json!({"path": group, "deadline_secs": 10}))
@@ -682,7 +664,25 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
+    let (trace, file) =
+        case_trace_by_id_reaches_the_request_raw_blob_and_curated_file(&node, id, row).await;
+    let position =
+        case_trace_by_curated_file_and_row_finds_the_same_record(&node, id, &file, &trace).await;
+    case_ctl_trace_by_id_and_by_row(&node, id, &file, position).await;
+    case_replays_and_dead_letters_of_the_record_show_up(&node, id, row).await;
+    case_bad_trace_questions_get_4xx(&node, &file).await;
+    node.stop().await;
+}
 
+/// The record's trace by source and id: its curated row (partition,
+/// sequence, raw blob, file under its date and hour), raw blob and the
+/// request that fetched it; no dead letters or replays yet. The trace and
+/// the curated file.
+async fn case_trace_by_id_reaches_the_request_raw_blob_and_curated_file(
+    node: &Node,
+    id: &str,
+    row: &Value,
+) -> (Value, String) {
     // The page log is written within its flush interval (10 s).
     let deadline = Instant::now() + Duration::from_secs(60);
     let trace = loop {
@@ -733,13 +733,23 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     assert!(fetch["page_records"].as_u64().unwrap() >= 1, "{fetch}");
     assert_eq!(trace["dead_letters"], json!([]));
     assert_eq!(trace["replays"], json!([]));
+    (trace, file)
+}
 
+/// The same record from its curated file and row; the file holds it at
+/// the position of its id among the file's rows. That position.
+async fn case_trace_by_curated_file_and_row_finds_the_same_record(
+    node: &Node,
+    id: &str,
+    file: &str,
+    trace: &Value,
+) -> usize {
     // The same record from its curated file and row; the file holds it at
     // the position of its id among the file's rows.
     let store =
         hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
     let curated_container = &node.settings().config.storage.curated_container;
-    let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, &file)
+    let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, file)
         .await
         .unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -764,7 +774,10 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     assert_eq!(code, StatusCode::OK, "{by_row}");
     assert_eq!(by_row["id"], id);
     assert_eq!(by_row["curated"], trace["curated"]);
+    position
+}
 
+async fn case_ctl_trace_by_id_and_by_row(node: &Node, id: &str, file: &str, position: usize) {
     // `hubflow ctl trace`, by id and by row.
     let (ok, stdout, stderr) = node.ctl(&["trace", "demo", id], None);
     assert!(ok, "{stdout}{stderr}");
@@ -776,17 +789,21 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         assert!(stdout.contains(&want), "{want} not in\n{stdout}");
     }
     let (ok, stdout, stderr) = node.ctl(
-        &["trace", "--file", &file, "--row", &position.to_string()],
+        &["trace", "--file", file, "--row", &position.to_string()],
         None,
     );
     assert!(
         ok && stdout.contains(&format!("record {id}")),
         "{stdout}{stderr}"
     );
+}
 
+async fn case_replays_and_dead_letters_of_the_record_show_up(node: &Node, id: &str, row: &Value) {
     // A replay of its partition and a dead letter naming it show up. The
     // replay runs through `ctl` on a terminal (util-linux `script` gives it
     // one): it draws a bar with rate and ETA, which piped output never has.
+    let store =
+        hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
     let partition = row["p"].as_u64().unwrap();
     let command = format!(
         "{} ctl --addr {} replay --partition {partition}",
@@ -844,7 +861,9 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         Some(1),
         "{trace}"
     );
+}
 
+async fn case_bad_trace_questions_get_4xx(node: &Node, file: &str) {
     // Bad questions: 4xx, and `ctl` says which.
     for (path, want) in [
         ("/trace?source=demo&id=evt-99999999", StatusCode::NOT_FOUND),
@@ -871,16 +890,24 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         code == Some(4) && stderr.contains("evt-99999999"),
         "{code:?} {stderr}"
     );
-    node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_reads_work_and_control_is_refused() {
-    if std::env::var(hubflow::admin::TOKEN_ENV).is_ok() {
+/// The admin token is set in the environment (the tests without a token
+/// say they are skipped).
+fn token_in_environment() -> bool {
+    let set = std::env::var(hubflow::admin::TOKEN_ENV).is_ok();
+    if set {
         eprintln!(
             "skipped: {} is set in the environment",
             hubflow::admin::TOKEN_ENV
         );
+    }
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_reads_work_and_control_is_refused() {
+    if token_in_environment() {
         return;
     }
     let node = start(100, None).await;
@@ -960,11 +987,7 @@ async fn ctl_health_fails_when_nothing_listens() {
 
 #[tokio::test]
 async fn non_loopback_without_a_token_is_refused_before_listening() {
-    if std::env::var(hubflow::admin::TOKEN_ENV).is_ok() {
-        eprintln!(
-            "skipped: {} is set in the environment",
-            hubflow::admin::TOKEN_ENV
-        );
+    if token_in_environment() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
