@@ -10,9 +10,8 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::harness::{Admin, Service};
+use common::harness::{Admin, Service, assert_swapped};
 use hubflow::config::{Config, Settings};
-use hubflow::demo::DemoConfig;
 use hubflow::source::HttpSourceConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -49,12 +48,7 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     let total = 40_000u64;
     let dir = tempfile::tempdir().unwrap();
     // Records appear over ~20 s, so every swap happens under load.
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(2_000.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(2_000.0)).await;
     let mut config = common::config(dir.path(), &demo.url);
     config.supervision.backoff_initial_ms = 50;
     config.supervision.backoff_max_ms = 500;
@@ -140,9 +134,7 @@ async fn case_a_version_failing_on_new_records_rolls_back(admin: &Admin, setting
         json!({"version": "v3", "sql": failing, "probation_secs": 60}),
     )
     .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["outcome"], "rolled_back", "{body}");
-    assert_eq!(body["restored"], "v2", "{body}");
+    assert_swapped(&(code, body), "rolled_back", Some("v2"), "");
     let status = transform(admin).await;
     assert_eq!(status["active"]["version"], "v2");
     // The durable spec log holds every attempt: who, outcome, dry run.
@@ -228,12 +220,7 @@ async fn restart_replay_rollback_and_backfill(
     settings: &Settings,
     total: u64,
 ) {
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(50_000.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(50_000.0)).await;
     let mut config = common::config(dir, &demo.url);
     config.supervision.backoff_initial_ms = 50;
     let svc = start(config).await;
@@ -408,12 +395,7 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
     let _heavy = common::exclusive().await;
     let total = 20_000u64;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(1_000.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(1_000.0)).await;
     let svc = start(common::config(dir.path(), &demo.url)).await;
     let (admin, settings) = (&svc.admin, svc.settings.clone());
     let source = settings.config.sources[0].clone();
@@ -508,9 +490,7 @@ async fn case_an_unreachable_endpoint_rolls_back_to_the_previous_settings(
         json!({"version": "dead-endpoint", "source": dead, "probation_secs": 60}),
     )
     .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["outcome"], "rolled_back", "{body}");
-    assert_eq!(body["restored"], "pages-250", "{body}");
+    assert_swapped(&(code, body), "rolled_back", Some("pages-250"), "");
     assert_history(
         admin,
         &[
