@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::azurite::{ACCOUNT, ACCOUNT_KEY, Azurite, repo_root};
 use common::harness;
-use hubflow::config::{Config, Settings};
+use hubflow::config::{Config, Settings, StorageConfig};
 use hubflow::demo::{DemoConfig, FaultConfig};
 use hubflow::pipeline::Progress;
 use hubflow::source::SecretString;
@@ -112,9 +112,33 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
     assert_eq!(progress.transformed, progress.in_hub, "{progress:?}");
 
     let store = azurite.account_key_store();
-    let s = &settings.config.storage;
+    let counts = BlobCounts {
+        raw: case_raw_blobs_cover_the_hub_exactly(&store, &settings.config.storage, &progress)
+            .await,
+        dead_letters: case_checkpoints_and_dead_letters_are_in_azure(
+            &store,
+            &settings.config.storage,
+            settings.config.hub.partitions,
+        )
+        .await,
+        curated: case_hubflow_query_reads_curated_from_azure(&store, &settings).await,
+    };
+    case_the_python_sdk_and_pyarrow_see_the_same(&azurite, &settings, &counts).await;
+}
 
-    // Raw: every hub event in exactly one valid raw blob.
+/// How many blobs the test found, for the cross-check to find again.
+struct BlobCounts {
+    raw: usize,
+    dead_letters: usize,
+    curated: usize,
+}
+
+/// Every hub event in exactly one valid raw blob. How many raw blobs.
+async fn case_raw_blobs_cover_the_hub_exactly(
+    store: &dyn BlobStore,
+    s: &StorageConfig,
+    progress: &Progress,
+) -> usize {
     let mut raw_records = 0u64;
     let raw_blobs = store.list(&s.raw_container, "").await.unwrap();
     assert!(!raw_blobs.is_empty());
@@ -131,8 +155,16 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         raw_records, progress.in_hub,
         "raw blobs cover the hub exactly"
     );
+    raw_blobs.len()
+}
 
-    // State: checkpoints are in Azure (the writer's, per partition).
+/// The writer's checkpoints, one per partition, are in Azure; the
+/// dead-letter container exists. How many dead letters it holds.
+async fn case_checkpoints_and_dead_letters_are_in_azure(
+    store: &dyn BlobStore,
+    s: &StorageConfig,
+    partitions: u32,
+) -> usize {
     let state = store.list(&s.state_container, "").await.unwrap();
     let checkpoints = state
         .iter()
@@ -140,18 +172,25 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .count();
     assert_eq!(
         checkpoints,
-        settings.config.hub.partitions as usize,
+        partitions as usize,
         "one writer checkpoint per partition: {:?}",
         state.iter().map(|b| &b.name).collect::<Vec<_>>()
     );
     // The dead-letter container exists and lists (its content depends on
     // which faults the demo drew).
-    let dead_letters = store
+    store
         .list(&s.dead_letter_container, "")
         .await
         .unwrap()
-        .len();
+        .len()
+}
 
+/// Curated, by `hubflow query`'s path. How many curated Parquet files.
+async fn case_hubflow_query_reads_curated_from_azure(
+    store: &dyn BlobStore,
+    settings: &Settings,
+) -> usize {
+    let s = &settings.config.storage;
     // Curated, by `hubflow query`'s path: the container mirrored locally,
     // the schema registry read from Azure; a second sync downloads nothing.
     let curated = store.list(&s.curated_container, "").await.unwrap();
@@ -161,7 +200,7 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .collect();
     assert!(!parquet.is_empty(), "no curated parquet in azure");
     assert_eq!(
-        common::counts(&settings).await,
+        common::counts(settings).await,
         (TOTAL, TOTAL),
         "hubflow query over curated in azure"
     );
@@ -169,12 +208,21 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .data_dir()
         .join("query-cache")
         .join(&s.curated_container);
-    let again = hubflow::curated_cache::sync(&store, &s.curated_container, &mirror)
+    let again = hubflow::curated_cache::sync(store, &s.curated_container, &mirror)
         .await
         .unwrap();
     assert_eq!((again.downloaded, again.kept), (0, parquet.len()));
+    parquet.len()
+}
 
-    // Curated, by the official Python SDK and pyarrow.
+/// Curated, by clients that are not ours: the official Python SDK and
+/// pyarrow list the same containers, files, rows and blobs.
+async fn case_the_python_sdk_and_pyarrow_see_the_same(
+    azurite: &Azurite,
+    settings: &Settings,
+    counts: &BlobCounts,
+) {
+    let s = &settings.config.storage;
     let python = repo_root().join(".tools/venv/bin/python");
     assert!(
         python.exists(),
@@ -223,19 +271,19 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
     assert_eq!(listed, containers, "{report}");
     assert_eq!(
         report["files"].as_u64(),
-        Some(parquet.len() as u64),
+        Some(counts.curated as u64),
         "{report}"
     );
     assert_eq!(report["rows"].as_u64(), Some(TOTAL), "{report}");
     assert_eq!(report["distinct_ids"].as_u64(), Some(TOTAL), "{report}");
     assert_eq!(
         report["blobs"][&s.raw_container].as_u64(),
-        Some(raw_blobs.len() as u64),
+        Some(counts.raw as u64),
         "{report}"
     );
     assert_eq!(
         report["blobs"][&s.dead_letter_container].as_u64(),
-        Some(dead_letters as u64),
+        Some(counts.dead_letters as u64),
         "{report}"
     );
 }

@@ -14,8 +14,7 @@ use crate::common;
 use crate::common::harness;
 
 use hubflow::config::LandedNotices;
-use hubflow::demo::DemoConfig;
-use hubflow::pipeline::Backends;
+use hubflow::pipeline::{Backends, Pipeline};
 use hubflow_actors::notices::NoticeListenerStatus;
 use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget};
 use hubflow_actors::record::RawBlobName;
@@ -72,11 +71,7 @@ async fn deliver_event_grid(
 async fn blob_created_events_alone_drive_the_transform() {
     let total = 6_000;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::serving(total).await;
     let mut config = common::config(dir.path(), &demo.url);
     config.transform.notices = LandedNotices::EventGrid;
     config.transform.poll_ms = 600_000;
@@ -98,7 +93,36 @@ async fn blob_created_events_alone_drive_the_transform() {
     .await;
     assert_eq!(p.transformed, 0, "something woke a transformer: {p:?}");
 
-    // 2. Noise first: none of it may wake anything or stop a listener.
+    case_noise_wakes_nothing_and_stops_no_listener(&pipeline, landed.as_ref()).await;
+
+    // 3. Event Grid announces the raw blobs; everything is transformed.
+    let mut seen = BTreeSet::new();
+    let announced =
+        deliver_event_grid(blobs.as_ref(), landed.as_ref(), &mut seen, partitions).await;
+    assert!(announced > 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = pipeline.progress().await.unwrap();
+        if p.transformed >= p.landed && common::counts(&settings).await.1 >= total {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "BlobCreated events did not drive the transform: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    case_the_listeners_counted_the_noise_and_kept_running(&pipeline, partitions, announced);
+
+    pipeline.shutdown().await;
+    assert_eq!(common::counts(&settings).await, (total, total));
+    demo.stop().await;
+}
+
+/// Noise first: a truncated body, a CloudEvent about a curated file and a
+/// deletion; none of it may wake anything or stop a listener.
+async fn case_noise_wakes_nothing_and_stops_no_listener(pipeline: &Pipeline, landed: &dyn Hub) {
     for (partition, body) in [
         (0, b"{\"truncated\": ".to_vec()),
         (
@@ -131,26 +155,15 @@ async fn blob_created_events_alone_drive_the_transform() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(pipeline.progress().await.unwrap().transformed, 0);
+}
 
-    // 3. Event Grid announces the raw blobs; everything is transformed.
-    let mut seen = BTreeSet::new();
-    let announced =
-        deliver_event_grid(blobs.as_ref(), landed.as_ref(), &mut seen, partitions).await;
-    assert!(announced > 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = pipeline.progress().await.unwrap();
-        if p.transformed >= p.landed && common::counts(&settings).await.1 >= total {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "BlobCreated events did not drive the transform: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // The listeners saw the noise, counted it, and kept running.
+/// Every partition's listener routed the announcements, counted the
+/// malformed and the ignored events, and kept running.
+fn case_the_listeners_counted_the_noise_and_kept_running(
+    pipeline: &Pipeline,
+    partitions: u32,
+    announced: usize,
+) {
     let listeners: Vec<NoticeListenerStatus> = pipeline
         .root
         .snapshot()
@@ -165,8 +178,4 @@ async fn blob_created_events_alone_drive_the_transform() {
     assert_eq!(sum(|s| s.routed), announced as u64);
     assert_eq!(sum(|s| s.malformed), 1);
     assert_eq!(sum(|s| s.ignored), 2);
-
-    pipeline.shutdown().await;
-    assert_eq!(common::counts(&settings).await, (total, total));
-    demo.stop().await;
 }
