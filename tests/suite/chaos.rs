@@ -22,7 +22,6 @@ use common::faults::{FaultyBlobStore, Mode};
 use common::harness;
 use hubflow::chaos::{Chaos, ChaosConfig, Target};
 use hubflow::config::{Config, Settings};
-use hubflow::demo::DemoConfig;
 use hubflow::pipeline::{Backends, Pipeline, Progress};
 use hubflow_actors::consumer::ConsumerStatus;
 use hubflow_supervision::{NodeState, StatusNode};
@@ -37,12 +36,7 @@ struct Run {
 
 async fn start(total: u64, rate: Option<f64>, tweak: impl FnOnce(&mut Config)) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: rate,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, rate).await;
     let mut config = common::config(dir.path(), &demo.url);
     config.supervision.backoff_initial_ms = 10;
     config.supervision.backoff_max_ms = 200;
