@@ -12,10 +12,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hubflow::backends::Backends;
 use hubflow::chaos::{Chaos, ChaosConfig};
 use hubflow::config::Config;
 use hubflow::demo::{self, DemoConfig};
-use hubflow::pipeline::{Backends, Pipeline};
+use hubflow::pipeline::Pipeline;
 use hubflow::source::HttpSource;
 use hubflow_actors::ports::Source;
 
@@ -86,8 +87,8 @@ async fn run_once(total: u64, rate: f64, seed: u64) -> anyhow::Result<(Duration,
     pipeline.shutdown().await;
     let _ = stop.send(());
     let _ = server.await;
-    let rows = hubflow::service::query(
-        &settings,
+    let rows = hubflow::query::curated(
+        &settings.curated_location(),
         "SELECT count(*) AS n, count(DISTINCT id) AS d FROM demo",
     )
     .await?;

@@ -12,6 +12,8 @@
 #   bash scripts/install-azurite.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # azure_storage_blob 1.1 sends x-ms-version 2026-04-06, which Azurite knows
 # from 3.37.0 on. 3.37 declares node >= 22 but runs on node 20 (the tests pass
@@ -36,20 +38,4 @@ else
     "$bin" --version
 fi
 
-venv=.tools/venv
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-missing=()
-for pkg in "${PY_PACKAGES[@]}"; do
-    name=${pkg%%==*}
-    want=${pkg##*==}
-    have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
-    [ "$have" = "$want" ] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]} into $venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "${missing[@]}"
-else
-    echo "${PY_PACKAGES[*]} already in $venv"
-fi
+venv_install .tools/venv "${PY_PACKAGES[@]}"

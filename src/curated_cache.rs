@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context;
 use futures::StreamExt;
-use hubflow_actors::ports::{BlobError, BlobStore};
+use hubflow_actors::ports::{BlobError, BlobProperties, BlobStore};
 use tracing::{info, warn};
 
 const MANIFEST: &str = ".manifest.json";
@@ -52,27 +52,9 @@ pub async fn sync(
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut report = SyncReport::default();
-    let mut wanted = BTreeMap::new();
-    for blob in listed {
-        if !blob.name.ends_with(".parquet") {
-            continue;
-        }
-        if safe_relative(&blob.name).is_none() {
-            warn!(container, blob = %blob.name, "blob name is not a safe relative path, not mirrored");
-            report.refused += 1;
-            continue;
-        }
-        wanted.insert(blob.name, blob.etag.0);
-    }
-
+    let wanted = wanted_files(listed, container, &mut report);
     let manifest_path = dir.join(MANIFEST);
-    let mut manifest: BTreeMap<String, String> = match std::fs::read(&manifest_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
-            warn!(%error, path = %manifest_path.display(), "unreadable mirror manifest, mirroring again");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    };
+    let mut manifest = read_manifest(&manifest_path);
 
     // Files gone from the container, or about to be replaced.
     let stale: Vec<String> = manifest
@@ -104,6 +86,36 @@ pub async fn sync(
         .collect();
     report.kept = wanted.len() - to_fetch.len();
 
+    let failure = download_all(store, container, dir, to_fetch, &mut manifest, &mut report).await;
+    // The manifest records what is on disk, even after a failed download.
+    write_manifest(&manifest_path, &manifest)?;
+    // Parquet files the manifest lost track of (it was corrupt or deleted)
+    // and the container no longer has: a query must not read them.
+    report.removed += remove_unlisted(dir, dir, &wanted)?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    info!(
+        container,
+        downloaded = report.downloaded,
+        removed = report.removed,
+        kept = report.kept,
+        bytes = report.bytes_downloaded,
+        "curated mirror synced"
+    );
+    Ok(report)
+}
+
+/// Download `to_fetch` into `dir`, a few at a time, recording each file
+/// in `manifest`; the first failure, if any.
+async fn download_all(
+    store: &dyn BlobStore,
+    container: &str,
+    dir: &Path,
+    to_fetch: Vec<(String, String)>,
+    manifest: &mut BTreeMap<String, String>,
+    report: &mut SyncReport,
+) -> Option<anyhow::Error> {
     let bar = if to_fetch.len() > 1 {
         crate::progress::bar(to_fetch.len() as u64, "files", "mirroring curated")
     } else {
@@ -136,23 +148,41 @@ pub async fn sync(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    // The manifest records what is on disk, even after a failed download.
-    write_manifest(&manifest_path, &manifest)?;
-    // Parquet files the manifest lost track of (it was corrupt or deleted)
-    // and the container no longer has: a query must not read them.
-    report.removed += remove_unlisted(dir, dir, &wanted)?;
-    if let Some(error) = failure {
-        return Err(error);
+    failure
+}
+
+/// The curated Parquet files of a listing, by name, with their etags;
+/// names that are not safe relative paths are refused (counted).
+fn wanted_files(
+    listed: Vec<BlobProperties>,
+    container: &str,
+    report: &mut SyncReport,
+) -> BTreeMap<String, String> {
+    let mut wanted = BTreeMap::new();
+    for blob in listed {
+        if !blob.name.ends_with(".parquet") {
+            continue;
+        }
+        if safe_relative(&blob.name).is_none() {
+            warn!(container, blob = %blob.name, "blob name is not a safe relative path, not mirrored");
+            report.refused += 1;
+            continue;
+        }
+        wanted.insert(blob.name, blob.etag.0);
     }
-    info!(
-        container,
-        downloaded = report.downloaded,
-        removed = report.removed,
-        kept = report.kept,
-        bytes = report.bytes_downloaded,
-        "curated mirror synced"
-    );
-    Ok(report)
+    wanted
+}
+
+/// What the mirror held after the last sync (empty when missing or
+/// unreadable: everything is mirrored again).
+fn read_manifest(path: &Path) -> BTreeMap<String, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            warn!(%error, path = %path.display(), "unreadable mirror manifest, mirroring again");
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
 }
 
 async fn download(

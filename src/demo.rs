@@ -364,31 +364,7 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
         Ok(r) => r,
         Err(message) => return error_body(StatusCode::BAD_REQUEST, &message),
     };
-    let available = demo.available();
-    // Positions count from the first record at or after `updated_since`.
-    let first = request
-        .since
-        .map_or(0, |since| first_updated_at_or_after(since, available));
-    let start = match request.after {
-        Some(after) => after.saturating_add(1).max(first),
-        None => first.saturating_add(request.start),
-    }
-    .min(available);
-    let end = start.saturating_add(request.limit).min(available);
-    let data: Vec<Value> = (start..end).map(demo_record).collect();
-    let more = end < available;
-    let next_path = more.then(|| request.next_path(end - first));
-    let body = if demo.config.csv {
-        Bytes::from(csv_page(&data))
-    } else {
-        let body = json!({
-            "data": data,
-            "next_cursor": more.then(|| (end - first).to_string()),
-            "has_more": more,
-            "next_url": next_path,
-        });
-        Bytes::from(body.to_string())
-    };
+    let (body, next_path) = page_body(demo, &request);
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..20]);
     let garbage = fault == Some(Fault::Garbage);
     if !garbage && if_none_match(&headers, &etag) {
@@ -437,7 +413,49 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
         builder = builder.header(header::LINK, format!("<http://{host}{path}>; rel=\"next\""));
     }
 
-    let response = match fault {
+    faulty(fault, bits, builder, body)
+        .unwrap_or_else(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+}
+
+/// The page `request` asks for (JSON or CSV) and the path of the next one.
+fn page_body(demo: &Demo, request: &PageRequest) -> (Bytes, Option<String>) {
+    let available = demo.available();
+    // Positions count from the first record at or after `updated_since`.
+    let first = request
+        .since
+        .map_or(0, |since| first_updated_at_or_after(since, available));
+    let start = match request.after {
+        Some(after) => after.saturating_add(1).max(first),
+        None => first.saturating_add(request.start),
+    }
+    .min(available);
+    let end = start.saturating_add(request.limit).min(available);
+    let data: Vec<Value> = (start..end).map(demo_record).collect();
+    let more = end < available;
+    let next_path = more.then(|| request.next_path(end - first));
+    let body = if demo.config.csv {
+        Bytes::from(csv_page(&data))
+    } else {
+        let body = json!({
+            "data": data,
+            "next_cursor": more.then(|| (end - first).to_string()),
+            "has_more": more,
+            "next_url": next_path,
+        });
+        Bytes::from(body.to_string())
+    };
+    (body, next_path)
+}
+
+/// The response with the fault this request drew applied to its body: cut
+/// short (honestly or by dropping the connection) or replaced by garbage.
+fn faulty(
+    fault: Option<Fault>,
+    bits: u64,
+    mut builder: axum::http::response::Builder,
+    body: Bytes,
+) -> Result<Response, axum::http::Error> {
+    match fault {
         Some(Fault::Truncate) => {
             let cut = body.len() / 2;
             if bits & 1 == 0 {
@@ -481,8 +499,7 @@ async fn answer(demo: &Demo, query: Option<String>, headers: HeaderMap) -> Respo
             )),
         },
         _ => builder.body(Body::from(body)),
-    };
-    response.unwrap_or_else(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+    }
 }
 
 /// The CSV form of a page of demo records: their top-level fields, nested

@@ -203,10 +203,10 @@ pub async fn count(
 impl Dlq {
     /// The dead letters of a node: its dead-letter container, redriven to
     /// its hub "ingest".
-    pub fn of(settings: &crate::config::Settings, backends: &crate::pipeline::Backends) -> Dlq {
+    pub fn of(settings: &crate::config::Settings, backends: &crate::backends::Backends) -> Dlq {
         Dlq {
             store: backends.blobs.clone(),
-            container: settings.config.storage.dead_letter_container.clone(),
+            container: settings.storage.dead_letter_container.clone(),
             ingest: backends.ingest.clone(),
         }
     }

@@ -1,44 +1,54 @@
 //! Hubflow: the service. Adapters, configuration, topology, SQL, CLI.
 //!
-//! Layout:
-//! - [`config`]: the TOML wire format (unknown fields refused, environment
-//!   overrides) and the validated [`config::Settings`].
+//! Layout, from the bottom up (no module `use`s one above it; checked by
+//! `scripts/modgraph.py`):
+//! - [`source`]: the HTTP GET source (pagination, auth, error
+//!   classification, dead letters) and [`source::ActiveSources`], the
+//!   settings this node runs per source. [`demo`]: the built-in third-party
+//!   API simulator used by the quick start and the tests.
 //! - [`embedded`]: the default backends: a durable SQLite-WAL hub shared by
 //!   processes on one host, and a filesystem blob store with atomic,
 //!   cross-process conditional writes.
 //! - [`azure`]: Azure Blob Storage as the blob store (Entra ID, account key
 //!   via a Shared Key policy, or SAS), tested against Azurite; Azure Event
-//!   Hubs as the hubs (Entra ID), glue tested against a fake of the SDK.
-//! - [`source`]: the HTTP GET source (pagination, auth, error classification,
-//!   dead letters).
-//! - [`demo`]: the built-in third-party API simulator used by the quick start
-//!   and the tests.
+//!   Hubs as the hubs (Entra ID), glue tested against a fake of the SDK;
+//!   each with its configuration section.
+//! - [`transform`]: transformation specs (SQL over each curated batch,
+//!   versioned) and the version this node runs. [`specs`]: the versioned
+//!   spec logs in the state container.
+//! - [`config`]: the TOML wire format (unknown fields refused, environment
+//!   overrides) and [`config::Settings`], every section validated once.
+//! - [`backends`]: [`backends::Backends::open`], the one place that opens
+//!   the hubs and the blob store.
 //! - [`pipeline`]: the supervision tree of fetchers, partition consumers,
-//!   blob-writers and transformers, and progress read from durable state.
+//!   blob-writers and transformers, the node's switchboards, and progress
+//!   read from durable state.
 //! - [`cluster`]: several nodes on one hub and blob store: partition
 //!   ownership and fetcher leases by etag compare-and-swap, and the
 //!   ownership manager that starts and stops this node's share.
-//! - [`service`]: `hubflow run` (status line, signals, exit when idle).
-//! - [`admin`], [`ctl`], [`telemetry`], [`replay`], [`dlq`]: the admin port
-//!   (axum: status, metrics, control, replay, dead letters), its client
-//!   `hubflow ctl`, logs/metrics setup, curated replay and dead-letter redrive.
+//! - [`swap`]: hot swaps of transforms and source settings, durable and
+//!   applied on every node, with automatic roll back.
+//! - [`replay`], [`dlq`]: curated replay from raw and dead-letter redrive.
+//! - [`node`]: `Pipeline::start`, which assembles the above into a running
+//!   node.
+//! - [`health`], [`telemetry`], [`otel`]: readiness, logs and Prometheus
+//!   metrics, OpenTelemetry export.
 //! - [`query`]: SQL (DataFusion) over the curated container;
 //!   [`curated_cache`]: the local mirror of a remote curated container that
 //!   `hubflow query` reads.
 //! - [`trace`]: lineage: the path of one record from the request that
 //!   fetched it to its curated row (`GET /trace`, `hubflow ctl trace`).
+//! - [`admin`], [`ctl`]: the admin port (axum: status, metrics, control,
+//!   replay, dead letters, swaps) and its client `hubflow ctl`.
+//! - [`service`]: `hubflow run` (status line, signals, exit when idle).
 //! - [`progress`]: progress bars (rate, ETA) for long operations when
-//!   stderr is a terminal.
-//! - [`chaos`]: the chaos driver (kills and panics random actors at a rate)
-//!   used by the chaos tests and the chaos throughput benchmark.
-//! - [`transform`]: transformation specs (SQL over each curated batch,
-//!   versioned), their dry run and hot swap with automatic roll back, kept
-//!   durable and applied on every node through [`specs`], the versioned
-//!   spec logs in the state container; [`source_specs`] does the same for
-//!   source settings.
+//!   stderr is a terminal. [`chaos`]: the chaos driver (kills and panics
+//!   random actors at a rate) used by the chaos tests and the chaos
+//!   throughput benchmark.
 
 pub mod admin;
 pub mod azure;
+pub mod backends;
 pub mod chaos;
 pub mod cluster;
 pub mod config;
@@ -48,6 +58,7 @@ pub mod demo;
 pub mod dlq;
 pub mod embedded;
 pub mod health;
+pub mod node;
 pub mod otel;
 pub mod pipeline;
 pub mod progress;
@@ -55,8 +66,8 @@ pub mod query;
 pub mod replay;
 pub mod service;
 pub mod source;
-pub mod source_specs;
 pub mod specs;
+pub mod swap;
 pub mod telemetry;
 pub mod trace;
 pub mod transform;

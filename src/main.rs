@@ -1,7 +1,7 @@
 //! The `hubflow` command line: `run`, `ctl`, `demo-source`, `query`,
 //! `config check`, `completions`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -147,25 +147,7 @@ async fn main_inner(
             config,
             exit_when_idle,
             quiet,
-        } => {
-            let settings = settings(config.as_deref())?;
-            let options = RunOptions {
-                exit_when_idle,
-                status_every: (!quiet).then_some(Duration::from_secs(1)),
-            };
-            let hooks = Hooks {
-                logs: Some(logs),
-                ..Hooks::default()
-            };
-            let export = otlp
-                .as_ref()
-                .and_then(|o| otel::MetricsExport::start(o, telemetry::install_metrics()));
-            let result = service::run_with(settings, options, hooks).await;
-            if let Some(export) = export {
-                export.finish().await;
-            }
-            result
-        }
+        } => run(config.as_deref(), exit_when_idle, quiet, logs, otlp).await,
         Command::Ctl(args) => ctl::run(args).await,
         Command::DemoSource {
             addr,
@@ -174,41 +156,18 @@ async fn main_inner(
             faults,
             seed,
             ndjson,
-        } => {
-            if let Some(n) = ndjson {
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                for i in 0..n {
-                    serde_json::to_writer(&mut out, &demo::demo_record(i))?;
-                    std::io::Write::write_all(&mut out, b"\n")?;
-                }
-                std::io::Write::flush(&mut out)?;
-                return Ok(());
-            }
-            let config = DemoConfig {
-                total,
-                rate_per_sec: rate,
-                faults: if faults {
-                    FaultConfig::lively()
-                } else {
-                    FaultConfig::default()
-                },
-                seed,
-                ..DemoConfig::default()
-            };
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            eprintln!("demo api on http://{}/v1/events", listener.local_addr()?);
-            demo::serve(listener, config, service::shutdown_signal()).await?;
-            Ok(())
-        }
+        } => match ndjson {
+            Some(n) => print_demo_records(n),
+            None => serve_demo(&addr, total, rate, faults, seed).await,
+        },
         Command::Query {
             sql,
             config,
             format,
         } => {
-            let settings = settings(config.as_deref())?;
-            let batches = service::query(&settings, &sql).await?;
+            // Only what reading curated data needs: no ingestion secret.
+            let location = Config::load(config.as_deref())?.curated_location()?;
+            let batches = hubflow::query::curated(&location, &sql).await?;
             let format = match format {
                 Format::Table => OutputFormat::Table,
                 Format::Csv => OutputFormat::Csv,
@@ -224,32 +183,97 @@ async fn main_inner(
         }
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => {
-            let settings = settings(Some(&file))?;
-            let admin = settings.config.admin.validate()?;
-            println!(
-                "{}: ok ({} source(s), {} partitions, data in {}, admin {})",
-                file.display(),
-                settings.sources.len(),
-                settings.config.hub.partitions,
-                settings.data_dir().display(),
-                if admin.enabled {
-                    format!(
-                        "on {}{}",
-                        admin.listen,
-                        if admin.token.is_some() {
-                            " with a token"
-                        } else {
-                            ", no token"
-                        }
-                    )
-                } else {
-                    "off".to_string()
-                }
-            );
-            Ok(())
-        }
+        } => check_config(&file),
     }
+}
+
+/// `hubflow run`: the service, with OTLP metrics export when configured.
+async fn run(
+    config: Option<&Path>,
+    exit_when_idle: bool,
+    quiet: bool,
+    logs: LogControl,
+    otlp: Option<otel::OtlpSettings>,
+) -> anyhow::Result<()> {
+    let settings = settings(config)?;
+    let options = RunOptions {
+        exit_when_idle,
+        status_every: (!quiet).then_some(Duration::from_secs(1)),
+    };
+    let hooks = Hooks {
+        logs: Some(logs),
+        ..Hooks::default()
+    };
+    let export = otlp
+        .as_ref()
+        .and_then(|o| otel::MetricsExport::start(o, telemetry::install_metrics()));
+    let result = service::run_with(settings, options, hooks).await;
+    if let Some(export) = export {
+        export.finish().await;
+    }
+    result
+}
+
+/// `hubflow demo-source --ndjson N`: the demo's first `n` records as NDJSON.
+fn print_demo_records(n: u64) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for i in 0..n {
+        serde_json::to_writer(&mut out, &demo::demo_record(i))?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+    }
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+/// `hubflow demo-source`: the demo API on `addr` until a signal.
+async fn serve_demo(
+    addr: &str,
+    total: u64,
+    rate: Option<f64>,
+    faults: bool,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let config = DemoConfig {
+        total,
+        rate_per_sec: rate,
+        faults: if faults {
+            FaultConfig::lively()
+        } else {
+            FaultConfig::default()
+        },
+        seed,
+        ..DemoConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    eprintln!("demo api on http://{}/v1/events", listener.local_addr()?);
+    demo::serve(listener, config, service::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `hubflow config check FILE`: validate every section and summarise.
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let settings = settings(Some(file))?;
+    let admin = &settings.admin;
+    let admin_state = if admin.enabled {
+        let token = if admin.token.is_some() {
+            " with a token"
+        } else {
+            ", no token"
+        };
+        format!("on {}{token}", admin.listen)
+    } else {
+        "off".to_string()
+    };
+    println!(
+        "{}: ok ({} source(s), {} partitions, data in {}, admin {admin_state})",
+        file.display(),
+        settings.sources.len(),
+        settings.hub.partitions,
+        settings.data_dir().display(),
+    );
+    Ok(())
 }
 
 /// Transparent huge pages off for this process: the data path allocates and

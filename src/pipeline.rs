@@ -20,167 +20,59 @@
 //! writer and transformer checkpoints), so it is the same whichever process
 //! wrote it: the status line and the "exit when idle" check use it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use hubflow_actors::blob_writer::{BlobWriter, Checkpoint, WriterMsg, WriterParams};
 use hubflow_actors::consumer::{ConsumerParams, PartitionConsumer};
 use hubflow_actors::fetcher::{CursorRecord, Fetcher, FetcherParams};
 use hubflow_actors::notices::{NoticeListener, NoticeListenerParams, WakeBoard};
 use hubflow_actors::pauses::Pauses;
-use hubflow_actors::ports::{BlobStore, Hub, Source, StateStore, checkpoint_name};
+use hubflow_actors::ports::{Hub, Source, checkpoint_name};
 use hubflow_actors::retry::RetryDelay;
 use hubflow_actors::transformer::{
     self, CurateSlots, TransformCheckpoint, Transformer, TransformerParams,
 };
 use hubflow_supervision::{
-    Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, RootHandle, Strategy,
-    SupervisorSpec, start_root,
+    ActorFactory, Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, RootHandle,
+    Strategy, SupervisorSpec,
 };
-use ractor::{Actor, ActorCell, SpawnErr};
+use ractor::SpawnErr;
 use serde::Serialize;
 
+use crate::backends::{Backends, INGEST_HUB};
 use crate::config::{LandedNotices, Settings};
-use crate::embedded::{FsBlobStore, SqliteHub};
 
-pub const INGEST_HUB: &str = "ingest";
-pub const LANDED_HUB: &str = "landed";
 /// Consumer group of the notice listeners on hub "landed".
 pub const TRANSFORM_GROUP: &str = "transform";
 
-/// The outside world the pipeline runs against, and the node's shared
-/// switchboards its actors are built with.
-#[derive(Clone)]
-pub struct Backends {
-    pub ingest: Arc<dyn Hub>,
-    pub landed: Arc<dyn Hub>,
-    pub blobs: Arc<dyn BlobStore>,
-    /// Set for the embedded filesystem store: where curated files are on disk.
-    pub curated_dir: Option<PathBuf>,
-    /// This node's wake-up lines from the notice listeners to the
-    /// transformers (see `hubflow_actors::notices`).
+/// The node's switchboards its actors are built with: not backends, but
+/// shared state of one running pipeline.
+#[derive(Clone, Default)]
+pub struct Switchboards {
+    /// Wake-up lines from the notice listeners to the transformers (see
+    /// `hubflow_actors::notices`).
     pub board: WakeBoard,
     /// Operator pauses, read by the fetcher and consumer factories so a
     /// restarted actor stays paused (see `hubflow_actors::pauses`).
     pub pauses: Pauses,
-    /// How many curations this node's transformers run at once.
+    /// How many curations this node's transformers run at once (one per
+    /// core).
     pub curate_slots: CurateSlots,
 }
 
-impl Backends {
-    /// The embedded defaults under `settings.data_dir()`.
-    pub async fn embedded(settings: &Settings) -> anyhow::Result<Backends> {
-        let dir = settings.data_dir().to_path_buf();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let partitions = settings.config.hub.partitions;
-        let retention = Some(Duration::from_secs(
-            settings.config.hub.retention_hours * 3600,
-        ));
-        let hub_file = dir.join("hub.sqlite");
-        let ingest =
-            SqliteHub::open_async(hub_file.clone(), INGEST_HUB.into(), partitions, retention)
-                .await
-                .context("opening the embedded hub")?;
-        let landed = SqliteHub::open_async(hub_file, LANDED_HUB.into(), partitions, retention)
-            .await
-            .context("opening the embedded hub")?;
-        let store = FsBlobStore::new(dir.join("blobs")).context("opening the blob store")?;
-        // Temp files of writes a crash interrupted; younger ones may belong
-        // to another live process sharing the store.
-        let s = &settings.config.storage;
-        for container in [&s.raw_container, &s.curated_container, &s.state_container] {
-            match store
-                .remove_stale_temp_files(container, Duration::from_secs(600))
-                .await
-            {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(container, removed, "removed stale temp files"),
-                Err(hubflow_actors::ports::BlobError::ContainerNotFound { .. }) => {}
-                Err(error) => tracing::warn!(container, %error, "cannot clean temp files"),
-            }
-        }
-        let curated_dir = Some(store.container_path(&settings.config.storage.curated_container));
-        Ok(Backends {
-            ingest: Arc::new(ingest),
-            landed: Arc::new(landed),
-            blobs: Arc::new(store),
-            curated_dir,
-            board: WakeBoard::default(),
-            pauses: Pauses::default(),
-            curate_slots: CurateSlots::per_core(),
-        })
-    }
-
-    pub async fn ensure_containers(&self, settings: &Settings) -> anyhow::Result<()> {
-        let s = &settings.config.storage;
-        for c in [
-            &s.raw_container,
-            &s.curated_container,
-            &s.state_container,
-            &s.dead_letter_container,
-        ] {
-            self.blobs
-                .create_container(c)
-                .await
-                .with_context(|| format!("creating container {c}"))?;
-        }
-        Ok(())
-    }
-
-    pub fn state(&self, settings: &Settings) -> StateStore {
-        StateStore::new(
-            self.blobs.clone(),
-            settings.config.storage.state_container.clone(),
-        )
-    }
-}
-
-/// A running pipeline.
+/// A running pipeline: the supervision tree, what it runs against, the
+/// switchboards its actors share and the settings it was built from.
+/// Started by `Pipeline::start` (in `crate::node`).
 pub struct Pipeline {
     pub root: RootHandle,
     pub backends: Backends,
+    pub boards: Switchboards,
     pub settings: Settings,
 }
 
 impl Pipeline {
-    /// Build the tree for `sources` and start it.
-    pub async fn start(
-        settings: Settings,
-        backends: Backends,
-        sources: Vec<Arc<dyn Source>>,
-    ) -> anyhow::Result<Pipeline> {
-        backends.ensure_containers(&settings).await?;
-        // The stored transform version, before any transformer starts.
-        crate::transform::sync::bootstrap(
-            &settings,
-            &crate::transform::sync::store(&settings, &backends),
-        )
-        .await
-        .context("reading the transform spec log")?;
-        let spec = tree(&settings, &backends, sources.clone()).await?;
-        let root = start_root(spec)
-            .await
-            .context("starting the supervision tree")?;
-        if settings.config.cluster.enabled {
-            // Added last, so a graceful shutdown stops it first: it stops
-            // its groups, then releases its partitions and leases.
-            let manager =
-                crate::cluster::manager_spec(&settings, &backends, sources, root.status().clone())
-                    .await?;
-            root.add_child(ROOT_SUPERVISOR, manager)
-                .await
-                .context("starting the ownership manager")?;
-        }
-        Ok(Pipeline {
-            root,
-            backends,
-            settings,
-        })
-    }
-
     /// Graceful stop: consumers before writers, each finishing its batch.
     pub async fn shutdown(self) {
         self.root.shutdown().await;
@@ -192,7 +84,7 @@ impl Pipeline {
 }
 
 fn supervisor(name: &str, strategy: Strategy, settings: &Settings) -> SupervisorSpec {
-    let s = &settings.config.supervision;
+    let s = &settings.supervision;
     SupervisorSpec::new(name, strategy)
         .backoff(Backoff {
             initial: Duration::from_millis(s.backoff_initial_ms),
@@ -234,12 +126,13 @@ pub fn partition_child_name(partition: u32) -> String {
 ///
 /// With `[cluster] enabled` the sources, ingest and transform supervisors
 /// start empty: the ownership manager ([`crate::cluster`], added by
-/// [`Pipeline::start`]) adds a fetcher per source lease it holds and the
+/// `Pipeline::start`) adds a fetcher per source lease it holds and the
 /// groups of the partitions it owns. The notice listeners run on every
 /// node regardless.
 pub async fn tree(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     sources: Vec<Arc<dyn Source>>,
 ) -> anyhow::Result<SupervisorSpec> {
     // Sources, partitions and transformers are isolated from each other: one
@@ -252,9 +145,9 @@ pub async fn tree(
         .isolate_failures()
         .stop_children_together();
     let mut transform_sup = transform_supervisor(settings);
-    if !settings.config.cluster.enabled {
+    if !settings.cluster.enabled {
         for source in sources {
-            source_sup = source_sup.child(fetcher_spec(settings, backends, source));
+            source_sup = source_sup.child(fetcher_spec(settings, backends, boards, source));
         }
         let partitions = backends
             .ingest
@@ -262,9 +155,11 @@ pub async fn tree(
             .await
             .context("listing ingest partitions")?;
         for partition in partitions {
-            ingest_sup = ingest_sup.child(ingest_partition_spec(settings, backends, partition));
-            transform_sup =
-                transform_sup.child(transform_partition_spec(settings, backends, partition));
+            ingest_sup =
+                ingest_sup.child(ingest_partition_spec(settings, backends, boards, partition));
+            transform_sup = transform_sup.child(transform_partition_spec(
+                settings, backends, boards, partition,
+            ));
         }
     }
     // Every node listens to every landed partition: Event Grid puts a
@@ -278,7 +173,12 @@ pub async fn tree(
         .await
         .context("listing landed partitions")?
     {
-        notices_sup = notices_sup.child(notice_listener_spec(settings, backends, landed_partition));
+        notices_sup = notices_sup.child(notice_listener_spec(
+            settings,
+            backends,
+            boards,
+            landed_partition,
+        ));
     }
     // Start order is downstream first (transformers, notice listeners,
     // writers and consumers, then the fetchers), so a graceful stop, which
@@ -297,28 +197,30 @@ pub async fn tree(
 
 /// The fetcher of one source (child of [`SOURCES_SUPERVISOR`]).
 /// Built from the settings this node runs for the source
-/// ([`crate::source_specs::ActiveSources`], the newest version it knows),
+/// ([`crate::source::ActiveSources`], the newest version it knows),
 /// else from `source` as given.
 pub fn fetcher_spec(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     source: Arc<dyn Source>,
 ) -> ChildSpec {
     if let Some(live) = settings.live_sources.get(source.name()) {
-        return fetcher_spec_with(settings, backends, live.source, live.budget)
+        return fetcher_spec_with(settings, backends, boards, live.source, live.budget)
             .with_version(&live.version);
     }
     let budget = crate::source::retry_budget_for(&settings.sources, source.name());
-    fetcher_spec_with(settings, backends, source, budget)
+    fetcher_spec_with(settings, backends, boards, source, budget)
 }
 
 pub(crate) fn fetcher_spec_with(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     source: Arc<dyn Source>,
     retry_budget: hubflow_actors::retry::RetryBudget,
 ) -> ChildSpec {
-    let cfg = &settings.config;
+    let cfg = settings;
     let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
     let params = FetcherParams {
         hub: backends.ingest.clone(),
@@ -342,7 +244,7 @@ pub(crate) fn fetcher_spec_with(
     ChildSpec::new(
         fetcher_child_name(source.name()),
         Restart::Permanent,
-        Arc::new(FetcherFactory(params, backends.pauses.clone())),
+        fetcher_factory(params, boards.pauses.clone()),
     )
     .with_stall_timeout(stall)
 }
@@ -352,9 +254,10 @@ pub(crate) fn fetcher_spec_with(
 pub fn ingest_partition_spec(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     partition: u32,
 ) -> ChildSpec {
-    let cfg = &settings.config;
+    let cfg = settings;
     let state = backends.state(settings);
     let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
     let writer = WriterParams {
@@ -366,8 +269,8 @@ pub fn ingest_partition_spec(
         raw_container: cfg.storage.raw_container.clone(),
         state,
         landed: backends.landed.clone(),
-        announce: cfg.transform.notices == LandedNotices::Writer,
-        zstd_level: cfg.batch.zstd_level,
+        announce: cfg.transform_options.notices == LandedNotices::Writer,
+        zstd_level: settings.raw_zstd_level,
         probe: Default::default(),
     };
     let consumer = ConsumerTemplate {
@@ -376,7 +279,7 @@ pub fn ingest_partition_spec(
         partition,
         limits: settings.batch,
         max_wait: Duration::from_millis(500),
-        pauses: backends.pauses.clone(),
+        pauses: boards.pauses.clone(),
     };
     supervisor(
         &partition_child_name(partition),
@@ -387,17 +290,21 @@ pub fn ingest_partition_spec(
         ChildSpec::new(
             "writer",
             Restart::Permanent,
-            Arc::new(WriterFactory(writer)),
+            ActorFactory::new(
+                || BlobWriter,
+                move |ctx: &ChildContext| {
+                    Ok(WriterParams {
+                        probe: ctx.probe.clone(),
+                        ..writer.clone()
+                    })
+                },
+            ),
         )
         .with_stall_timeout(stall),
     )
     .child(
-        ChildSpec::new(
-            "consumer",
-            Restart::Permanent,
-            Arc::new(ConsumerFactory(consumer)),
-        )
-        .with_stall_timeout(stall),
+        ChildSpec::new("consumer", Restart::Permanent, consumer_factory(consumer))
+            .with_stall_timeout(stall),
     )
     .into_child()
 }
@@ -407,23 +314,32 @@ pub fn ingest_partition_spec(
 pub fn notice_listener_spec(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     landed_partition: u32,
 ) -> ChildSpec {
-    let cfg = &settings.config;
+    let cfg = settings;
     let params = NoticeListenerParams {
         landed: backends.landed.clone(),
         landed_partition,
         consumer_group: TRANSFORM_GROUP.to_string(),
         ingest_hub: INGEST_HUB.to_string(),
         raw_container: cfg.storage.raw_container.clone(),
-        board: backends.board.clone(),
+        board: boards.board.clone(),
         max_wait: Duration::from_millis(500),
         probe: Default::default(),
     };
     ChildSpec::new(
         format!("l{landed_partition:04}"),
         Restart::Permanent,
-        Arc::new(NoticeListenerFactory(params)),
+        ActorFactory::new(
+            || NoticeListener,
+            move |ctx: &ChildContext| {
+                Ok(NoticeListenerParams {
+                    probe: ctx.probe.clone(),
+                    ..params.clone()
+                })
+            },
+        ),
     )
     .with_stall_timeout(Duration::from_millis(cfg.supervision.stall_timeout_ms))
 }
@@ -432,9 +348,10 @@ pub fn notice_listener_spec(
 pub fn transform_partition_spec(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     partition: u32,
 ) -> ChildSpec {
-    let cfg = &settings.config;
+    let cfg = settings;
     let state = backends.state(settings);
     let stall = Duration::from_millis(cfg.supervision.stall_timeout_ms);
     let transform = TransformerParams {
@@ -445,21 +362,29 @@ pub fn transform_partition_spec(
         curated: backends.blobs.clone(),
         curated_container: cfg.storage.curated_container.clone(),
         state: state.clone(),
-        board: backends.board.clone(),
+        board: boards.board.clone(),
         dead_letters: backends.blobs.clone(),
         dead_letter_container: cfg.storage.dead_letter_container.clone(),
         options: settings.curate.clone(),
-        dedupe_window: cfg.transform.dedupe_window,
-        poll_wait: Duration::from_millis(cfg.transform.poll_ms),
+        dedupe_window: cfg.transform_options.dedupe_window,
+        poll_wait: Duration::from_millis(cfg.transform_options.poll_ms),
         transform: settings.transform.current(),
         window_cache: Default::default(),
-        curate_slots: backends.curate_slots.clone(),
+        curate_slots: boards.curate_slots.clone(),
         probe: Default::default(),
     };
     ChildSpec::new(
         partition_child_name(partition),
         Restart::Permanent,
-        Arc::new(TransformerFactory(transform)),
+        ActorFactory::new(
+            || Transformer,
+            move |ctx: &ChildContext| {
+                Ok(TransformerParams {
+                    probe: ctx.probe.clone(),
+                    ..transform.clone()
+                })
+            },
+        ),
     )
     .with_stall_timeout(stall)
     .with_version(settings.transform.current().version)
@@ -485,6 +410,7 @@ pub async fn transform_group_spec(pipeline: &Pipeline) -> anyhow::Result<ChildSp
         spec = spec.child(transform_partition_spec(
             &pipeline.settings,
             &pipeline.backends,
+            &pipeline.boards,
             partition,
         ));
     }
@@ -499,33 +425,19 @@ fn transform_supervisor(settings: &Settings) -> SupervisorSpec {
         .stop_children_together()
 }
 
-struct FetcherFactory(FetcherParams, Pauses);
-
-#[async_trait]
-impl ChildFactory for FetcherFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = FetcherParams {
-            probe: ctx.probe,
-            start_paused: self.1.source(self.0.source.name()),
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, Fetcher, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
-}
-
-struct WriterFactory(WriterParams);
-
-#[async_trait]
-impl ChildFactory for WriterFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = WriterParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, BlobWriter, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
+/// A source's fetcher; a restarted one starts paused when an operator
+/// paused its source.
+fn fetcher_factory(params: FetcherParams, pauses: Pauses) -> Arc<dyn ChildFactory> {
+    ActorFactory::new(
+        || Fetcher,
+        move |ctx: &ChildContext| {
+            Ok(FetcherParams {
+                probe: ctx.probe.clone(),
+                start_paused: pauses.source(params.source.name()),
+                ..params.clone()
+            })
+        },
+    )
 }
 
 #[derive(Clone)]
@@ -538,57 +450,28 @@ struct ConsumerTemplate {
     pauses: Pauses,
 }
 
-struct ConsumerFactory(ConsumerTemplate);
-
-#[async_trait]
-impl ChildFactory for ConsumerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let writer = ctx.sibling::<WriterMsg>("writer").ok_or_else(|| {
-            SpawnErr::StartupFailed(format!("{}: writer is not running", ctx.path).into())
-        })?;
-        let t = self.0.clone();
-        let params = ConsumerParams {
-            hub: t.hub,
-            consumer_group: t.consumer_group,
-            partition: t.partition,
-            writer,
-            limits: t.limits,
-            max_wait: t.max_wait,
-            start_paused: t.pauses.ingest(),
-            probe: ctx.probe,
-        };
-        let (actor, _) =
-            Actor::spawn_linked(None, PartitionConsumer, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
-}
-
-struct NoticeListenerFactory(NoticeListenerParams);
-
-#[async_trait]
-impl ChildFactory for NoticeListenerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = NoticeListenerParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, NoticeListener, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
-}
-
-struct TransformerFactory(TransformerParams);
-
-#[async_trait]
-impl ChildFactory for TransformerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = TransformerParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) = Actor::spawn_linked(None, Transformer, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
+/// A partition's consumer: it hands its batches to the writer started
+/// before it in the same group (rest_for_one), and starts paused while
+/// ingest is paused.
+fn consumer_factory(t: ConsumerTemplate) -> Arc<dyn ChildFactory> {
+    ActorFactory::new(
+        || PartitionConsumer,
+        move |ctx: &ChildContext| {
+            let writer = ctx.sibling::<WriterMsg>("writer").ok_or_else(|| {
+                SpawnErr::StartupFailed(format!("{}: writer is not running", ctx.path).into())
+            })?;
+            Ok(ConsumerParams {
+                hub: t.hub.clone(),
+                consumer_group: t.consumer_group.clone(),
+                partition: t.partition,
+                writer,
+                limits: t.limits,
+                max_wait: t.max_wait,
+                start_paused: t.pauses.ingest(),
+                probe: ctx.probe.clone(),
+            })
+        },
+    )
 }
 
 /// How far the data has come, read from durable state.
@@ -608,7 +491,7 @@ pub struct Progress {
 
 impl Progress {
     pub async fn read(settings: &Settings, backends: &Backends) -> anyhow::Result<Progress> {
-        let cfg = &settings.config;
+        let cfg = settings;
         let state = backends.state(settings);
         let mut progress = Progress {
             sources_caught_up: true,

@@ -13,7 +13,9 @@
 //! to `Utf8` reads as JSON text).
 //!
 //! [`format_batches`] renders results as a text table, CSV (nested values as
-//! JSON text) or a JSON array.
+//! JSON text) or a JSON array. [`curated`] is `hubflow query`: the same
+//! over the curated container a configuration names, with the schema
+//! registry's types (mirrored locally first when it is on Azure).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ use datafusion::prelude::SessionContext;
 pub use hubflow_actors::formats::curated::PARTITION_COLUMNS;
 use hubflow_actors::formats::curated::merge_schemas;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+
+use crate::config::CuratedLocation;
 use tracing::{debug, warn};
 
 /// Errors of the query layer.
@@ -537,4 +541,60 @@ fn json_text(field: &Field, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
         }
     }
     Ok(Arc::new(out.finish()))
+}
+/// `hubflow query`: SQL over the curated container at `location`, each
+/// source's table
+/// typed by its schema registry record (the union of every file's schema).
+///
+/// On the embedded store the files are read in place. With `[azure_blob]`
+/// the curated container is mirrored first into
+/// `<data_dir>/query-cache/<container>` (only new or rewritten files are
+/// downloaded, see [`crate::curated_cache`]) and the registry is read from
+/// Azure.
+pub async fn curated(
+    location: &CuratedLocation,
+    sql: &str,
+) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
+    let container = &location.storage.curated_container;
+    let (store, curated): (
+        Arc<dyn hubflow_actors::ports::BlobStore>,
+        std::path::PathBuf,
+    ) = if let Some(section) = &location.azure_blob {
+        let store = crate::azure::AzureBlobStore::new(section)?;
+        let mirror = location.data_dir.join("query-cache").join(container);
+        crate::curated_cache::sync(&store, container, &mirror).await?;
+        (Arc::new(store), mirror)
+    } else {
+        let store = crate::embedded::FsBlobStore::new(location.data_dir.join("blobs"))?;
+        let curated = store.container_path(container);
+        (Arc::new(store), curated)
+    };
+    let state =
+        hubflow_actors::ports::StateStore::new(store, location.storage.state_container.clone());
+    let mut schemas = std::collections::BTreeMap::new();
+    let names = match state.list_names("schemas/").await {
+        Ok(names) => names,
+        // No state container yet: nothing was curated; the query layer says so.
+        Err(hubflow_actors::ports::StateError::Blob(
+            hubflow_actors::ports::BlobError::ContainerNotFound { .. },
+        )) => Vec::new(),
+        Err(error) => {
+            warn!(%error, "cannot read the schema registry; inferring schemas");
+            Vec::new()
+        }
+    };
+    for name in names {
+        let Some(record) = state
+            .load::<hubflow_actors::transformer::SchemaRecord>(&name)
+            .await?
+        else {
+            continue;
+        };
+        let schema =
+            hubflow_actors::formats::curated::schema_from_json(record.value.table_schema())
+                .with_context(|| format!("schema registry record {name}"))?;
+        let source = name.trim_start_matches("schemas/").to_string();
+        schemas.insert(source, Arc::new(schema));
+    }
+    Ok(query_dir_with_schemas(&curated, sql, &schemas).await?)
 }

@@ -43,8 +43,8 @@ use hubflow_actors::transformer::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::backends::{Backends, INGEST_HUB};
 use crate::config::Settings;
-use crate::pipeline::{Backends, INGEST_HUB};
 
 /// What to replay.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ pub struct ReplayContext {
 
 impl ReplayContext {
     pub fn new(settings: &Settings, backends: &Backends) -> Self {
-        let s = &settings.config.storage;
+        let s = &settings.storage;
         ReplayContext {
             ingest_hub: INGEST_HUB.to_string(),
             raw: backends.blobs.clone(),
@@ -166,7 +166,7 @@ impl ReplayContext {
             dead_letter_container: s.dead_letter_container.clone(),
             state: backends.state(settings),
             options: settings.curate.clone(),
-            dedupe_window: settings.config.transform.dedupe_window,
+            dedupe_window: settings.transform_options.dedupe_window,
             node: settings.node_id(),
             transform: settings.transform.current(),
         }

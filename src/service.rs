@@ -22,9 +22,10 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminParts, AdminState};
+use crate::backends::Backends;
 use crate::config::Settings;
 use crate::demo;
-use crate::pipeline::{Backends, Pipeline, Progress};
+use crate::pipeline::{Pipeline, Progress};
 use crate::source::HttpSource;
 use crate::telemetry::{self, LogControl};
 
@@ -74,7 +75,7 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
 
 /// [`run`] with the process's log control and hooks.
 pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> anyhow::Result<()> {
-    let admin_settings = settings.config.admin.validate()?;
+    let admin_settings = settings.admin.clone();
     let metrics = telemetry::install_metrics();
     // Listen for signals before anything starts, so none is missed.
     let mut signals = Signals::new().context("installing signal handlers")?;
@@ -86,11 +87,7 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
 
     // `[azure_blob]` puts the blob store in Azure, `[event_hubs]` the hubs;
     // whatever is not configured stays embedded under the data directory.
-    let backends = if crate::azure::is_configured(&settings) {
-        crate::azure::azure_backends(&settings).await?
-    } else {
-        Backends::embedded(&settings).await?
-    };
+    let backends = Backends::open(&settings).await?;
     backends.ensure_containers(&settings).await?;
     let (sources, demo) = start_sources(&settings, &backends).await?;
     let source_count = sources.len();
@@ -99,7 +96,7 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     info!("pipeline started");
     // Follow transform swaps made on any node (the durable spec log).
     let (sync_stop, sync_stopped) = tokio::sync::watch::channel(false);
-    let sync_task = tokio::spawn(crate::transform::sync::run_sync(
+    let sync_task = tokio::spawn(crate::swap::transform::run_sync(
         Arc::downgrade(&pipeline),
         sync_stopped,
     ));
@@ -197,15 +194,15 @@ async fn start_sources(
         task: None,
     };
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    for config in &settings.config.sources {
-        sources.push(crate::source_specs::bootstrap(settings, backends, config).await?);
+    for config in &settings.source_configs {
+        sources.push(crate::swap::source::bootstrap(settings, backends, config).await?);
     }
-    if sources.is_empty() && settings.config.demo.enabled {
+    if sources.is_empty() && settings.demo.enabled {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the demo api")?;
         let url = format!("http://{}", listener.local_addr()?);
-        let config = settings.config.demo.api();
+        let config = settings.demo.api();
         demo.task = Some(tokio::spawn(async move {
             if let Err(error) = demo::serve(listener, config, async {
                 let _ = stopped.await;
@@ -501,62 +498,4 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// `hubflow query`: SQL over the curated container, each source's table
-/// typed by its schema registry record (the union of every file's schema).
-///
-/// On the embedded store the files are read in place. With `[azure_blob]`
-/// the curated container is mirrored first into
-/// `<data_dir>/query-cache/<container>` (only new or rewritten files are
-/// downloaded, see [`crate::curated_cache`]) and the registry is read from
-/// Azure.
-pub async fn query(
-    settings: &Settings,
-    sql: &str,
-) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
-    let container = &settings.config.storage.curated_container;
-    let (store, curated): (
-        Arc<dyn hubflow_actors::ports::BlobStore>,
-        std::path::PathBuf,
-    ) = if settings.config.azure_blob.is_some() {
-        let store = crate::azure::azure_blob_store(settings)?;
-        let mirror = settings.data_dir().join("query-cache").join(container);
-        crate::curated_cache::sync(&store, container, &mirror).await?;
-        (Arc::new(store), mirror)
-    } else {
-        let store = crate::embedded::FsBlobStore::new(settings.data_dir().join("blobs"))?;
-        let curated = store.container_path(container);
-        (Arc::new(store), curated)
-    };
-    let state = hubflow_actors::ports::StateStore::new(
-        store,
-        settings.config.storage.state_container.clone(),
-    );
-    let mut schemas = std::collections::BTreeMap::new();
-    let names = match state.list_names("schemas/").await {
-        Ok(names) => names,
-        // No state container yet: nothing was curated; the query layer says so.
-        Err(hubflow_actors::ports::StateError::Blob(
-            hubflow_actors::ports::BlobError::ContainerNotFound { .. },
-        )) => Vec::new(),
-        Err(error) => {
-            warn!(%error, "cannot read the schema registry; inferring schemas");
-            Vec::new()
-        }
-    };
-    for name in names {
-        let Some(record) = state
-            .load::<hubflow_actors::transformer::SchemaRecord>(&name)
-            .await?
-        else {
-            continue;
-        };
-        let schema =
-            hubflow_actors::formats::curated::schema_from_json(record.value.table_schema())
-                .with_context(|| format!("schema registry record {name}"))?;
-        let source = name.trim_start_matches("schemas/").to_string();
-        schemas.insert(source, Arc::new(schema));
-    }
-    Ok(crate::query::query_dir_with_schemas(&curated, sql, &schemas).await?)
 }

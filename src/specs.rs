@@ -6,7 +6,7 @@
 //! is what every node runs (or is moving to), `stable` the newest version
 //! that passed its probation, and `probation` the swap being watched, if
 //! any. Every node starts with `stable` and converges on `active` (see
-//! `transform::sync`). One record holds the whole history, so a proposal,
+//! `swap::transform`). One record holds the whole history, so a proposal,
 //! a decision or a refusal is one atomic write: nothing is half applied.
 //!
 //! Writers:

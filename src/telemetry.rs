@@ -28,8 +28,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
+use crate::backends::{Backends, INGEST_HUB};
 use crate::config::Settings;
-use crate::pipeline::{Backends, INGEST_HUB};
 
 /// The default log filter when `HUBFLOW_LOG` is not set.
 pub const DEFAULT_LOG_FILTER: &str = "info";
@@ -624,7 +624,7 @@ impl PipelineMetrics {
         crate::health::record(&crate::health::write_blocks(
             tree,
             hubflow_actors::now_ms(),
-            settings.config.supervision.backoff_reset_ms,
+            settings.supervision.backoff_reset_ms,
         ));
         self.record_lag(settings, backends).await?;
         if self
@@ -632,7 +632,7 @@ impl PipelineMetrics {
             .is_none_or(|at| at.elapsed() >= DLQ_COUNT_EVERY)
         {
             self.dlq_counted = Some(Instant::now());
-            let container = &settings.config.storage.dead_letter_container;
+            let container = &settings.storage.dead_letter_container;
             match crate::dlq::count(backends.blobs.as_ref(), container).await {
                 Ok(counts) => {
                     for ((stage, redriven), n) in counts {
@@ -651,7 +651,7 @@ impl PipelineMetrics {
     }
 
     async fn record_lag(&mut self, settings: &Settings, backends: &Backends) -> anyhow::Result<()> {
-        let cfg = &settings.config;
+        let cfg = settings;
         let state = backends.state(settings);
         for partition in backends
             .ingest

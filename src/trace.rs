@@ -28,9 +28,9 @@ use hubflow_actors::record::RawBlobName;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::backends::Backends;
 use crate::config::Settings;
 use crate::dlq::{DeadLetterSummary, Dlq};
-use crate::pipeline::Backends;
 use crate::replay::{REPLAY_RECORDS, ReplayProgress};
 
 /// Payload bytes shown in a trace, at most.
@@ -132,7 +132,42 @@ pub async fn trace(
     if !known {
         return Err(TraceError::UnknownSource(source.to_string()));
     }
-    let cfg = &settings.config;
+    let mut trace = Trace {
+        source: source.to_string(),
+        id: id.to_string(),
+        curated: curated_rows(settings, source, id).await?,
+        raw: None,
+        fetch: None,
+        dead_letters: Vec::new(),
+        replays: Vec::new(),
+        notes: Vec::new(),
+    };
+    trace.dead_letters = Dlq::of(settings, backends)
+        .touching(source, id)
+        .await
+        .context("reading dead letters")?;
+    let Some(row) = trace.curated.first().cloned() else {
+        if trace.dead_letters.is_empty() {
+            return Err(TraceError::NotFound {
+                source_name: source.to_string(),
+                id: id.to_string(),
+            });
+        }
+        trace
+            .notes
+            .push("not curated: see the dead letters".to_string());
+        return Ok(trace);
+    };
+    upstream(settings, backends, &row, &mut trace).await?;
+    Ok(trace)
+}
+
+/// The curated rows of record `id` of `source`, from its metadata columns.
+async fn curated_rows(
+    settings: &Settings,
+    source: &str,
+    id: &str,
+) -> Result<Vec<CuratedRow>, TraceError> {
     let sql = format!(
         "SELECT date, hour, {COL_HUB_PARTITION}, {COL_HUB_SEQUENCE}, {COL_HUB_OFFSET}, \
          {COL_RAW_BLOB}, {COL_TRANSFORM_VERSION} FROM \"{}\" WHERE {COL_RECORD_ID} = {} \
@@ -140,7 +175,7 @@ pub async fn trace(
         source.replace('"', "\"\""),
         sql_text(id)
     );
-    let batches = crate::service::query(settings, &sql)
+    let batches = crate::query::curated(&settings.curated_location(), &sql)
         .await
         .with_context(|| format!("querying curated table {source}"))?;
     let mut curated = Vec::new();
@@ -166,71 +201,62 @@ pub async fn trace(
             });
         }
     }
-    let mut trace = Trace {
-        source: source.to_string(),
-        id: id.to_string(),
-        curated,
-        raw: None,
-        fetch: None,
-        dead_letters: Vec::new(),
-        replays: Vec::new(),
-        notes: Vec::new(),
-    };
-    trace.dead_letters = Dlq::of(settings, backends)
-        .touching(source, id)
-        .await
-        .context("reading dead letters")?;
-    let Some(row) = trace.curated.first().cloned() else {
-        if trace.dead_letters.is_empty() {
-            return Err(TraceError::NotFound {
-                source_name: source.to_string(),
-                id: id.to_string(),
-            });
-        }
-        trace
-            .notes
-            .push("not curated: see the dead letters".to_string());
-        return Ok(trace);
-    };
+    Ok(curated)
+}
 
+/// Upstream of a curated row: the raw record, the page that fetched it
+/// (from the page log) and the replays that rewrote it. What cannot be
+/// found becomes a note, not an error.
+async fn upstream(
+    settings: &Settings,
+    backends: &Backends,
+    row: &CuratedRow,
+    trace: &mut Trace,
+) -> Result<(), TraceError> {
     let state = backends.state(settings);
-    match raw_hit(backends.blobs.as_ref(), &cfg.storage.raw_container, &row).await {
-        Ok(Some(hit)) => {
-            match page_log::find(&state, source, hit.fetched_ms).await {
-                Ok(Some((blob, page))) => {
-                    trace.fetch = Some(FetchHit {
-                        page_log_blob: blob,
-                        fetched_ms: page.fetched_ms,
-                        request: page.request,
-                        cursor: page.cursor,
-                        page_records: page.records,
-                        first_id: page.first_id,
-                        last_id: page.last_id,
-                    })
-                }
-                Ok(None) => trace.notes.push(format!(
-                    "the page log holds no page fetched at {} (older than \
-                     [fetcher] page_log_retention_hours, or not written before a crash)",
-                    hit.fetched_ms
-                )),
-                Err(error) => trace
-                    .notes
-                    .push(format!("cannot read the page log: {error}")),
-            }
-            trace.replays = replays_touching(&state, &row, hit.enqueued_ms)
-                .await
-                .context("reading replay records")?;
-            trace.raw = Some(hit);
+    let raw_container = &settings.storage.raw_container;
+    let hit = match raw_hit(backends.blobs.as_ref(), raw_container, row).await {
+        Ok(Some(hit)) => hit,
+        Ok(None) => {
+            trace.notes.push(format!(
+                "raw blob {} holds no record with sequence number {}",
+                row.raw_blob, row.sequence
+            ));
+            return Ok(());
+        }
+        Err(error) => {
+            trace
+                .notes
+                .push(format!("cannot read raw blob {}: {error:#}", row.raw_blob));
+            return Ok(());
+        }
+    };
+    match page_log::find(&state, &trace.source, hit.fetched_ms).await {
+        Ok(Some((blob, page))) => {
+            trace.fetch = Some(FetchHit {
+                page_log_blob: blob,
+                fetched_ms: page.fetched_ms,
+                request: page.request,
+                cursor: page.cursor,
+                page_records: page.records,
+                first_id: page.first_id,
+                last_id: page.last_id,
+            })
         }
         Ok(None) => trace.notes.push(format!(
-            "raw blob {} holds no record with sequence number {}",
-            row.raw_blob, row.sequence
+            "the page log holds no page fetched at {} (older than \
+             [fetcher] page_log_retention_hours, or not written before a crash)",
+            hit.fetched_ms
         )),
         Err(error) => trace
             .notes
-            .push(format!("cannot read raw blob {}: {error:#}", row.raw_blob)),
+            .push(format!("cannot read the page log: {error}")),
     }
-    Ok(trace)
+    trace.replays = replays_touching(&state, row, hit.enqueued_ms)
+        .await
+        .context("reading replay records")?;
+    trace.raw = Some(hit);
+    Ok(())
 }
 
 async fn raw_hit(
@@ -317,7 +343,7 @@ pub async fn trace_row(
         .next()
         .filter(|s| !s.is_empty() && file.ends_with(".parquet") && !file.contains(".."))
         .ok_or_else(|| bad("expected <source>/date=…/hour=…/<name>.parquet".into()))?;
-    let container = &settings.config.storage.curated_container;
+    let container = &settings.storage.curated_container;
     let (bytes, _) = match backends.blobs.get(container, file).await {
         Ok(found) => found,
         Err(e) if e.is_not_found() => return Err(TraceError::NoSuchFile(file.to_string())),

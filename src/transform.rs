@@ -1,4 +1,4 @@
-//! Transformation specs and their hot swap.
+//! Transformation specs: what a transform is and which one a node runs.
 //!
 //! A [`TransformSpec`] is data, not a recompile: a version label and a SQL
 //! query over the table `batch` (one source's curated batch: its data
@@ -8,36 +8,23 @@
 //! stamps `_transform_version` itself). No SQL is the identity transform
 //! (the default).
 //!
-//! Layout:
-//! - this file: the spec, [`SqlTransform`], [`ActiveTransform`] (the
-//!   version this node runs, its local history and the config's spec, for
-//!   drift) and [`dry_run`];
-//! - `sync.rs`: durable, cluster-wide versions. Every version is kept in
-//!   the spec log (`specs/transform` in the state container, see
-//!   [`crate::specs`]); a swap on any node's admin port is validated,
-//!   dry-run on the newest raw blob, and proposed there by compare-and-swap;
-//!   every node then converges on it: drains and replaces its own transform
-//!   group, watched through a probation that is cluster-wide (one node's
-//!   failure rolls the log back, and every node follows). A node starts
-//!   with the log's stable version, not the config file's, unless the
-//!   config asks for an override (`[transform] override_stored`).
+//! This file holds the spec, [`SqlTransform`] and [`ActiveTransform`] (the
+//! version this node runs, its local history and the config's spec, for
+//! drift): data that the configuration needs, with nothing of the running
+//! pipeline. Changing the version while the pipeline runs (dry run, the
+//! durable cluster-wide spec log, converge, probation, rollback) is the hot
+//! swap in `crate::swap::transform`.
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use crate::pipeline::{Pipeline, ROOT_SUPERVISOR, TRANSFORM_SUPERVISOR};
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
-use hubflow_actors::formats::curated::{
-    self, BatchTransform, CurateInput, CurateTransform, IDENTITY_VERSION,
-};
-use hubflow_actors::formats::raw;
-use hubflow_actors::record::RawBlobName;
+use hubflow_actors::formats::curated::{BatchTransform, CurateTransform, IDENTITY_VERSION};
 use serde::{Deserialize, Serialize};
 
-pub mod sync;
-
-pub use sync::{SPEC_RECORD, SwapOptions, SwapOutcome, swap};
+/// The transform's spec log in the state container.
+pub const SPEC_RECORD: &str = "specs/transform";
 
 /// The version label of the identity transform.
 pub const IDENTITY: &str = IDENTITY_VERSION;
@@ -198,7 +185,7 @@ struct Active {
 
 /// What [`ActiveTransform::begin`] replaced, to put back on a failure.
 pub(crate) struct Previous {
-    spec: TransformSpec,
+    pub(crate) spec: TransformSpec,
     seq: u64,
     transform: Option<Arc<dyn BatchTransform>>,
 }
@@ -348,101 +335,4 @@ pub fn same_spec(a: &TransformSpec, b: &TransformSpec) -> bool {
             .map(str::to_string)
     };
     a.version.trim() == b.version.trim() && sql(a) == sql(b)
-}
-
-/// How a dry run went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DryRun {
-    /// The raw blob it ran on; `None` when no raw data exists yet (only the
-    /// SQL was checked).
-    pub raw_blob: Option<String>,
-    pub rows_in: usize,
-    pub rows_out: usize,
-    /// Output columns per source.
-    pub columns: Vec<(String, Vec<String>)>,
-}
-
-/// Run `transform` on the newest raw blob, as a transformer would.
-pub async fn dry_run(
-    pipeline: &Pipeline,
-    version: &str,
-    transform: Option<Arc<dyn BatchTransform>>,
-) -> Result<DryRun, TransformError> {
-    let transform = CurateTransform {
-        version: version.to_string(),
-        transform,
-    };
-    let cfg = &pipeline.settings.config;
-    let container = &cfg.storage.raw_container;
-    let blobs = pipeline
-        .backends
-        .blobs
-        .list(container, &format!("{}/", crate::pipeline::INGEST_HUB))
-        .await
-        .map_err(|e| TransformError::Storage(e.to_string()))?;
-    let newest = blobs
-        .into_iter()
-        .filter(|b| RawBlobName::parse(&b.name).is_some())
-        .max_by_key(|b| (b.last_modified_ms, b.name.clone()));
-    let Some(newest) = newest else {
-        return Ok(DryRun {
-            raw_blob: None,
-            rows_in: 0,
-            rows_out: 0,
-            columns: Vec::new(),
-        });
-    };
-    let (bytes, _) = pipeline
-        .backends
-        .blobs
-        .get(container, &newest.name)
-        .await
-        .map_err(|e| TransformError::Storage(e.to_string()))?;
-    let raw_blob = format!("{container}/{}", newest.name);
-    let failed = |message: String| TransformError::DryRun {
-        version: version.to_string(),
-        raw_blob: raw_blob.clone(),
-        message,
-    };
-    let batch = raw::decode(&bytes).map_err(|e| failed(format!("raw blob unreadable: {e}")))?;
-    let options = pipeline.settings.curate.clone();
-    let blob_name = raw_blob.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        let inputs = CurateInput::from_raw(&batch);
-        let out = curated::curate_versioned(
-            &inputs,
-            &blob_name,
-            "dry-run",
-            &Default::default(),
-            &options,
-            &transform,
-        );
-        (inputs.len(), out)
-    })
-    .await
-    .map_err(|e| failed(format!("dry run panicked: {e}")))?;
-    let (rows_in, output) = output;
-    let output = output.map_err(|e| failed(e.to_string()))?;
-    let schemas = if output.output_schemas.is_empty() {
-        &output.schemas
-    } else {
-        &output.output_schemas
-    };
-    Ok(DryRun {
-        raw_blob: Some(raw_blob),
-        rows_in,
-        rows_out: output.files.iter().map(|f| f.rows).sum(),
-        columns: schemas
-            .iter()
-            .map(|(s, schema)| {
-                let names = schema.fields().iter().map(|f| f.name().clone()).collect();
-                (s.clone(), names)
-            })
-            .collect(),
-    })
-}
-
-/// The path of the transform group in the tree.
-pub fn group_path() -> String {
-    format!("{ROOT_SUPERVISOR}/{TRANSFORM_SUPERVISOR}")
 }

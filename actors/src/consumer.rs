@@ -271,6 +271,26 @@ mod tests {
     use crate::ports::{BlobStore, EventData, PublishTarget, StateStore};
     use crate::record::{PROP_ID, RawBlobName};
 
+    /// A one-partition hub "ingest" and a blob store with the "raw" and
+    /// "state" containers.
+    async fn stores() -> (Arc<MemoryHub>, Arc<MemoryBlobStore>) {
+        let hub = Arc::new(MemoryHub::new("ingest", 1));
+        let blobs = Arc::new(MemoryBlobStore::new());
+        blobs.create_container("raw").await.unwrap();
+        blobs.create_container("state").await.unwrap();
+        (hub, blobs)
+    }
+
+    /// Batch limits with 1 MiB of bytes.
+    fn limits(max_records: usize, max_age: Duration, idle: Duration) -> BatchLimits {
+        BatchLimits {
+            max_records,
+            max_bytes: 1 << 20,
+            max_age,
+            idle,
+        }
+    }
+
     async fn publish(hub: &MemoryHub, partition: u32, range: std::ops::Range<u32>) {
         let events = range
             .map(|i| {
@@ -358,17 +378,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn batches_by_count_and_age() {
-        let hub = Arc::new(MemoryHub::new("ingest", 1));
-        let blobs = Arc::new(MemoryBlobStore::new());
-        blobs.create_container("raw").await.unwrap();
-        blobs.create_container("state").await.unwrap();
+        let (hub, blobs) = stores().await;
         publish(&hub, 0, 0..25).await;
-        let limits = BatchLimits {
-            max_records: 10,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(2),
-            idle: Duration::from_secs(60),
-        };
+        let limits = limits(10, Duration::from_secs(2), Duration::from_secs(60));
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 25).await;
         assert_eq!(raw_ranges(&blobs).await, vec![(0, 9), (10, 19), (20, 24)]);
@@ -378,17 +390,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_partition_cuts_its_batch_before_max_age() {
-        let hub = Arc::new(MemoryHub::new("ingest", 1));
-        let blobs = Arc::new(MemoryBlobStore::new());
-        blobs.create_container("raw").await.unwrap();
-        blobs.create_container("state").await.unwrap();
+        let (hub, blobs) = stores().await;
         publish(&hub, 0, 0..7).await;
-        let limits = BatchLimits {
-            max_records: 1000,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(3600),
-            idle: Duration::from_millis(100),
-        };
+        let limits = limits(1000, Duration::from_secs(3600), Duration::from_millis(100));
         let started = tokio::time::Instant::now();
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 7).await;
@@ -407,17 +411,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_consumer_started_paused_reads_nothing_until_resumed() {
-        let hub = Arc::new(MemoryHub::new("ingest", 1));
-        let blobs = Arc::new(MemoryBlobStore::new());
-        blobs.create_container("raw").await.unwrap();
-        blobs.create_container("state").await.unwrap();
+        let (hub, blobs) = stores().await;
         publish(&hub, 0, 0..10).await;
-        let limits = BatchLimits {
-            max_records: 10,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_millis(100),
-            idle: Duration::from_secs(60),
-        };
+        let limits = limits(10, Duration::from_millis(100), Duration::from_secs(60));
         let (writer, consumer, probe) = start_with(hub.clone(), blobs.clone(), limits, true).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(raw_ranges(&blobs).await.is_empty());
@@ -431,17 +427,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restarted_consumer_resumes_at_the_writer_checkpoint() {
-        let hub = Arc::new(MemoryHub::new("ingest", 1));
-        let blobs = Arc::new(MemoryBlobStore::new());
-        blobs.create_container("raw").await.unwrap();
-        blobs.create_container("state").await.unwrap();
+        let (hub, blobs) = stores().await;
         publish(&hub, 0, 0..10).await;
-        let limits = BatchLimits {
-            max_records: 10,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(1),
-            idle: Duration::from_secs(60),
-        };
+        let limits = limits(10, Duration::from_secs(1), Duration::from_secs(60));
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         wait_for_position(&probe, 10).await;
         consumer.kill();
@@ -456,16 +444,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn writer_death_fails_the_consumer_as_downstream_closed() {
-        let hub = Arc::new(MemoryHub::new("ingest", 1));
-        let blobs = Arc::new(MemoryBlobStore::new());
-        blobs.create_container("raw").await.unwrap();
-        blobs.create_container("state").await.unwrap();
-        let limits = BatchLimits {
-            max_records: 2,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(1),
-            idle: Duration::from_secs(60),
-        };
+        let (hub, blobs) = stores().await;
+        let limits = limits(2, Duration::from_secs(1), Duration::from_secs(60));
         let (writer, consumer, probe) = start(hub.clone(), blobs.clone(), limits).await;
         writer.kill();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -527,12 +507,7 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new((0usize, 0i64)));
         let (writer, _) = Actor::spawn(None, SlowWriter, seen.clone()).await.unwrap();
         let probe = ActorProbe::new();
-        let limits = BatchLimits {
-            max_records: 500,
-            max_bytes: 1 << 20,
-            max_age: Duration::from_secs(1),
-            idle: Duration::from_secs(60),
-        };
+        let limits = limits(500, Duration::from_secs(1), Duration::from_secs(60));
         let (consumer, _) = Actor::spawn(
             None,
             PartitionConsumer,

@@ -767,18 +767,30 @@ mod tests {
         Arc::new(MemoryBlobStore::new())
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn publishes_every_record_once_and_stores_cursor() {
-        let hub = Arc::new(MemoryHub::new("ingest", 3));
+    /// A blob store with the "state" and "dead-letters" containers.
+    async fn stores() -> Arc<MemoryBlobStore> {
         let store = blobs();
         store.create_container("state").await.unwrap();
         store.create_container("dead-letters").await.unwrap();
-        let source = Arc::new(Scripted {
-            total: 50,
-            page: 8,
+        store
+    }
+
+    /// A source of `total` records in pages of `page`, failing the calls in
+    /// `fail_on`.
+    fn scripted(total: u64, page: u64, fail_on: Vec<(u64, fn() -> SourceError)>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            total,
+            page,
             calls: Mutex::new(0),
-            fail_on: vec![],
-        });
+            fail_on,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishes_every_record_once_and_stores_cursor() {
+        let hub = Arc::new(MemoryHub::new("ingest", 3));
+        let store = stores().await;
+        let source = scripted(50, 8, vec![]);
         let status = run_until_caught_up(params(source, hub.clone(), store.clone())).await;
         assert_eq!(status.records_published, 50);
         assert_eq!(status.pages, 7);
@@ -800,15 +812,8 @@ mod tests {
         // with an 11-byte limit every batch splits down to single records,
         // the first ten go through and the other forty can never fit.
         let hub = Arc::new(MemoryHub::new("ingest", 1).with_max_batch_bytes(11));
-        let store = blobs();
-        store.create_container("state").await.unwrap();
-        store.create_container("dead-letters").await.unwrap();
-        let source = Arc::new(Scripted {
-            total: 50,
-            page: 25,
-            calls: Mutex::new(0),
-            fail_on: vec![],
-        });
+        let store = stores().await;
+        let source = scripted(50, 25, vec![]);
         let status = run_until_caught_up(params(source, hub.clone(), store.clone())).await;
         let mut published: Vec<String> = all_ids(&hub).await;
         published.sort();
@@ -832,23 +837,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn restart_resumes_from_stored_cursor() {
         let hub = Arc::new(MemoryHub::new("ingest", 2));
-        let store = blobs();
-        store.create_container("state").await.unwrap();
-        store.create_container("dead-letters").await.unwrap();
-        let first = Arc::new(Scripted {
-            total: 20,
-            page: 5,
-            calls: Mutex::new(0),
-            fail_on: vec![],
-        });
+        let store = stores().await;
+        let first = scripted(20, 5, vec![]);
         run_until_caught_up(params(first, hub.clone(), store.clone())).await;
         // A second fetcher over a source that has grown: only the new records.
-        let grown = Arc::new(Scripted {
-            total: 30,
-            page: 5,
-            calls: Mutex::new(0),
-            fail_on: vec![],
-        });
+        let grown = scripted(30, 5, vec![]);
         let status = run_until_caught_up(params(grown, hub.clone(), store)).await;
         assert_eq!(status.records_published, 10);
         assert_eq!(status.records_total, 30);
@@ -858,9 +851,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_errors_retry_and_bad_responses_are_dead_lettered() {
         let hub = Arc::new(MemoryHub::new("ingest", 2));
-        let store = blobs();
-        store.create_container("state").await.unwrap();
-        store.create_container("dead-letters").await.unwrap();
+        let store = stores().await;
         let source = Arc::new(Scripted {
             total: 10,
             page: 5,
@@ -915,9 +906,7 @@ mod tests {
             Backoff, ChildSpec, NodeState, Restart, Strategy, SupervisorSpec, start_root,
         };
         let hub = Arc::new(MemoryHub::new("ingest", 2));
-        let store = blobs();
-        store.create_container("state").await.unwrap();
-        store.create_container("dead-letters").await.unwrap();
+        let store = stores().await;
         let unavailable = || SourceError::Transient {
             source_name: "orders".into(),
             message: "http 503 Service Unavailable for GET http://api.test/records?api_key=***"
@@ -925,12 +914,11 @@ mod tests {
             retry_after: None,
         };
         // Two pages, then three failures in a row, then healthy again.
-        let source = Arc::new(Scripted {
-            total: 20,
-            page: 5,
-            calls: Mutex::new(0),
-            fail_on: vec![(3, unavailable), (4, unavailable), (5, unavailable)],
-        });
+        let source = scripted(
+            20,
+            5,
+            vec![(3, unavailable), (4, unavailable), (5, unavailable)],
+        );
         let mut p = params(source.clone(), hub.clone(), store.clone());
         p.retry_budget = RetryBudget {
             max_failures: Some(3),

@@ -33,6 +33,7 @@ use super::state::AdminState;
 use crate::dlq::{Dlq, DlqError, ListFilter};
 use crate::health;
 use crate::replay::{ReplayError, ReplayRequest};
+use crate::swap::transform as hot_swap;
 use crate::telemetry::{self, LogError};
 use crate::trace::TraceError;
 
@@ -343,12 +344,7 @@ async fn healthz() -> Json<Value> {
 /// Why the node is not ready (`None`: ready), and the actors that cannot
 /// write (storage full; see [`crate::health`]).
 fn readiness(state: &AdminState, tree: &StatusNode) -> (Option<String>, Vec<health::WriteBlock>) {
-    let healthy_after = state
-        .pipeline()
-        .settings
-        .config
-        .supervision
-        .backoff_reset_ms;
+    let healthy_after = state.pipeline().settings.supervision.backoff_reset_ms;
     let blocks = health::write_blocks(tree, hubflow_actors::now_ms(), healthy_after);
     let reason = if !state.is_started() {
         Some("the pipeline is not started (or is shutting down)".to_string())
@@ -498,7 +494,7 @@ fn pause_or_resume(
                 )));
             };
             // Recorded first, so a fetcher restarted from now on keeps it.
-            state.pipeline().backends.pauses.set_source(&source, pause);
+            state.pipeline().boards.pauses.set_source(&source, pause);
             send(
                 state,
                 &node.path,
@@ -512,7 +508,7 @@ fn pause_or_resume(
         }
         (None, true) => {
             // Recorded first, so consumers (re)started from now on keep it.
-            state.pipeline().backends.pauses.set_ingest(pause);
+            state.pipeline().boards.pauses.set_ingest(pause);
             let consumers = running_workers(&tree, &|n| n == "consumer");
             let mut done = Vec::new();
             for node in consumers.iter().filter(|n| n.state == NodeState::Running) {
@@ -641,15 +637,15 @@ async fn panic_actor(
 // ---------------------------------------------------------------------------
 
 async fn get_transform(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    use crate::transform::{SPEC_RECORD, TransformSpec, sync};
+    use crate::transform::{SPEC_RECORD, TransformSpec};
     let pipeline = state.pipeline();
     let local = pipeline.settings.transform.status();
-    let log = sync::store(&pipeline.settings, &pipeline.backends)
+    let log = hot_swap::store(&pipeline.settings, &pipeline.backends)
         .load::<TransformSpec>(SPEC_RECORD)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map(|r| r.log);
-    let ranges = sync::ranges(&pipeline.settings, &pipeline.backends)
+    let ranges = hot_swap::ranges(&pipeline.settings, &pipeline.backends)
         .await
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let mut out = json!(local);
@@ -686,8 +682,8 @@ fn swap_options(
     headers: &axum::http::HeaderMap,
     probation_secs: Option<u64>,
     origin: crate::specs::Origin,
-) -> Result<crate::transform::SwapOptions, ApiError> {
-    let mut options = crate::transform::SwapOptions::default();
+) -> Result<hot_swap::SwapOptions, ApiError> {
+    let mut options = hot_swap::SwapOptions::default();
     if let Some(secs) = probation_secs {
         if !(1..=3_600).contains(&secs) {
             return Err(ApiError::bad_request("probation_secs must be 1..=3600"));
@@ -722,12 +718,12 @@ fn transform_error(e: crate::transform::TransformError) -> ApiError {
 async fn run_swap(
     state: &AdminState,
     spec: crate::transform::TransformSpec,
-    options: crate::transform::SwapOptions,
+    options: hot_swap::SwapOptions,
 ) -> Result<Json<Value>, ApiError> {
-    let outcome = crate::transform::swap(state.pipeline(), spec, options)
+    let outcome = hot_swap::swap(state.pipeline(), spec, options)
         .await
         .map_err(transform_error)?;
-    if let crate::transform::SwapOutcome::Promoted { version, .. } = &outcome {
+    if let hot_swap::SwapOutcome::Promoted { version, .. } = &outcome {
         state.set_version("transform", version);
     }
     Ok(Json(json!(outcome)))
@@ -767,7 +763,7 @@ async fn rollback_transform(
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::transform::{SPEC_RECORD, TransformSpec, sync};
+    use crate::transform::{SPEC_RECORD, TransformSpec};
     let options = swap_options(
         &state,
         &headers,
@@ -775,13 +771,13 @@ async fn rollback_transform(
         crate::specs::Origin::Rollback,
     )?;
     let pipeline = state.pipeline();
-    let log = sync::store(&pipeline.settings, &pipeline.backends)
+    let log = hot_swap::store(&pipeline.settings, &pipeline.backends)
         .load::<TransformSpec>(SPEC_RECORD)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(|| ApiError::internal("the spec log is not written yet"))?
         .log;
-    let spec = sync::rollback_target(&log, req.to.as_deref()).map_err(transform_error)?;
+    let spec = hot_swap::rollback_target(&log, req.to.as_deref()).map_err(transform_error)?;
     info!(to = spec.version, "admin: transform rollback");
     run_swap(&state, spec, options).await
 }
@@ -800,23 +796,22 @@ async fn backfill_transform(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<BackfillRequest>,
 ) -> Result<Response, ApiError> {
-    use crate::transform::sync;
     let pipeline = state.pipeline();
-    let with = sync::resolve(&pipeline.settings, &pipeline.backends, req.with.as_deref())
+    let with = hot_swap::resolve(&pipeline.settings, &pipeline.backends, req.with.as_deref())
         .await
         .map_err(transform_error)?;
     // The same safety as a swap: the version must run on real data first.
-    let dry = crate::transform::dry_run(pipeline, &with.version, with.transform.clone())
+    let dry = hot_swap::dry_run(pipeline, &with.version, with.transform.clone())
         .await
         .map_err(transform_error)?;
-    let log = sync::store(&pipeline.settings, &pipeline.backends)
+    let log = hot_swap::store(&pipeline.settings, &pipeline.backends)
         .load::<crate::transform::TransformSpec>(crate::transform::SPEC_RECORD)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(|| ApiError::internal("the spec log is not written yet"))?
         .log;
-    let labels = sync::versions_since(&log, &req.since).map_err(transform_error)?;
-    let (plan, forgotten) = sync::backfill_plan(
+    let labels = hot_swap::versions_since(&log, &req.since).map_err(transform_error)?;
+    let (plan, forgotten) = hot_swap::backfill_plan(
         &pipeline.settings,
         &pipeline.backends,
         &labels,
@@ -864,7 +859,7 @@ async fn backfill_transform(
 
 async fn get_sources(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let pipeline = state.pipeline();
-    let logs = crate::source_specs::logs(&pipeline.settings, &pipeline.backends)
+    let logs = crate::swap::source::logs(&pipeline.settings, &pipeline.backends)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(json!({ "sources": logs })))
@@ -886,7 +881,7 @@ async fn swap_source(
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<SourceSwapRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::source_specs::SourceSpecError;
+    use crate::swap::source::SourceSpecError;
     if req.source.name != name {
         return Err(ApiError::bad_request(format!(
             "the body names source {:?}, the path {name:?}",
@@ -894,7 +889,7 @@ async fn swap_source(
         )));
     }
     let probation = Duration::from_secs(req.probation_secs.unwrap_or(10).clamp(1, 3_600));
-    match crate::source_specs::swap(
+    match crate::swap::source::swap(
         state.pipeline(),
         req.source,
         &req.version,
@@ -978,7 +973,7 @@ async fn start_replay(
     // The version is chosen explicitly: the request's, else the active one.
     let pipeline = state.pipeline();
     let mut ctx = state.replay_context();
-    ctx.transform = crate::transform::sync::resolve(
+    ctx.transform = hot_swap::resolve(
         &pipeline.settings,
         &pipeline.backends,
         req.version.as_deref(),

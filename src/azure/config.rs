@@ -32,7 +32,6 @@ use std::time::Duration;
 use azure_core::http::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
 use crate::source::{Secret, SecretString};
 
 /// The `[azure_blob]` section as written.
@@ -88,6 +87,26 @@ mod defaults {
     pub fn upload_concurrency() -> usize {
         4
     }
+}
+
+/// The SDK retry settings both Azure sections share: at most 20 retries,
+/// an initial delay of at least 1 ms and no more than the maximum. Errors
+/// as (field, message).
+pub(crate) fn check_retries(
+    max_retries: u32,
+    initial_ms: u64,
+    max_ms: u64,
+) -> Result<(), (&'static str, &'static str)> {
+    if max_retries > 20 {
+        return Err(("max_retries", "must be at most 20"));
+    }
+    if initial_ms == 0 || max_ms < initial_ms {
+        return Err((
+            "retry_initial_ms",
+            "must be at least 1 and at most retry_max_ms",
+        ));
+    }
+    Ok(())
 }
 
 impl AzureBlobConfig {
@@ -208,9 +227,18 @@ impl AzureAuth {
     }
 }
 
-fn field(path: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        origin: "config".to_string(),
+/// A field of `[azure_blob]` or `[event_hubs]` that does not validate:
+/// its path in the file and why (never a secret). `crate::config` turns it
+/// into a `ConfigError::Field`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct AzureConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn field(path: &str, message: impl Into<String>) -> AzureConfigError {
+    AzureConfigError {
         path: format!("azure_blob.{path}"),
         message: message.into(),
     }
@@ -219,7 +247,7 @@ fn field(path: &str, message: impl Into<String>) -> ConfigError {
 impl AzureBlobConfig {
     /// Check the section and resolve its secrets. Errors name the field and
     /// never contain a secret.
-    pub fn validate(&self) -> Result<AzureBlobSettings, ConfigError> {
+    pub fn validate(&self) -> Result<AzureBlobSettings, AzureConfigError> {
         let account_url = parse_account_url(&self.account_url)?;
         let account_name = match &self.account_name {
             Some(name) if !name.is_empty() => name.clone(),
@@ -234,8 +262,7 @@ impl AzureBlobConfig {
         let resolve = |secret: &SecretString, path: &str| {
             secret
                 .resolve(&format!("azure_blob.auth.{path}"))
-                .map_err(|e| ConfigError::Field {
-                    origin: "config".to_string(),
+                .map_err(|e| AzureConfigError {
                     path: format!("azure_blob.auth.{path}"),
                     message: e.to_string(),
                 })
@@ -273,15 +300,8 @@ impl AzureBlobConfig {
         if !(1..=600).contains(&self.connect_timeout_secs) {
             return Err(field("connect_timeout_secs", "must be 1..=600"));
         }
-        if self.max_retries > 20 {
-            return Err(field("max_retries", "must be at most 20"));
-        }
-        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
-            return Err(field(
-                "retry_initial_ms",
-                "must be at least 1 and at most retry_max_ms",
-            ));
-        }
+        check_retries(self.max_retries, self.retry_initial_ms, self.retry_max_ms)
+            .map_err(|(path, message)| field(path, message))?;
         // Azure's limits: blocks of up to 4000 MiB; 64 KiB keeps block lists short.
         if !(64 * 1024..=4000 * 1024 * 1024).contains(&self.block_size_bytes) {
             return Err(field("block_size_bytes", "must be 64 KiB..=4000 MiB"));
@@ -306,7 +326,7 @@ impl AzureBlobConfig {
 
 /// Parse the account URL: http(s), no query or fragment, trailing slash
 /// removed (container paths are appended segment by segment).
-fn parse_account_url(text: &str) -> Result<Url, ConfigError> {
+fn parse_account_url(text: &str) -> Result<Url, AzureConfigError> {
     let mut url =
         Url::parse(text.trim()).map_err(|e| field("account_url", format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -347,7 +367,7 @@ pub fn account_name_from_url(url: &Url) -> Option<String> {
 }
 
 /// The SAS query string from a SAS URL of this account or a bare token.
-fn sas_query(sas: &Secret, account_url: &Url) -> Result<Secret, ConfigError> {
+fn sas_query(sas: &Secret, account_url: &Url) -> Result<Secret, AzureConfigError> {
     let text = sas.expose().trim();
     let query = if text.starts_with("http://") || text.starts_with("https://") {
         // Never echo the URL: its query is the secret.

@@ -34,25 +34,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::Source;
 use hubflow_supervision::{
-    ActorProbe, ChildContext, ChildFactory, ChildSpec, NodeKind, Restart, StatusHandle,
+    ActorFactory, ActorProbe, ChildContext, ChildSpec, NodeKind, Restart, StatusHandle,
     SupervisorMsg,
 };
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::lease::{LeaseOutcome, LeaseStore};
+use super::ownership::OwnershipError;
 use super::ownership::{Action, ClusterView, OwnershipStore};
-use super::{ClusterSettings, ownership::OwnershipError};
+use crate::backends::{Backends, INGEST_HUB};
 use crate::config::Settings;
+use crate::config::cluster::ClusterSettings;
 use crate::pipeline::{
-    Backends, INGEST_HUB, INGEST_SUPERVISOR, SOURCES_SUPERVISOR, TRANSFORM_SUPERVISOR,
-    fetcher_child_name, fetcher_spec, ingest_partition_spec, partition_child_name,
-    transform_partition_spec,
+    INGEST_SUPERVISOR, SOURCES_SUPERVISOR, Switchboards, TRANSFORM_SUPERVISOR, fetcher_child_name,
+    fetcher_spec, ingest_partition_spec, partition_child_name, transform_partition_spec,
 };
 
 /// The manager's child name under the root supervisor.
@@ -74,6 +74,7 @@ pub struct ManagerParams {
     pub settings: Settings,
     pub cluster: ClusterSettings,
     pub backends: Backends,
+    pub boards: Switchboards,
     pub sources: Vec<Arc<dyn Source>>,
     /// Partitions of hub "ingest" (each owned as a whole: ingest + transform).
     pub partitions: Vec<u32>,
@@ -134,18 +135,14 @@ pub struct ManagerState {
 pub struct OwnershipManager;
 
 /// The manager's child spec for a running tree whose root status is `root`
-/// (see [`crate::pipeline::Pipeline::start`]).
+/// (see `Pipeline::start` in `crate::node`).
 pub async fn manager_spec(
     settings: &Settings,
     backends: &Backends,
+    boards: &Switchboards,
     sources: Vec<Arc<dyn Source>>,
     root: StatusHandle,
 ) -> anyhow::Result<ChildSpec> {
-    let cluster = settings
-        .config
-        .cluster
-        .validate()
-        .context("cluster configuration")?;
     let partitions = backends
         .ingest
         .partition_ids()
@@ -153,8 +150,9 @@ pub async fn manager_spec(
         .context("listing ingest partitions")?;
     let params = ManagerParams {
         settings: settings.clone(),
-        cluster,
+        cluster: settings.cluster.clone(),
         backends: backends.clone(),
+        boards: boards.clone(),
         sources,
         partitions,
         tree: TreeDriver::new(root),
@@ -167,28 +165,21 @@ pub async fn manager_spec(
 /// leases this way). A manager stuck for the stall timeout is restarted
 /// and reconciles from the records.
 pub fn manager_child(params: ManagerParams) -> ChildSpec {
-    let stall = Duration::from_millis(params.settings.config.supervision.stall_timeout_ms);
+    let stall = Duration::from_millis(params.settings.supervision.stall_timeout_ms);
     ChildSpec::new(
         MANAGER_NAME,
         Restart::Permanent,
-        Arc::new(ManagerFactory(params)),
+        ActorFactory::new(
+            || OwnershipManager,
+            move |ctx: &ChildContext| {
+                Ok(ManagerParams {
+                    probe: ctx.probe.clone(),
+                    ..params.clone()
+                })
+            },
+        ),
     )
     .with_stall_timeout(stall)
-}
-
-struct ManagerFactory(ManagerParams);
-
-#[async_trait]
-impl ChildFactory for ManagerFactory {
-    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, SpawnErr> {
-        let params = ManagerParams {
-            probe: ctx.probe,
-            ..self.0.clone()
-        };
-        let (actor, _) =
-            Actor::spawn_linked(None, OwnershipManager, params, ctx.supervisor).await?;
-        Ok(actor.get_cell())
-    }
 }
 
 impl Actor for OwnershipManager {
@@ -201,7 +192,7 @@ impl Actor for OwnershipManager {
         _myself: ActorRef<Self::Msg>,
         params: ManagerParams,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let cfg = &params.settings.config;
+        let cfg = &params.settings;
         let state = params.backends.state(&params.settings);
         let node = params.cluster.node_id.clone();
         let ownership = OwnershipStore::new(
@@ -452,9 +443,9 @@ async fn reconcile_partitions(state: &mut ManagerState) -> anyhow::Result<()> {
             info!(partition, supervisor = sup, "starting partition");
             let p = &state.params;
             let spec = if sup == INGEST_SUPERVISOR {
-                ingest_partition_spec(&p.settings, &p.backends, partition)
+                ingest_partition_spec(&p.settings, &p.backends, &p.boards, partition)
             } else {
-                transform_partition_spec(&p.settings, &p.backends, partition)
+                transform_partition_spec(&p.settings, &p.backends, &p.boards, partition)
             };
             p.tree.add(sup, spec).await?;
         }
@@ -613,7 +604,7 @@ async fn reconcile_fetchers(state: &mut ManagerState) -> anyhow::Result<()> {
             (true, false) => {
                 info!(source = name, "starting fetcher");
                 let p = &state.params;
-                let spec = fetcher_spec(&p.settings, &p.backends, source);
+                let spec = fetcher_spec(&p.settings, &p.backends, &p.boards, source);
                 p.tree.add(SOURCES_SUPERVISOR, spec).await?;
             }
             (false, true) => {
@@ -762,13 +753,14 @@ mod tests {
     use hubflow_supervision::{NodeState, RootHandle, StatusNode, start_root};
 
     use super::*;
+    use crate::backends::LANDED_HUB;
     use crate::config::Config;
-    use crate::pipeline::{LANDED_HUB, ROOT_SUPERVISOR, tree};
+    use crate::pipeline::{ROOT_SUPERVISOR, Switchboards, tree};
 
     /// A source that is always caught up.
     struct Quiet;
 
-    #[async_trait]
+    #[async_trait::async_trait]
     impl Source for Quiet {
         fn name(&self) -> &str {
             "quiet"
@@ -799,9 +791,6 @@ mod tests {
             landed: Arc::new(MemoryHub::new(LANDED_HUB, 4)),
             blobs: Arc::new(MemoryBlobStore::new()),
             curated_dir: None,
-            board: Default::default(),
-            pauses: Default::default(),
-            curate_slots: Default::default(),
         };
         backends.ensure_containers(settings).await.unwrap();
         backends
@@ -811,17 +800,22 @@ mod tests {
     /// 600 ms leases renewed every 150 ms.
     async fn node(settings: &Settings, backends: &Backends, id: &str) -> RootHandle {
         let sources: Vec<Arc<dyn Source>> = vec![Arc::new(Quiet)];
-        let spec = tree(settings, backends, sources.clone()).await.unwrap();
+        let boards = Switchboards::default();
+        let spec = tree(settings, backends, &boards, sources.clone())
+            .await
+            .unwrap();
         assert!(spec.children.iter().all(|c| c.is_supervisor()));
         let root = start_root(spec).await.unwrap();
         let params = ManagerParams {
             settings: settings.clone(),
             cluster: ClusterSettings {
+                enabled: true,
                 node_id: id.to_string(),
                 lease: Duration::from_millis(600),
                 renew: Duration::from_millis(150),
             },
             backends: backends.clone(),
+            boards,
             sources,
             partitions: vec![0, 1, 2, 3],
             tree: TreeDriver::new(root.status().clone()),

@@ -265,26 +265,50 @@ impl HttpSource {
         let status = response.status();
         let headers = response.headers().clone();
         if status == StatusCode::NOT_MODIFIED {
-            if conditional.is_none() {
-                return Err(Failure::bad(
-                    "304 Not Modified to a request that was not conditional",
-                    Bytes::new(),
-                ));
-            }
-            metrics::counter!("hubflow_source_not_modified_total", "source" => self.settings.name.clone())
-                .increment(1);
-            self.pages_in_poll.store(0, Ordering::Relaxed);
-            debug!(source = %self.settings.name, url = %shown, "not modified");
-            return Ok(Page {
-                records: Vec::new(),
-                next: SourceCursor(state.encode()),
-                caught_up: true,
-                request: format!("GET {shown}"),
-            });
+            return self.not_modified(conditional.is_some(), &state, shown);
         }
         if !status.is_success() {
             return Err(self.status_failure(status, &headers, shown, response).await);
         }
+        let body = self.page_body(response, &headers, &state, shown).await?;
+        self.page_of(status, &headers, body, &state, &position, shown)
+    }
+
+    /// A 304 to a conditional request: nothing new, the poll is over.
+    fn not_modified(
+        &self,
+        conditional: bool,
+        state: &CursorState,
+        shown: &str,
+    ) -> Result<Page, Failure> {
+        if !conditional {
+            return Err(Failure::bad(
+                "304 Not Modified to a request that was not conditional",
+                Bytes::new(),
+            ));
+        }
+        metrics::counter!("hubflow_source_not_modified_total", "source" => self.settings.name.clone())
+            .increment(1);
+        self.pages_in_poll.store(0, Ordering::Relaxed);
+        debug!(source = %self.settings.name, url = %shown, "not modified");
+        Ok(Page {
+            records: Vec::new(),
+            next: SourceCursor(state.encode()),
+            caught_up: true,
+            request: format!("GET {shown}"),
+        })
+    }
+
+    /// The body of a successful response, within `max_response_bytes`, in
+    /// a content type the source's format accepts.
+    async fn page_body(
+        &self,
+        response: reqwest::Response,
+        headers: &HeaderMap,
+        state: &CursorState,
+        shown: &str,
+    ) -> Result<Bytes, Failure> {
+        let pagination = &self.settings.pagination;
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("(binary)"));
@@ -307,7 +331,7 @@ impl HttpSource {
                         self.settings.max_response_bytes
                     ),
                     body: partial,
-                    skip_to: skip_unreadable(pagination, &state).map(Box::new),
+                    skip_to: skip_unreadable(pagination, state).map(Box::new),
                 });
             }
         };
@@ -322,7 +346,21 @@ impl HttpSource {
                 body,
             ));
         }
+        Ok(body)
+    }
 
+    /// The page in `body`: its records (less those already delivered) and
+    /// the cursor after it, with the watermark and validators it carries.
+    fn page_of(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+        state: &CursorState,
+        position: &Url,
+        shown: &str,
+    ) -> Result<Page, Failure> {
+        let pagination = &self.settings.pagination;
         // The records (spans of the body) and the body values asked for.
         let wanted = self.body_paths();
         let (texts, found) = self.split_records(status, &body, &wanted)?;
@@ -337,7 +375,7 @@ impl HttpSource {
         let flag = |path: &Option<JsonPath>| body_value(path).and_then(Value::as_bool);
         let last_page = flag(&self.settings.last_page_flag) == Some(true)
             || flag(&self.settings.has_more_flag) == Some(false);
-        let next_token = self.next_token(&position, &headers, &texts, &body, body_value)?;
+        let next_token = self.next_token(position, headers, &texts, &body, body_value)?;
         let current_token = match pagination {
             Pagination::Cursor { .. } | Pagination::Keyset { .. } => state.cursor.clone(),
             _ => Some(position.to_string()),
@@ -349,7 +387,7 @@ impl HttpSource {
             next_token,
         };
         let (mut next, skip, caught_up) =
-            match advance(pagination, &state, &observed, current_token.as_deref()) {
+            match advance(pagination, state, &observed, current_token.as_deref()) {
                 Step::Page {
                     next,
                     skip,
@@ -364,11 +402,11 @@ impl HttpSource {
             };
         if let Some(w) = &self.settings.watermark {
             let body_watermark = body_value(&w.body_path().cloned()).cloned();
-            next = self.with_watermark(&state, next, caught_up, body_watermark, watermark_values);
+            next = self.with_watermark(state, next, caught_up, body_watermark, watermark_values);
         }
         if self.settings.conditional_get
-            && self.position_url(&next)? == position
-            && let Some(v) = validators(&position, &headers)
+            && self.position_url(&next)? == *position
+            && let Some(v) = validators(position, headers)
         {
             next.validators = Some(v);
         }

@@ -40,6 +40,7 @@ pub mod csv;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod live;
 pub mod oauth;
 pub mod paging;
 pub mod ratelimit;
@@ -54,6 +55,7 @@ pub use config::{
 pub use error::ConfigError;
 pub use extract::JsonPath;
 pub use http::HttpSource;
+pub use live::{ActiveSources, LiveSource};
 pub use oauth::ClientAuth;
 pub use ratelimit::RateLimitConfig;
 pub use secret::{Secret, SecretString};

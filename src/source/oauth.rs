@@ -210,8 +210,21 @@ impl TokenSource {
     }
 
     async fn request_token_inner(&self) -> Result<Cached, TokenError> {
-        let s = &self.settings;
         let shown = self.shown_url();
+        let (status, retry_after, body) = self.post_token_request(&shown).await?;
+        if !status.is_success() {
+            return Err(refused(&shown, status, retry_after, &body));
+        }
+        self.cached_token(&shown, &body)
+    }
+
+    /// POST the client-credentials grant (RFC 6749 §4.4) and read the
+    /// answer: its status, `Retry-After` and (bounded) body.
+    async fn post_token_request(
+        &self,
+        shown: &str,
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), TokenError> {
+        let s = &self.settings;
         let body = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             form.append_pair("grant_type", "client_credentials");
@@ -271,31 +284,18 @@ impl TokenSource {
                 message: format!("oauth2 token request to {shown}: reading the answer: {e}"),
                 retry_after: None,
             })?;
-        if !status.is_success() {
-            let message = format!(
-                "oauth2 token request to {shown} failed: http {status}{}",
-                error_code(&body).map_or(String::new(), |c| format!(" ({c})"))
-            );
-            return Err(
-                if status.is_server_error()
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::REQUEST_TIMEOUT
-                {
-                    TokenError::Transient {
-                        message,
-                        retry_after,
-                    }
-                } else {
-                    TokenError::Fatal(message)
-                },
-            );
-        }
+        Ok((status, retry_after, body))
+    }
+
+    /// The bearer header of a token response and when to refresh it.
+    fn cached_token(&self, shown: &str, body: &[u8]) -> Result<Cached, TokenError> {
+        let s = &self.settings;
         let garbled = |why: &str| TokenError::Transient {
             message: format!("oauth2 token response from {shown} is unusable: {why}"),
             retry_after: None,
         };
         let document: Value =
-            serde_json::from_slice(&body).map_err(|_| garbled("not a JSON object"))?;
+            serde_json::from_slice(body).map_err(|_| garbled("not a JSON object"))?;
         let token = document
             .get("access_token")
             .and_then(Value::as_str)
@@ -330,6 +330,31 @@ impl TokenSource {
         info!(source = %self.source, expires_in_secs = expires_in.map(|d| d.as_secs()), "oauth2 token fetched");
         debug!(source = %self.source, token_url = %shown, "oauth2 token cached");
         Ok(Cached { header, refresh_at })
+    }
+}
+
+/// The error of a token endpoint's refusal: worth retrying for a server
+/// error, 429 or 408, fatal otherwise (bad client credentials stay bad).
+fn refused(
+    shown: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> TokenError {
+    let message = format!(
+        "oauth2 token request to {shown} failed: http {status}{}",
+        error_code(body).map_or(String::new(), |c| format!(" ({c})"))
+    );
+    if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
+        TokenError::Transient {
+            message,
+            retry_after,
+        }
+    } else {
+        TokenError::Fatal(message)
     }
 }
 

@@ -143,31 +143,10 @@ pub fn advance(
     seen: &Observed,
     current_token: Option<&str>,
 ) -> Step {
+    if let Some(refused) = refusal(pagination, state, seen, current_token) {
+        return refused;
+    }
     let n = seen.count;
-    let fresh = state.seen == 0;
-    let token_style = matches!(
-        pagination,
-        Pagination::Cursor { .. }
-            | Pagination::NextUrl { .. }
-            | Pagination::LinkHeader
-            | Pagination::Keyset { .. }
-    );
-    if token_style
-        && fresh
-        && n > 0
-        && !seen.last_page
-        && seen.next_token.is_some()
-        && seen.next_token.as_deref() == current_token
-    {
-        return Step::NotAdvanced;
-    }
-    if fresh
-        && n > 0
-        && state.prev.as_deref() == Some(seen.digest.as_str())
-        && !matches!(pagination, Pagination::None)
-    {
-        return Step::Identical;
-    }
     let prev_after = if n > 0 {
         Some(seen.digest.clone())
     } else {
@@ -221,37 +200,87 @@ pub fn advance(
         | Pagination::NextUrl { .. }
         | Pagination::LinkHeader
         | Pagination::Keyset { .. } => {
-            // Keyset without a body flag: a page shorter than the server's
-            // page size is the last one for now.
-            let short =
-                matches!(pagination, Pagination::Keyset { page_size: Some(size), .. } if n < *size);
-            let stay = CursorState {
-                seen: n,
-                prev: state.prev.clone(),
-                ..token_state(pagination, state_token(state))
-            };
-            match seen.next_token.as_deref() {
-                None => Step::Page {
-                    next: stay,
-                    skip,
-                    caught_up: true,
-                },
-                // Echoed position on a re-poll, an empty page or a last page.
-                Some(t) if Some(t) == current_token => Step::Page {
-                    next: stay,
-                    skip,
-                    caught_up: true,
-                },
-                Some(t) => Step::Page {
-                    next: CursorState {
-                        prev: prev_after,
-                        ..token_state(pagination, Some(t.to_string()))
-                    },
-                    skip,
-                    caught_up: seen.last_page || n == 0 || short,
-                },
-            }
+            token_step(pagination, state, seen, current_token, prev_after, skip)
         }
+    }
+}
+
+/// A page that must not be taken: the server sent back the position we
+/// asked for as the next one, or the same records as the page before.
+fn refusal(
+    pagination: &Pagination,
+    state: &CursorState,
+    seen: &Observed,
+    current_token: Option<&str>,
+) -> Option<Step> {
+    let n = seen.count;
+    let fresh = state.seen == 0;
+    let token_style = matches!(
+        pagination,
+        Pagination::Cursor { .. }
+            | Pagination::NextUrl { .. }
+            | Pagination::LinkHeader
+            | Pagination::Keyset { .. }
+    );
+    if token_style
+        && fresh
+        && n > 0
+        && !seen.last_page
+        && seen.next_token.is_some()
+        && seen.next_token.as_deref() == current_token
+    {
+        return Some(Step::NotAdvanced);
+    }
+    if fresh
+        && n > 0
+        && state.prev.as_deref() == Some(seen.digest.as_str())
+        && !matches!(pagination, Pagination::None)
+    {
+        return Some(Step::Identical);
+    }
+    None
+}
+
+/// The next position of the token styles (cursor, next URL, Link header,
+/// keyset): the page's token, or stay where we are when it has none or
+/// echoes the current one.
+fn token_step(
+    pagination: &Pagination,
+    state: &CursorState,
+    seen: &Observed,
+    current_token: Option<&str>,
+    prev_after: Option<String>,
+    skip: u64,
+) -> Step {
+    let n = seen.count;
+    // Keyset without a body flag: a page shorter than the server's page
+    // size is the last one for now.
+    let short = matches!(pagination, Pagination::Keyset { page_size: Some(size), .. } if n < *size);
+    let stay = CursorState {
+        seen: n,
+        prev: state.prev.clone(),
+        ..token_state(pagination, state_token(state))
+    };
+    match seen.next_token.as_deref() {
+        None => Step::Page {
+            next: stay,
+            skip,
+            caught_up: true,
+        },
+        // Echoed position on a re-poll, an empty page or a last page.
+        Some(t) if Some(t) == current_token => Step::Page {
+            next: stay,
+            skip,
+            caught_up: true,
+        },
+        Some(t) => Step::Page {
+            next: CursorState {
+                prev: prev_after,
+                ..token_state(pagination, Some(t.to_string()))
+            },
+            skip,
+            caught_up: seen.last_page || n == 0 || short,
+        },
     }
 }
 

@@ -29,7 +29,8 @@ pub mod supervisor;
 pub use probe::{ActorProbe, ExitReason};
 pub use root::{RootHandle, TreeError, start_root};
 pub use spec::{
-    Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, Strategy, SupervisorSpec,
+    ActorFactory, Backoff, ChildContext, ChildFactory, ChildSpec, Intensity, Restart, Strategy,
+    SupervisorSpec,
 };
 pub use status::{NodeKind, NodeState, StatusHandle, StatusNode};
 pub use supervisor::{ReplaceOutcome, Supervisor, SupervisorArgs, SupervisorMsg};

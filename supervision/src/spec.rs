@@ -135,6 +135,39 @@ pub trait ChildFactory: Send + Sync + 'static {
     async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, ractor::SpawnErr>;
 }
 
+/// The usual factory: a ractor actor whose start arguments are built
+/// afresh for each generation by `args` (from the generation's context: its
+/// probe, its siblings), spawned linked to the supervisor.
+pub struct ActorFactory<A, F> {
+    actor: fn() -> A,
+    args: F,
+}
+
+impl<A, F> ActorFactory<A, F>
+where
+    A: ractor::Actor,
+    F: Fn(&ChildContext) -> Result<A::Arguments, ractor::SpawnErr> + Send + Sync + 'static,
+{
+    /// `actor` makes the actor value (`|| MyActor` for a unit struct).
+    pub fn new(actor: fn() -> A, args: F) -> Arc<Self> {
+        Arc::new(ActorFactory { actor, args })
+    }
+}
+
+#[async_trait]
+impl<A, F> ChildFactory for ActorFactory<A, F>
+where
+    A: ractor::Actor,
+    F: Fn(&ChildContext) -> Result<A::Arguments, ractor::SpawnErr> + Send + Sync + 'static,
+{
+    async fn spawn(&self, ctx: ChildContext) -> Result<ActorCell, ractor::SpawnErr> {
+        let args = (self.args)(&ctx)?;
+        let (actor, _) =
+            ractor::Actor::spawn_linked(None, (self.actor)(), args, ctx.supervisor).await?;
+        Ok(actor.get_cell())
+    }
+}
+
 /// One child of a supervisor.
 #[derive(Clone)]
 pub struct ChildSpec {

@@ -165,15 +165,22 @@ fn generations(root: &RootHandle, paths: &[&str]) -> Vec<u64> {
     paths.iter().map(|p| node(root, p).generation).collect()
 }
 
+/// A root (quick backoff) over plain workers, started.
+async fn workers(strategy: Strategy, children: &[(&str, Restart)]) -> RootHandle {
+    let mut spec = quick("root", strategy);
+    for (name, restart) in children {
+        spec = spec.child(worker(name, *restart));
+    }
+    start_root(spec).await.unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_for_one_restarts_only_the_failed_child() {
-    let root = start_root(
-        quick("root", Strategy::OneForOne)
-            .child(worker("a", Restart::Permanent))
-            .child(worker("b", Restart::Permanent)),
+    let root = workers(
+        Strategy::OneForOne,
+        &[("a", Restart::Permanent), ("b", Restart::Permanent)],
     )
-    .await
-    .unwrap();
+    .await;
     send(&root, "root/a", WorkerMsg::Fail);
     until(&root, "a restarted", running_gen("root/a", 2)).await;
     send(&root, "root/a", WorkerMsg::Panic);
@@ -187,14 +194,15 @@ async fn one_for_one_restarts_only_the_failed_child() {
 
 #[tokio::test(start_paused = true)]
 async fn rest_for_one_restarts_the_child_and_those_after_it() {
-    let root = start_root(
-        quick("root", Strategy::RestForOne)
-            .child(worker("a", Restart::Permanent))
-            .child(worker("b", Restart::Permanent))
-            .child(worker("c", Restart::Permanent)),
+    let root = workers(
+        Strategy::RestForOne,
+        &[
+            ("a", Restart::Permanent),
+            ("b", Restart::Permanent),
+            ("c", Restart::Permanent),
+        ],
     )
-    .await
-    .unwrap();
+    .await;
     send(&root, "root/b", WorkerMsg::Fail);
     until(&root, "c restarted", running_gen("root/c", 2)).await;
     until(&root, "b restarted", running_gen("root/b", 2)).await;
@@ -207,13 +215,11 @@ async fn rest_for_one_restarts_the_child_and_those_after_it() {
 
 #[tokio::test(start_paused = true)]
 async fn one_for_all_restarts_everyone() {
-    let root = start_root(
-        quick("root", Strategy::OneForAll)
-            .child(worker("a", Restart::Permanent))
-            .child(worker("b", Restart::Permanent)),
+    let root = workers(
+        Strategy::OneForAll,
+        &[("a", Restart::Permanent), ("b", Restart::Permanent)],
     )
-    .await
-    .unwrap();
+    .await;
     send(&root, "root/b", WorkerMsg::Fail);
     until(&root, "a restarted", running_gen("root/a", 2)).await;
     until(&root, "b restarted", running_gen("root/b", 2)).await;
@@ -222,14 +228,15 @@ async fn one_for_all_restarts_everyone() {
 
 #[tokio::test(start_paused = true)]
 async fn restart_policies() {
-    let root = start_root(
-        quick("root", Strategy::OneForOne)
-            .child(worker("transient", Restart::Transient))
-            .child(worker("temporary", Restart::Temporary))
-            .child(worker("permanent", Restart::Permanent)),
+    let root = workers(
+        Strategy::OneForOne,
+        &[
+            ("transient", Restart::Transient),
+            ("temporary", Restart::Temporary),
+            ("permanent", Restart::Permanent),
+        ],
     )
-    .await
-    .unwrap();
+    .await;
     // A transient child that completes stays stopped...
     send(&root, "root/transient", WorkerMsg::Finish);
     until(&root, "transient stopped", |s| {
@@ -419,13 +426,11 @@ async fn children_can_be_added_and_removed_at_run_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drained_child_finishes_its_work_and_stays_stopped_until_restarted() {
-    let root = start_root(
-        quick("root", Strategy::RestForOne)
-            .child(worker("a", Restart::Permanent))
-            .child(worker("b", Restart::Permanent)),
+    let root = workers(
+        Strategy::RestForOne,
+        &[("a", Restart::Permanent), ("b", Restart::Permanent)],
     )
-    .await
-    .unwrap();
+    .await;
     let done = Arc::new(AtomicU32::new(0));
     send(&root, "root/b", WorkerMsg::Slow(done.clone()));
     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::harness::{Admin, Service};
 use hubflow::config::{Config, Settings};
-use hubflow::service::{self, RunOptions};
 use hubflow::source::SecretString;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -373,7 +372,7 @@ async fn case_pauses_resume_and_outlive_restarts(node: &Node) {
     until_paused(node, FETCHER, false).await;
     let (code, body) = node.post("/pause", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    let partitions = node.settings().config.hub.partitions as usize;
+    let partitions = node.settings().hub.partitions as usize;
     assert_eq!(body["paused"].as_array().unwrap().len(), partitions);
     until_paused(node, CONSUMER0, true).await;
     // A pause outlives a restart: the killed consumer comes back paused.
@@ -434,7 +433,7 @@ async fn case_replay_restores_deleted_curated_files(node: &Node, total: u64) {
         .settings()
         .data_dir()
         .join("blobs")
-        .join(&node.settings().config.storage.curated_container);
+        .join(&node.settings().storage.curated_container);
     let mut deleted = 0;
     for entry in walk(&curated) {
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
@@ -529,7 +528,7 @@ async fn case_dead_letters_are_listed_inspected_and_redriven(node: &Node, total:
     // Dead letters: list, inspect, refuse a bad redrive, redrive a fixed one.
     let store =
         hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
-    let dlq = &node.settings().config.storage.dead_letter_container;
+    let dlq = &node.settings().storage.dead_letter_container;
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
         dlq,
@@ -748,7 +747,7 @@ async fn case_trace_by_curated_file_and_row_finds_the_same_record(
     // the position of its id among the file's rows.
     let store =
         hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
-    let curated_container = &node.settings().config.storage.curated_container;
+    let curated_container = &node.settings().storage.curated_container;
     let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, file)
         .await
         .unwrap();
@@ -838,7 +837,7 @@ async fn case_replays_and_dead_letters_of_the_record_show_up(node: &Node, id: &s
     assert!(ok && !stderr.contains("eta "), "{stderr}");
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
-        &node.settings().config.storage.dead_letter_container,
+        &node.settings().storage.dead_letter_container,
         "transform",
         "ingest-p0000-00000000000000000000-00000000000000000001-000000",
         "payload is not a JSON object",
@@ -895,11 +894,11 @@ async fn case_bad_trace_questions_get_4xx(node: &Node, file: &str) {
 /// The admin token is set in the environment (the tests without a token
 /// say they are skipped).
 fn token_in_environment() -> bool {
-    let set = std::env::var(hubflow::admin::TOKEN_ENV).is_ok();
+    let set = std::env::var(hubflow::config::admin::TOKEN_ENV).is_ok();
     if set {
         eprintln!(
             "skipped: {} is set in the environment",
-            hubflow::admin::TOKEN_ENV
+            hubflow::config::admin::TOKEN_ENV
         );
     }
     set
@@ -993,11 +992,9 @@ async fn non_loopback_without_a_token_is_refused_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), "http://127.0.0.1:9", None);
     config.admin.listen = Some("0.0.0.0:0".parse().unwrap());
-    let settings = config.validate().unwrap();
-    let err = service::run(settings, RunOptions::default())
-        .await
-        .unwrap_err()
-        .to_string();
+    // Refused when the configuration is validated, before `run` could
+    // open anything.
+    let err = config.validate().unwrap_err().to_string();
     assert!(
         err.contains("admin.listen") && err.contains("loopback"),
         "{err}"

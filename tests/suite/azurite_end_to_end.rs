@@ -52,8 +52,8 @@ fn settings(data_dir: &std::path::Path, demo_url: &str, azurite: &Azurite) -> Se
 /// Run the pipeline until everything fetched is curated (checked twice in a
 /// row, like `hubflow run --exit-when-idle`), bounded.
 async fn run_until_idle(settings: &Settings) -> Progress {
-    assert!(hubflow::azure::is_configured(settings));
-    let backends = hubflow::azure::azure_backends(settings).await.unwrap();
+    assert!(settings.uses_azure());
+    let backends = hubflow::backends::Backends::open(settings).await.unwrap();
     assert!(backends.blobs.describe().contains("azure blob storage"));
     let expected_sources = settings.sources.len();
     let pipeline = harness::start_pipeline(settings, backends).await;
@@ -113,12 +113,11 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
 
     let store = azurite.account_key_store();
     let counts = BlobCounts {
-        raw: case_raw_blobs_cover_the_hub_exactly(&store, &settings.config.storage, &progress)
-            .await,
+        raw: case_raw_blobs_cover_the_hub_exactly(&store, &settings.storage, &progress).await,
         dead_letters: case_checkpoints_and_dead_letters_are_in_azure(
             &store,
-            &settings.config.storage,
-            settings.config.hub.partitions,
+            &settings.storage,
+            settings.hub.partitions,
         )
         .await,
         curated: case_hubflow_query_reads_curated_from_azure(&store, &settings).await,
@@ -190,7 +189,7 @@ async fn case_hubflow_query_reads_curated_from_azure(
     store: &dyn BlobStore,
     settings: &Settings,
 ) -> usize {
-    let s = &settings.config.storage;
+    let s = &settings.storage;
     // Curated, by `hubflow query`'s path: the container mirrored locally,
     // the schema registry read from Azure; a second sync downloads nothing.
     let curated = store.list(&s.curated_container, "").await.unwrap();
@@ -222,7 +221,7 @@ async fn case_the_python_sdk_and_pyarrow_see_the_same(
     settings: &Settings,
     counts: &BlobCounts,
 ) {
-    let s = &settings.config.storage;
+    let s = &settings.storage;
     let python = repo_root().join(".tools/venv/bin/python");
     assert!(
         python.exists(),

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use common::faults::{FaultyBlobStore, Mode};
 use common::harness;
+use hubflow::backends::Backends;
 use hubflow::chaos::{Chaos, ChaosConfig, Target};
 use hubflow::config::{Config, Settings};
-use hubflow::pipeline::{Backends, Pipeline, Progress};
+use hubflow::pipeline::{Pipeline, Progress};
 use hubflow_actors::consumer::ConsumerStatus;
 use hubflow_supervision::{NodeState, StatusNode};
 
@@ -155,14 +156,7 @@ async fn chaos_kills_and_panics_lose_and_duplicate_nothing() {
     run.until_done(total, Duration::from_secs(600)).await;
     let report = chaos.stop().await;
     eprintln!("chaos report: {report:?}");
-    for target in [
-        Target::Fetcher,
-        Target::Consumer,
-        Target::Writer,
-        Target::Transformer,
-        Target::NoticeListener,
-        Target::Supervisor,
-    ] {
+    for target in Target::ALL {
         assert!(report.hits(target) > 0, "{target:?} never hit: {report:?}");
     }
     assert!(report.panics.values().sum::<u64>() > 0 && report.kills.values().sum::<u64>() > 0);
@@ -186,7 +180,7 @@ async fn a_poisoned_partition_is_isolated_and_recovers_once_fixed() {
         c.supervision.max_restarts = 3;
     })
     .await;
-    let raw = run.settings.config.storage.raw_container.clone();
+    let raw = run.settings.storage.raw_container.clone();
     run.blobs.inject(&raw, "/p0002/", Mode::Fail);
     run.until("p0002 failed", Duration::from_secs(120), |_, s| {
         s.find("pipeline/ingest/p0002")
@@ -240,7 +234,7 @@ async fn a_stalled_writer_is_detected_and_replaced() {
         c.supervision.stall_timeout_ms = 1_000;
     })
     .await;
-    let raw = run.settings.config.storage.raw_container.clone();
+    let raw = run.settings.storage.raw_container.clone();
     run.blobs.inject(&raw, "/p0001/", Mode::Hang);
     run.until("a stall detected", Duration::from_secs(60), |_, s| {
         s.find("pipeline/ingest/p0001/writer")
@@ -270,7 +264,7 @@ async fn memory_stays_bounded_while_storage_and_transform_are_down() {
         .drain("pipeline/transform", Duration::from_secs(10))
         .await
         .unwrap();
-    let raw = run.settings.config.storage.raw_container.clone();
+    let raw = run.settings.storage.raw_container.clone();
     run.blobs.inject(&raw, "/p", Mode::Hang);
     let landed_before = run.pipeline.progress().await.unwrap().landed;
 

@@ -73,6 +73,32 @@ fn query_without_data_is_a_clear_error() {
 }
 
 #[test]
+fn query_needs_no_ingestion_secret() {
+    // A source whose token and an admin token whose variable are unset:
+    // `run` would refuse them, `query` must not resolve them at all.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ndata_dir = {:?}\n[admin]\ntoken = {{ env = \"HUBFLOW_TEST_UNSET_ADMIN\" }}\n\
+             [[sources]]\nname = \"flights\"\nurl = \"http://127.0.0.1:9/v1\"\n\
+             auth = {{ type = \"bearer\", token = {{ env = \"HUBFLOW_TEST_UNSET_TOKEN\" }} }}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = hubflow(&["config", "check", path]);
+    assert!(!ok, "the unset token must fail a full check: {stderr}");
+    assert!(stderr.contains("HUBFLOW_TEST_UNSET"), "{stderr}");
+    let (ok, _, stderr) = hubflow(&["query", "--config", path, "SELECT 1"]);
+    assert!(!ok);
+    assert!(stderr.contains("error: no curated data in"), "{stderr}");
+    assert!(!stderr.contains("HUBFLOW_TEST_UNSET"), "{stderr}");
+}
+
+#[test]
 fn demo_source_prints_its_records_as_ndjson() {
     let (ok, stdout, stderr) = hubflow(&["demo-source", "--ndjson", "3"]);
     assert!(ok, "{stderr}");

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::azurite::{ACCOUNT_KEY, Azurite};
 use common::nodes::Nodes;
+use hubflow::backends::{Backends, INGEST_HUB};
 use hubflow::cluster::{LeaseStore, OwnershipStore};
 use hubflow::config::Settings;
-use hubflow::pipeline::{Backends, INGEST_HUB, Progress};
+use hubflow::pipeline::Progress;
 use hubflow::source::SecretString;
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::{BlobStore, StateStore};
@@ -301,7 +302,7 @@ pub async fn start_three(nodes: &mut Nodes, settings: &Settings, store: &Store) 
 pub async fn observer_backends(settings: &Settings, store: &Store) -> Backends {
     match store {
         Store::Filesystem => Backends::embedded(settings).await.unwrap(),
-        Store::Azurite(_) => hubflow::azure::azure_backends(settings).await.unwrap(),
+        Store::Azurite(_) => hubflow::backends::Backends::open(settings).await.unwrap(),
     }
 }
 
@@ -322,7 +323,7 @@ pub async fn curated_counts(settings: &Settings, blobs: &dyn BlobStore) -> (u64,
 
 /// Rows of `sql` over curated as the store holds it (downloaded first).
 pub async fn curated_rows(settings: &Settings, blobs: &dyn BlobStore, sql: &str) -> Vec<Value> {
-    let container = &settings.config.storage.curated_container;
+    let container = &settings.storage.curated_container;
     let local = tempfile::tempdir().unwrap();
     for blob in blobs.list(container, "").await.unwrap() {
         if !blob.name.ends_with(".parquet") {

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use common::azurite::Azurite;
 use common::harness::assert_swapped;
 use common::nodes::Nodes;
+use hubflow::backends::Backends;
 use hubflow::config::Settings;
-use hubflow::pipeline::{Backends, Progress};
+use hubflow::pipeline::Progress;
 use hubflow::specs::{Outcome, SpecLog, SpecStore};
 use hubflow::transform::{SPEC_RECORD, TransformSpec};
 use hubflow_actors::ports::{BlobStore, StateStore};
@@ -245,7 +246,7 @@ async fn case_source_settings_swapped_anywhere_reach_every_node(
     nodes: &Nodes,
     settings: &Settings,
 ) {
-    let mut smaller = serde_json::to_value(&settings.config.sources[0]).unwrap();
+    let mut smaller = serde_json::to_value(&settings.source_configs[0]).unwrap();
     smaller["query"]["limit"] = json!("500");
     let swap = json!({"version": "pages-500", "source": smaller, "probation_secs": 2});
     let answer = nodes.admin("c").post("/sources/demo", swap).await;
@@ -313,7 +314,7 @@ async fn case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it
     let (_, status) = nodes.admin("a").call(Method::GET, "/transform", None).await;
     assert_eq!(status["active"]["version"], "v3", "{status}");
     assert_eq!(status["drift"], true, "{status}");
-    let container = &settings.config.storage.curated_container;
+    let container = &settings.storage.curated_container;
     let mut p0: Vec<String> = blobs
         .list(container, "")
         .await

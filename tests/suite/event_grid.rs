@@ -13,8 +13,9 @@ use std::time::Duration;
 use crate::common;
 use crate::common::harness;
 
+use hubflow::backends::Backends;
 use hubflow::config::LandedNotices;
-use hubflow::pipeline::{Backends, Pipeline};
+use hubflow::pipeline::Pipeline;
 use hubflow_actors::notices::NoticeListenerStatus;
 use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget};
 use hubflow_actors::record::RawBlobName;

@@ -125,7 +125,7 @@ async fn case_a_good_version_is_promoted(admin: &Admin) {
 /// spec log and the status history hold every step.
 async fn case_a_version_failing_on_new_records_rolls_back(admin: &Admin, settings: &Settings) {
     let conditions =
-        common::records_after_now(settings.data_dir(), settings.config.hub.partitions, 200).await;
+        common::records_after_now(settings.data_dir(), settings.hub.partitions, 200).await;
     let failing = format!(
         "SELECT *, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
     );
@@ -398,7 +398,7 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
     let demo = common::DemoServer::streaming(total, Some(1_000.0)).await;
     let svc = start(common::config(dir.path(), &demo.url)).await;
     let (admin, settings) = (&svc.admin, svc.settings.clone());
-    let source = settings.config.sources[0].clone();
+    let source = settings.source_configs[0].clone();
     case_invalid_or_misnamed_source_settings_are_refused(admin, &source).await;
     let smaller = case_smaller_pages_through_ctl_are_promoted(admin, dir.path(), &source).await;
     case_an_unreachable_endpoint_rolls_back_to_the_previous_settings(admin, &smaller).await;

@@ -35,8 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::azure::config::EntraCredential;
-use crate::config::ConfigError;
+use crate::azure::config::{AzureConfigError, EntraCredential, check_retries};
 use crate::source::SecretString;
 
 /// The `[event_hubs]` section as written.
@@ -168,9 +167,8 @@ pub enum EventHubsAuth {
     },
 }
 
-fn field(path: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        origin: "config".to_string(),
+fn field(path: &str, message: impl Into<String>) -> AzureConfigError {
+    AzureConfigError {
         path: format!("event_hubs.{path}"),
         message: message.into(),
     }
@@ -184,7 +182,7 @@ pub const CONNECTION_STRING_UNSUPPORTED: &str = "connection strings are not supp
 
 impl EventHubsConfig {
     /// Check the section. Errors name the field and never contain a secret.
-    pub fn validate(&self) -> Result<EventHubsSettings, ConfigError> {
+    pub fn validate(&self) -> Result<EventHubsSettings, AzureConfigError> {
         let namespace = parse_namespace(&self.fully_qualified_namespace)?;
         check_hub_name("ingest_hub", &self.ingest_hub)?;
         check_hub_name("landed_hub", &self.landed_hub)?;
@@ -223,15 +221,8 @@ impl EventHubsConfig {
         if !(1..=3600).contains(&self.operation_timeout_secs) {
             return Err(field("operation_timeout_secs", "must be 1..=3600"));
         }
-        if self.max_retries > 20 {
-            return Err(field("max_retries", "must be at most 20"));
-        }
-        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
-            return Err(field(
-                "retry_initial_ms",
-                "must be at least 1 and at most retry_max_ms",
-            ));
-        }
+        check_retries(self.max_retries, self.retry_initial_ms, self.retry_max_ms)
+            .map_err(|(path, message)| field(path, message))?;
         Ok(EventHubsSettings {
             namespace,
             ingest_hub: self.ingest_hub.clone(),
@@ -250,7 +241,7 @@ impl EventHubsConfig {
 
 /// The namespace host from `myns.servicebus.windows.net`, `sb://myns...`
 /// or `amqps://myns.../`.
-fn parse_namespace(text: &str) -> Result<String, ConfigError> {
+fn parse_namespace(text: &str) -> Result<String, AzureConfigError> {
     let trimmed = text.trim();
     let host = ["sb://", "amqps://"]
         .iter()
@@ -284,7 +275,7 @@ fn parse_namespace(text: &str) -> Result<String, ConfigError> {
 
 /// Event Hubs entity names: 1-256 of letters, digits, `.`, `-`, `_`,
 /// starting and ending with a letter or digit.
-fn check_hub_name(path: &str, name: &str) -> Result<(), ConfigError> {
+fn check_hub_name(path: &str, name: &str) -> Result<(), AzureConfigError> {
     let ok = (1..=256).contains(&name.len())
         && name
             .chars()
@@ -302,7 +293,7 @@ fn check_hub_name(path: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// Consumer groups: `$Default`, or 1-50 of letters, digits, `.`, `-`, `_`.
-fn check_consumer_group(name: &str) -> Result<(), ConfigError> {
+fn check_consumer_group(name: &str) -> Result<(), AzureConfigError> {
     let ok = name == "$Default"
         || ((1..=50).contains(&name.len())
             && name
@@ -428,16 +419,12 @@ mod tests {
         assert!(!format!("{config:?}").contains("S3CRETKEY"));
         assert!(!toml::to_string(&config).unwrap().contains("S3CRETKEY"));
         let err = config.validate().unwrap_err();
-        match &err {
-            ConfigError::Field { path, message, .. } => {
-                assert_eq!(path, "event_hubs.auth.kind");
-                assert!(
-                    message.contains("servicebus.windows.net:sastoken"),
-                    "{message}"
-                );
-            }
-            other => panic!("expected a field error, got {other:?}"),
-        }
+        assert_eq!(err.path, "event_hubs.auth.kind");
+        assert!(
+            err.message.contains("servicebus.windows.net:sastoken"),
+            "{}",
+            err.message
+        );
         assert!(!err.to_string().contains("S3CRETKEY"));
     }
 }

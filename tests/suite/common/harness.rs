@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hubflow::backends::Backends;
 use hubflow::config::{Config, Settings};
-use hubflow::pipeline::{Backends, Pipeline, Progress};
+use hubflow::pipeline::{Pipeline, Progress};
 use hubflow::service::{self, Hooks, RunOptions};
 use hubflow::source::{HttpSource, SecretString};
 use hubflow::telemetry::{self, LogFormat};

@@ -117,7 +117,9 @@ pub fn settings(data_dir: &Path, url: &str) -> Settings {
 
 /// Rows of `sql` through `hubflow query`'s path (registry-typed tables).
 pub async fn json_rows(settings: &Settings, sql: &str) -> Vec<Value> {
-    let batches = hubflow::service::query(settings, sql).await.unwrap();
+    let batches = hubflow::query::curated(&settings.curated_location(), sql)
+        .await
+        .unwrap();
     let text = query::format_batches(&batches, OutputFormat::Json).unwrap();
     serde_json::from_str(&text).unwrap()
 }

@@ -144,7 +144,7 @@ impl Nodes {
     pub async fn finish_and_drain(
         &mut self,
         settings: &hubflow::config::Settings,
-        backends: &hubflow::pipeline::Backends,
+        backends: &hubflow::backends::Backends,
         total: u64,
     ) {
         let (limit, every) = (Duration::from_secs(120), Duration::from_millis(250));

@@ -7,6 +7,17 @@
 //! `HUBFLOW__BATCH__MAX_RECORDS=5000`; values are parsed as TOML scalars,
 //! falling back to strings). Errors name the field path
 //! (`batch.max_records: invalid type ...`).
+//!
+//! Layout: this file holds the file's sections and [`Settings`]; the
+//! sections with more to check live beside it ([`admin`], [`cluster`]) or
+//! with the adapter they configure (`crate::azure::config`,
+//! `crate::azure::eventhubs::config`, `crate::source::config`). Each section
+//! is validated once, in [`Config::validate`]; [`Settings`] holds only
+//! validated sections, never the raw file. Nothing this module imports
+//! imports it back.
+
+pub mod admin;
+pub mod cluster;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +27,7 @@ use hubflow_actors::consumer::BatchLimits;
 use hubflow_actors::formats::curated::CurateOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::azure::{AzureBlobSettings, EventHubsSettings};
 use crate::demo::{DemoConfig, FaultConfig};
 use crate::source::{HttpSourceConfig, HttpSourceSettings};
 
@@ -66,9 +78,9 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_hubs: Option<crate::azure::EventHubsConfig>,
     /// Several nodes sharing the hub and the blob store (see `crate::cluster`).
-    pub cluster: crate::cluster::ClusterConfig,
+    pub cluster: cluster::ClusterConfig,
     /// The admin port (see `crate::admin`): listen address, token, deadlines.
-    pub admin: crate::admin::AdminConfig,
+    pub admin: admin::AdminConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,31 +330,71 @@ impl DemoSection {
     }
 }
 
-/// The validated configuration the service runs with.
+/// The validated configuration the service runs with: every section
+/// checked once by [`Config::validate`], secrets resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub config: Config,
+    pub pipeline: PipelineConfig,
+    pub hub: HubConfig,
+    pub storage: StorageConfig,
+    pub fetcher: FetcherConfig,
+    /// `[transform]` beyond the spec: dedupe window, polling, notices, sync.
+    pub transform_options: TransformConfig,
+    pub supervision: SupervisionConfig,
+    pub demo: DemoSection,
+    /// `[[sources]]` as written (each validated into [`Settings::sources`]);
+    /// what the spec log records as a source's configured version.
+    pub source_configs: Vec<HttpSourceConfig>,
     pub sources: Vec<HttpSourceSettings>,
     pub batch: BatchLimits,
+    /// `[batch] zstd_level`: how hard raw blobs are compressed.
+    pub raw_zstd_level: i32,
     pub curate: CurateOptions,
+    pub azure_blob: Option<AzureBlobSettings>,
+    pub event_hubs: Option<EventHubsSettings>,
+    pub cluster: cluster::ClusterSettings,
+    pub admin: admin::AdminSettings,
     /// The transformation in effect (hot-swappable; shared by clones).
     pub transform: crate::transform::ActiveTransform,
     /// The settings each source runs with (hot-swappable; shared by clones).
-    pub live_sources: crate::source_specs::ActiveSources,
+    pub live_sources: crate::source::ActiveSources,
+}
+
+/// Where a configuration's curated data is and how to reach it: all that
+/// `hubflow query` needs. Built by [`Config::curated_location`] without
+/// validating the sources, the admin port or the hubs, so querying never
+/// needs an ingestion secret.
+#[derive(Debug, Clone)]
+pub struct CuratedLocation {
+    pub data_dir: PathBuf,
+    pub storage: StorageConfig,
+    pub azure_blob: Option<AzureBlobSettings>,
 }
 
 impl Settings {
+    /// The curated data of these settings.
+    pub fn curated_location(&self) -> CuratedLocation {
+        CuratedLocation {
+            data_dir: self.pipeline.data_dir.clone(),
+            storage: self.storage.clone(),
+            azure_blob: self.azure_blob.clone(),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
-        &self.config.pipeline.data_dir
+        &self.pipeline.data_dir
     }
 
     /// This node's id (`[cluster] node_id`, default `<hostname>-<pid>`),
     /// also outside a cluster: spec logs record who wrote what.
     pub fn node_id(&self) -> String {
-        self.config
-            .cluster
-            .validate()
-            .map_or_else(|_| "local".to_string(), |c| c.node_id)
+        self.cluster.node_id.clone()
+    }
+
+    /// Whether the blob store or the hubs are on Azure (an `[azure_blob]`
+    /// or an `[event_hubs]` section is present).
+    pub fn uses_azure(&self) -> bool {
+        self.azure_blob.is_some() || self.event_hubs.is_some()
     }
 }
 
@@ -399,13 +451,96 @@ impl Config {
         })
     }
 
-    /// Check ranges and build the runtime settings.
+    /// Check every section once and build the runtime settings.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let field = |path: &str, message: &str| ConfigError::Field {
-            origin: "config".to_string(),
-            path: path.to_string(),
-            message: message.to_string(),
+        self.check_ranges()?;
+        self.check_containers()?;
+        if self.demo.enabled {
+            self.demo
+                .api()
+                .validate()
+                .map_err(|message| field("demo", &message))?;
+        }
+        let cluster = self
+            .cluster
+            .validate()
+            .map_err(|e| field(&e.path(), &e.message))?;
+        let admin = self.admin.validate().map_err(
+            |admin::AdminConfigError::Invalid { field: f, message }| {
+                field(&format!("admin.{f}"), &message)
+            },
+        )?;
+        let azure_field = |e: crate::azure::AzureConfigError| field(&e.path, &e.message);
+        let azure_blob = self
+            .azure_blob
+            .as_ref()
+            .map(|section| section.validate())
+            .transpose()
+            .map_err(azure_field)?;
+        let event_hubs = self
+            .event_hubs
+            .as_ref()
+            .map(|section| section.validate())
+            .transpose()
+            .map_err(azure_field)?;
+        let sources = self.validate_sources()?;
+        let batch = BatchLimits {
+            max_records: self.batch.max_records,
+            max_bytes: self.batch.max_bytes,
+            max_age: Duration::from_millis(self.batch.max_age_ms),
+            idle: Duration::from_millis(self.batch.idle_ms),
         };
+        let curate = CurateOptions {
+            zstd_level: self.transform.zstd_level,
+            max_row_group_rows: self.transform.max_row_group_rows,
+        };
+        let transform = crate::transform::ActiveTransform::new(crate::transform::TransformSpec {
+            version: self.transform.version.clone(),
+            sql: self.transform.sql.clone(),
+        })
+        .map_err(|e| field("transform.sql", &e.to_string()))?;
+        Ok(Settings {
+            pipeline: self.pipeline,
+            hub: self.hub,
+            storage: self.storage,
+            fetcher: self.fetcher,
+            transform_options: self.transform,
+            supervision: self.supervision,
+            demo: self.demo,
+            source_configs: self.sources,
+            sources,
+            batch,
+            raw_zstd_level: self.batch.zstd_level,
+            curate,
+            azure_blob,
+            event_hubs,
+            cluster,
+            admin,
+            transform,
+            live_sources: Default::default(),
+        })
+    }
+
+    /// Validate only the sections reading curated data needs (`[storage]`,
+    /// `[azure_blob]`), for `hubflow query`: no source secret, admin token
+    /// or hub setting is resolved.
+    pub fn curated_location(&self) -> Result<CuratedLocation, ConfigError> {
+        self.check_containers()?;
+        let azure_blob = self
+            .azure_blob
+            .as_ref()
+            .map(|section| section.validate())
+            .transpose()
+            .map_err(|e| field(&e.path, &e.message))?;
+        Ok(CuratedLocation {
+            data_dir: self.pipeline.data_dir.clone(),
+            storage: self.storage.clone(),
+            azure_blob,
+        })
+    }
+
+    /// The numeric ranges of the plain sections.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
         if self.hub.partitions == 0 || self.hub.partitions > 1024 {
             return Err(field("hub.partitions", "must be 1..=1024"));
         }
@@ -450,6 +585,11 @@ impl Config {
                 "must be at least 1000",
             ));
         }
+        Ok(())
+    }
+
+    /// Container names follow Azure's rules, on every store.
+    fn check_containers(&self) -> Result<(), ConfigError> {
         let containers = [
             ("storage.raw_container", &self.storage.raw_container),
             ("storage.curated_container", &self.storage.curated_container),
@@ -472,15 +612,11 @@ impl Config {
                 ));
             }
         }
-        if self.demo.enabled {
-            self.demo
-                .api()
-                .validate()
-                .map_err(|message| field("demo", &message))?;
-        }
-        self.cluster
-            .validate()
-            .map_err(|e| field(&e.path(), &e.message))?;
+        Ok(())
+    }
+
+    /// Each `[[sources]]` table, and no two sources with one name.
+    fn validate_sources(&self) -> Result<Vec<HttpSourceSettings>, ConfigError> {
         let mut sources = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -495,29 +631,16 @@ impl Config {
             }
             sources.push(settings);
         }
-        let batch = BatchLimits {
-            max_records: self.batch.max_records,
-            max_bytes: self.batch.max_bytes,
-            max_age: Duration::from_millis(self.batch.max_age_ms),
-            idle: Duration::from_millis(self.batch.idle_ms),
-        };
-        let curate = CurateOptions {
-            zstd_level: self.transform.zstd_level,
-            max_row_group_rows: self.transform.max_row_group_rows,
-        };
-        let transform = crate::transform::ActiveTransform::new(crate::transform::TransformSpec {
-            version: self.transform.version.clone(),
-            sql: self.transform.sql.clone(),
-        })
-        .map_err(|e| field("transform.sql", &e.to_string()))?;
-        Ok(Settings {
-            config: self,
-            sources,
-            batch,
-            curate,
-            transform,
-            live_sources: Default::default(),
-        })
+        Ok(sources)
+    }
+}
+
+/// An error at `path` of the configuration.
+fn field(path: &str, message: &str) -> ConfigError {
+    ConfigError::Field {
+        origin: "config".to_string(),
+        path: path.to_string(),
+        message: message.to_string(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Durable, cluster-wide transform versions.
+//! The transform hot swap: dry runs and durable, cluster-wide versions.
 //!
 //! The spec log `specs/transform` ([`crate::specs::SpecLog`]) says which
 //! version every node runs. Three things move a node:
@@ -18,20 +18,24 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hubflow_actors::formats::curated::CurateTransform;
+use std::sync::Arc;
+
+use hubflow_actors::formats::curated::{self, BatchTransform, CurateInput, CurateTransform};
+use hubflow_actors::formats::raw;
 use hubflow_actors::now_ms;
+use hubflow_actors::record::RawBlobName;
 use hubflow_actors::transformer::{MAX_VERSION_RANGES, TransformCheckpoint, checkpoint_name};
 use hubflow_supervision::ReplaceOutcome;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{ActiveTransform, DryRun, SqlTransform, TransformError, TransformSpec, dry_run};
+use crate::backends::{Backends, INGEST_HUB};
 use crate::config::Settings;
-use crate::pipeline::{INGEST_HUB, Pipeline, ROOT_SUPERVISOR};
+use crate::pipeline::{Pipeline, ROOT_SUPERVISOR, TRANSFORM_SUPERVISOR};
 use crate::specs::{Decision, Origin, Outcome, Proposal, Read, SpecError, SpecLog, SpecStore};
-
-/// The transform's spec log in the state container.
-pub const SPEC_RECORD: &str = "specs/transform";
+use crate::transform::{
+    ActiveTransform, SPEC_RECORD, SqlTransform, TransformError, TransformSpec, same_spec,
+};
 
 /// How long a node watches a version it moves back to after a rollback.
 const ROLLBACK_PROBATION: Duration = Duration::from_secs(2);
@@ -78,12 +82,12 @@ impl Default for SwapOptions {
 }
 
 /// The spec store of `settings`' state container, as this node.
-pub fn store(settings: &Settings, backends: &crate::pipeline::Backends) -> SpecStore {
+pub fn store(settings: &Settings, backends: &Backends) -> SpecStore {
     SpecStore::new(backends.state(settings), settings.node_id())
 }
 
 fn sync_interval(settings: &Settings) -> Duration {
-    Duration::from_millis(settings.config.transform.sync_ms)
+    Duration::from_millis(settings.transform_options.sync_ms)
 }
 
 /// Read (or write, on the first start) the spec log and make the version
@@ -93,7 +97,7 @@ fn sync_interval(settings: &Settings) -> Duration {
 pub async fn bootstrap(settings: &Settings, store: &SpecStore) -> Result<(), TransformError> {
     let active = &settings.transform;
     let config = active.config_spec();
-    let force = settings.config.transform.override_stored;
+    let force = settings.transform_options.override_stored;
     let read = store
         .init(SPEC_RECORD, &config.version, config.clone(), force)
         .await?;
@@ -108,7 +112,7 @@ pub async fn bootstrap(settings: &Settings, store: &SpecStore) -> Result<(), Tra
         .stable_entry()
         .ok_or_else(|| TransformError::Invalid("the spec log has no stable version".into()))?;
     active.set(stable.spec.clone(), stable.seq)?;
-    let drift = !super::same_spec(&stable.spec, &config);
+    let drift = !same_spec(&stable.spec, &config);
     metrics::gauge!("hubflow_transform_config_drift").set(if drift { 1.0 } else { 0.0 });
     metrics::gauge!("hubflow_transform_active_seq").set(stable.seq as f64);
     if drift {
@@ -207,13 +211,13 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), TransformError> {
     }
     let (spec, seq) = active.running();
     metrics::gauge!("hubflow_transform_active_seq").set(seq as f64);
-    let drift = !super::same_spec(&spec, &active.config_spec());
+    let drift = !same_spec(&spec, &active.config_spec());
     metrics::gauge!("hubflow_transform_config_drift").set(if drift { 1.0 } else { 0.0 });
     Ok(())
 }
 
 fn pipeline_drain_deadline(settings: &Settings) -> Duration {
-    Duration::from_secs(settings.config.admin.drain_deadline_secs)
+    settings.admin.drain_deadline
 }
 
 /// Drain and replace this node's transform group with `spec`, watched for
@@ -277,7 +281,7 @@ pub async fn run_sync(
         let Some(p) = pipeline.upgrade() else { return };
         let every = sync_interval(&p.settings);
         let result = match converge(&p).await {
-            Ok(()) => crate::source_specs::converge(&p)
+            Ok(()) => crate::swap::source::converge(&p)
                 .await
                 .map_err(|e| TransformError::Tree(format!("sources: {e}"))),
             Err(e) => Err(e),
@@ -318,43 +322,10 @@ pub async fn swap(
         .load(SPEC_RECORD)
         .await?
         .ok_or_else(|| TransformError::Invalid("the spec log is not written yet".into()))?;
-    let refuse = async |e: TransformError| {
-        active.record(&spec.version, "refused", Some(e.to_string()));
-        warn!(version = spec.version, error = %e, "transform refused");
-        if let Err(store_error) = store
-            .refuse(
-                SPEC_RECORD,
-                &spec.version,
-                spec.clone(),
-                &options.by,
-                &e.to_string(),
-            )
-            .await
-        {
-            warn!(error = %store_error, "cannot record the refusal in the spec log");
-        }
-        e
+    let dry = match checked_dry_run(pipeline, &spec).await {
+        Ok(dry) => dry,
+        Err(e) => return Err(refuse(active, &store, &spec, &options.by, e).await),
     };
-    let transform = match SqlTransform::build(&spec) {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(e).await),
-    };
-    let dry = match dry_run(pipeline, &spec.version, transform).await {
-        Ok(d) => d,
-        Err(e) => return Err(refuse(e).await),
-    };
-    if let Some((source, columns)) = dry.columns.iter().find(|(_, c)| {
-        hubflow_actors::formats::curated::METADATA_COLUMNS
-            .iter()
-            .any(|m| !c.iter().any(|name| name == m))
-    }) {
-        let e = TransformError::DryRun {
-            version: spec.version.clone(),
-            raw_blob: dry.raw_blob.clone().unwrap_or_default(),
-            message: format!("output of {source} lacks metadata columns: {columns:?}"),
-        };
-        return Err(refuse(e).await);
-    }
     let settle = sync_interval(&pipeline.settings).saturating_mul(3);
     let proposal = Proposal {
         version: spec.version.clone(),
@@ -389,10 +360,10 @@ pub async fn swap(
             warn!(%error, "transform sync round failed during a swap");
         }
     };
-    match store
+    let decision = store
         .await_decision::<TransformSpec, _, _>(SPEC_RECORD, seq, limit, round)
-        .await?
-    {
+        .await?;
+    match decision {
         Some(Decision::Promoted) => {
             active.record(&spec.version, "promoted", None);
             Ok(SwapOutcome::Promoted {
@@ -419,11 +390,53 @@ pub async fn swap(
     }
 }
 
+/// Build `spec` and dry-run it on the newest raw blob; its output must keep
+/// every metadata column.
+async fn checked_dry_run(
+    pipeline: &Pipeline,
+    spec: &TransformSpec,
+) -> Result<DryRun, TransformError> {
+    let transform = SqlTransform::build(spec)?;
+    let dry = dry_run(pipeline, &spec.version, transform).await?;
+    if let Some((source, columns)) = dry.columns.iter().find(|(_, c)| {
+        hubflow_actors::formats::curated::METADATA_COLUMNS
+            .iter()
+            .any(|m| !c.iter().any(|name| name == m))
+    }) {
+        return Err(TransformError::DryRun {
+            version: spec.version.clone(),
+            raw_blob: dry.raw_blob.clone().unwrap_or_default(),
+            message: format!("output of {source} lacks metadata columns: {columns:?}"),
+        });
+    }
+    Ok(dry)
+}
+
+/// A swap refused before it was proposed: recorded in this node's history
+/// and in the spec log, so operators see why.
+async fn refuse(
+    active: &ActiveTransform,
+    store: &SpecStore,
+    spec: &TransformSpec,
+    by: &str,
+    e: TransformError,
+) -> TransformError {
+    active.record(&spec.version, "refused", Some(e.to_string()));
+    warn!(version = spec.version, error = %e, "transform refused");
+    if let Err(store_error) = store
+        .refuse(SPEC_RECORD, &spec.version, spec.clone(), by, &e.to_string())
+        .await
+    {
+        warn!(error = %store_error, "cannot record the refusal in the spec log");
+    }
+    e
+}
+
 /// The transform of version `label` in the spec log (`None`: the active
 /// version), as replays curate with it.
 pub async fn resolve(
     settings: &Settings,
-    backends: &crate::pipeline::Backends,
+    backends: &Backends,
     label: Option<&str>,
 ) -> Result<CurateTransform, TransformError> {
     let read = store(settings, backends)
@@ -517,7 +530,7 @@ pub struct VersionRanges {
 /// Per version label, the raw ranges it curated on every partition.
 pub async fn ranges(
     settings: &Settings,
-    backends: &crate::pipeline::Backends,
+    backends: &Backends,
 ) -> anyhow::Result<BTreeMap<String, VersionRanges>> {
     let state = backends.state(settings);
     let mut out: BTreeMap<String, VersionRanges> = BTreeMap::new();
@@ -591,7 +604,7 @@ pub fn versions_since(
 /// ranges (it keeps [`MAX_VERSION_RANGES`]) are returned in the second list.
 pub async fn backfill_plan(
     settings: &Settings,
-    backends: &crate::pipeline::Backends,
+    backends: &Backends,
     labels: &std::collections::BTreeSet<String>,
     with: &str,
 ) -> anyhow::Result<(Vec<crate::replay::ReplayRequest>, Vec<u32>)> {
@@ -640,4 +653,101 @@ pub async fn backfill_plan(
         }
     }
     Ok((plan, forgotten))
+}
+
+/// How a dry run went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRun {
+    /// The raw blob it ran on; `None` when no raw data exists yet (only the
+    /// SQL was checked).
+    pub raw_blob: Option<String>,
+    pub rows_in: usize,
+    pub rows_out: usize,
+    /// Output columns per source.
+    pub columns: Vec<(String, Vec<String>)>,
+}
+
+/// Run `transform` on the newest raw blob, as a transformer would.
+pub async fn dry_run(
+    pipeline: &Pipeline,
+    version: &str,
+    transform: Option<Arc<dyn BatchTransform>>,
+) -> Result<DryRun, TransformError> {
+    let transform = CurateTransform {
+        version: version.to_string(),
+        transform,
+    };
+    let cfg = &pipeline.settings;
+    let container = &cfg.storage.raw_container;
+    let blobs = pipeline
+        .backends
+        .blobs
+        .list(container, &format!("{}/", INGEST_HUB))
+        .await
+        .map_err(|e| TransformError::Storage(e.to_string()))?;
+    let newest = blobs
+        .into_iter()
+        .filter(|b| RawBlobName::parse(&b.name).is_some())
+        .max_by_key(|b| (b.last_modified_ms, b.name.clone()));
+    let Some(newest) = newest else {
+        return Ok(DryRun {
+            raw_blob: None,
+            rows_in: 0,
+            rows_out: 0,
+            columns: Vec::new(),
+        });
+    };
+    let (bytes, _) = pipeline
+        .backends
+        .blobs
+        .get(container, &newest.name)
+        .await
+        .map_err(|e| TransformError::Storage(e.to_string()))?;
+    let raw_blob = format!("{container}/{}", newest.name);
+    let failed = |message: String| TransformError::DryRun {
+        version: version.to_string(),
+        raw_blob: raw_blob.clone(),
+        message,
+    };
+    let batch = raw::decode(&bytes).map_err(|e| failed(format!("raw blob unreadable: {e}")))?;
+    let options = pipeline.settings.curate.clone();
+    let blob_name = raw_blob.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let inputs = CurateInput::from_raw(&batch);
+        let out = curated::curate_versioned(
+            &inputs,
+            &blob_name,
+            "dry-run",
+            &Default::default(),
+            &options,
+            &transform,
+        );
+        (inputs.len(), out)
+    })
+    .await
+    .map_err(|e| failed(format!("dry run panicked: {e}")))?;
+    let (rows_in, output) = output;
+    let output = output.map_err(|e| failed(e.to_string()))?;
+    let schemas = if output.output_schemas.is_empty() {
+        &output.schemas
+    } else {
+        &output.output_schemas
+    };
+    Ok(DryRun {
+        raw_blob: Some(raw_blob),
+        rows_in,
+        rows_out: output.files.iter().map(|f| f.rows).sum(),
+        columns: schemas
+            .iter()
+            .map(|(s, schema)| {
+                let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+                (s.clone(), names)
+            })
+            .collect(),
+    })
+}
+
+/// The path of the transform group in the tree.
+pub fn group_path() -> String {
+    format!("{ROOT_SUPERVISOR}/{TRANSFORM_SUPERVISOR}")
 }

@@ -1,4 +1,4 @@
-//! Durable source settings: every version of a source's settings is kept in
+//! The source settings hot swap. Durable source settings: every version of a source's settings is kept in
 //! its spec log (`specs/sources/<name>` in the state container, see
 //! [`crate::specs`]), and that is what every node runs.
 //!
@@ -6,7 +6,7 @@
 //!   settings (the config file's `[[sources]]` table is version `config`
 //!   when the log is new, or when the file holds settings the log has never
 //!   seen from a file).
-//! - [`ActiveSources`]: the settings this node runs per source, shared by
+//! - `crate::source::ActiveSources`: the settings this node runs per source, shared by
 //!   the settings' clones: the tree and the cluster's ownership manager
 //!   build a fetcher from it, so a fetcher lease that moves to this node
 //!   starts with the newest version.
@@ -23,22 +23,19 @@
 //! container: such a source keeps the file's settings, and swaps of it are
 //! refused (use `{ env = "VAR" }` or `{ file = "path" }`).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::Source;
-use hubflow_actors::retry::RetryBudget;
 use hubflow_supervision::ReplaceOutcome;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::backends::Backends;
 use crate::config::Settings;
-use crate::pipeline::{
-    Backends, Pipeline, ROOT_SUPERVISOR, SOURCES_SUPERVISOR, fetcher_child_name,
-};
-use crate::source::{HttpSource, HttpSourceConfig};
+use crate::pipeline::{Pipeline, ROOT_SUPERVISOR, SOURCES_SUPERVISOR, fetcher_child_name};
+use crate::source::{HttpSource, HttpSourceConfig, LiveSource};
 use crate::specs::{Decision, Proposal, SpecError, SpecStore};
 
 /// Prefix of the source spec logs in the state container.
@@ -49,55 +46,6 @@ pub const CONFIG_VERSION: &str = "config";
 /// The spec log of source `name`.
 pub fn record_name(name: &str) -> String {
     format!("{SOURCE_SPECS}{name}")
-}
-
-/// Settings a node runs for one source.
-#[derive(Clone)]
-pub struct LiveSource {
-    pub source: Arc<dyn Source>,
-    pub budget: RetryBudget,
-    pub version: String,
-    /// Sequence number in the spec log; 0 when not kept there.
-    pub seq: u64,
-    /// Kept in the spec log (false for settings with inline secrets, and for
-    /// the built-in demo source).
-    pub durable: bool,
-}
-
-/// The settings this node runs per source (shared by every clone).
-#[derive(Clone, Default)]
-pub struct ActiveSources(Arc<Mutex<BTreeMap<String, LiveSource>>>);
-
-impl std::fmt::Debug for ActiveSources {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let versions: BTreeMap<String, String> = self
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.version.clone()))
-            .collect();
-        f.debug_tuple("ActiveSources").field(&versions).finish()
-    }
-}
-
-impl ActiveSources {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LiveSource>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn get(&self, name: &str) -> Option<LiveSource> {
-        self.lock().get(name).cloned()
-    }
-
-    pub fn set(&self, name: &str, live: LiveSource) {
-        self.lock().insert(name.to_string(), live);
-    }
-
-    fn snapshot(&self) -> Vec<(String, LiveSource)> {
-        self.lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
 }
 
 /// Why source settings were not swapped.
@@ -141,7 +89,7 @@ fn store(settings: &Settings, backends: &Backends) -> SpecStore {
 }
 
 /// The settings `config`'s source starts with on this node (see the module
-/// docs), registered in `settings`' [`ActiveSources`].
+/// docs), registered in `settings`' `ActiveSources`.
 pub async fn bootstrap(
     settings: &Settings,
     backends: &Backends,
@@ -191,7 +139,7 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), SourceSpecError> {
     let settings = &pipeline.settings;
     let _one_at_a_time = settings.transform.applying().await;
     let store = store(settings, &pipeline.backends);
-    let deadline = Duration::from_secs(settings.config.admin.drain_deadline_secs);
+    let deadline = settings.admin.drain_deadline;
     for (name, live) in settings.live_sources.snapshot() {
         if !live.durable {
             continue;
@@ -228,6 +176,7 @@ pub async fn converge(pipeline: &Pipeline) -> Result<(), SourceSpecError> {
                     let spec = crate::pipeline::fetcher_spec_with(
                         settings,
                         &pipeline.backends,
+                        &pipeline.boards,
                         next.source.clone(),
                         next.budget,
                     )
@@ -376,7 +325,7 @@ pub async fn swap(
         .load::<HttpSourceConfig>(&record)
         .await?
         .ok_or_else(|| SourceSpecError::Unknown(name.clone()))?;
-    let settle = Duration::from_millis(settings.config.transform.sync_ms).saturating_mul(3);
+    let settle = Duration::from_millis(settings.transform_options.sync_ms).saturating_mul(3);
     let proposal = Proposal {
         version: version.to_string(),
         spec: config,
@@ -395,10 +344,7 @@ pub async fn swap(
         Err(e) => return Err(e.into()),
     };
     info!(source = name, version, seq, by, "source settings proposed");
-    let limit = Duration::from_secs(settings.config.admin.drain_deadline_secs)
-        + probation
-        + settle
-        + Duration::from_secs(60);
+    let limit = settings.admin.drain_deadline + probation + settle + Duration::from_secs(60);
     let round = || async {
         if let Err(error) = converge(pipeline).await {
             warn!(%error, "source sync round failed during a swap");
