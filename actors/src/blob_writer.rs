@@ -427,7 +427,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn writes_blob_then_checkpoint_then_landed() {
         let f = Fixture::new().await;
         let (w, h) = Actor::spawn(None, BlobWriter, f.params()).await.unwrap();
@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(ckpt.value.sequence_number, 14);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn with_event_grid_announcing_the_writer_publishes_no_notice() {
         let f = Fixture::new().await;
         let params = WriterParams {
@@ -491,7 +491,7 @@ mod tests {
         assert!(f.landed_blobs().await.is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn restart_fast_forwards_past_uncheckpointed_blobs() {
         let f = Fixture::new().await;
         // A blob landed before a crash, with no checkpoint written.
@@ -529,7 +529,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn failed_put_fails_the_writer_and_moves_nothing() {
         let f = Fixture::new().await;
         let params = f.params();

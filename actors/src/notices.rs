@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(percent_decode("a%2"), None);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn wakes_are_kept_until_waited_for() {
         let board = WakeBoard::default();
         board.wake(7);
@@ -541,7 +541,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_listener_routes_raw_blobs_from_any_partition_and_survives_garbage() {
         let landed = Arc::new(MemoryHub::new("landed", 2));
         let board = WakeBoard::default();

@@ -433,20 +433,54 @@ enum Curated {
 async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> anyhow::Result<()> {
     let params = state.params.clone();
     let blob = name.to_name();
-    let partition_label = params.partition.to_string();
     let (bytes, _) = params.raw.get(&params.raw_container, &blob).await?;
+    let (batch, dropped, fetched) = match curate_blob(state, name, bytes).await? {
+        Curated::Done {
+            batch,
+            dropped,
+            fetched,
+        } => (batch, dropped, fetched),
+        Curated::Corrupt(error) => return quarantine_blob(state, name, error).await,
+    };
 
-    // Decode in place, drop duplicates and curate in one blocking step: the
-    // records are read from the decompressed archive without copies.
+    let landing = Landing {
+        registry: &params.state,
+        curated: params.curated.as_ref(),
+        curated_container: &params.curated_container,
+        dead_letters: params.dead_letters.as_ref(),
+        dead_letter_container: &params.dead_letter_container,
+    };
+    landing
+        .land(&mut state.known, &blob, &name.stem(), &batch)
+        .await?;
+    let output = batch.output;
+    for conflict in &output.conflicts {
+        warn!(partition = params.partition, ?conflict, "schema widened");
+    }
+    count_curated(state, &blob, &output, dropped);
+    commit(state, name.last_seq + 1).await?;
+    fetched.record(now_ms());
+    Ok(())
+}
+
+/// Decode in place, drop duplicates and curate in one blocking step, under
+/// a curate slot: the records are read from the decompressed archive
+/// without copies.
+async fn curate_blob(
+    state: &TransformerState,
+    name: &RawBlobName,
+    bytes: Bytes,
+) -> anyhow::Result<Curated> {
+    let params = &state.params;
     let next = state.status.next_sequence;
     let window = state.window.clone();
     let known = state.known.schemas.clone();
     let options = params.options.clone();
     let transform = params.transform.clone();
     let stem = name.stem();
-    let raw_blob = format!("{}/{}", params.raw_container, blob);
+    let raw_blob = format!("{}/{}", params.raw_container, name.to_name());
     let slot = Arc::clone(&params.curate_slots.0).acquire_owned().await?;
-    let curated = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut buf = raw::RawBuf::default();
         let batch = match raw::decode_into(&bytes, &mut buf) {
@@ -466,43 +500,33 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
             fetched,
         })
     })
-    .await??;
-    let (batch, dropped, fetched) = match curated {
-        Curated::Done {
-            batch,
-            dropped,
-            fetched,
-        } => (batch, dropped, fetched),
-        Curated::Corrupt(error) => {
-            warn!(partition = params.partition, blob, %error, "corrupt raw blob, quarantining");
-            raw::quarantine(
-                params.raw.as_ref(),
-                &params.raw_container,
-                &blob,
-                &error.to_string(),
-            )
-            .await?;
-            metrics::counter!("hubflow_transformer_quarantined_total").increment(1);
-            state.status.quarantined += 1;
-            return commit(state, name.last_seq + 1).await;
-        }
-    };
+    .await?
+}
 
-    let landing = Landing {
-        registry: &params.state,
-        curated: params.curated.as_ref(),
-        curated_container: &params.curated_container,
-        dead_letters: params.dead_letters.as_ref(),
-        dead_letter_container: &params.dead_letter_container,
-    };
-    landing
-        .land(&mut state.known, &blob, &name.stem(), &batch)
-        .await?;
-    let output = batch.output;
-    for conflict in &output.conflicts {
-        warn!(partition = params.partition, ?conflict, "schema widened");
-    }
+/// A raw blob that does not decode: moved to quarantine, and the checkpoint
+/// moved past its range.
+async fn quarantine_blob(
+    state: &mut TransformerState,
+    name: &RawBlobName,
+    error: raw::RawError,
+) -> anyhow::Result<()> {
+    let params = &state.params;
+    let blob = name.to_name();
+    warn!(partition = params.partition, blob, %error, "corrupt raw blob, quarantining");
+    raw::quarantine(
+        params.raw.as_ref(),
+        &params.raw_container,
+        &blob,
+        &error.to_string(),
+    )
+    .await?;
+    metrics::counter!("hubflow_transformer_quarantined_total").increment(1);
+    state.status.quarantined += 1;
+    commit(state, name.last_seq + 1).await
+}
 
+/// Count a landed blob in the `curate` span, the status and the metrics.
+fn count_curated(state: &mut TransformerState, blob: &str, output: &CuratedOutput, dropped: u64) {
     let rows: u64 = output.files.iter().map(|f| f.rows as u64).sum();
     let span = tracing::Span::current();
     span.record("rows", rows);
@@ -516,8 +540,9 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     state.status.duplicates_dropped += dropped;
     state.status.rejected += output.rejected.len() as u64;
     state.status.schema_conflicts += output.conflicts.len() as u64;
-    state.status.last_blob = Some(blob.clone());
+    state.status.last_blob = Some(blob.to_string());
     state.status.last_error = None;
+    let partition_label = state.params.partition.to_string();
     metrics::counter!("hubflow_transformer_blobs_total", "partition" => partition_label.clone())
         .increment(1);
     metrics::counter!("hubflow_transformer_rows_total", "partition" => partition_label.clone())
@@ -527,12 +552,9 @@ async fn transform_blob(state: &mut TransformerState, name: &RawBlobName) -> any
     metrics::counter!("hubflow_transformer_rejected_total", "partition" => partition_label)
         .increment(output.rejected.len() as u64);
     debug!(
-        partition = params.partition,
+        partition = state.params.partition,
         blob, rows, dropped, "raw blob curated"
     );
-    commit(state, name.last_seq + 1).await?;
-    fetched.record(now_ms());
-    Ok(())
 }
 
 /// How many records of a curated batch were fetched when, to record the
@@ -1020,7 +1042,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn landing_again_rewrites_files_and_keeps_existing_dead_letters() {
         let blobs = Arc::new(MemoryBlobStore::new());
         for c in ["curated", "state", "dlq"] {
@@ -1183,7 +1205,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn transforms_landed_blobs_and_recovers_missed_ones() {
         let f = Fixture::new().await;
         // Landed before the transformer existed: found by recovery.
@@ -1208,7 +1230,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn duplicates_across_a_restart_are_dropped() {
         let f = Fixture::new().await;
         f.land(0, &[0, 1, 2]).await;
@@ -1230,7 +1252,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_corrupt_blob_is_quarantined_and_the_chain_goes_on() {
         let f = Fixture::new().await;
         let bad = RawBlobName {
@@ -1258,7 +1280,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn non_object_payloads_are_dead_lettered_once() {
         let f = Fixture::new().await;
         let mut bad = record(7, 0);
@@ -1293,7 +1315,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn overlapping_blobs_from_a_killed_writer_are_read_once() {
         let f = Fixture::new().await;
         // The new writer landed [0..2] then [3..7]; the killed one's put of

@@ -463,6 +463,9 @@ fn check_health(state: &mut SupervisorState) {
     }
 }
 
+/// A child exited: roll back a failed replacement, or apply the restart
+/// policy, the intensity, the strategy and the backoff, in that order (see
+/// the module doc).
 fn child_exited(
     myself: &ActorRef<SupervisorMsg>,
     state: &mut SupervisorState,
@@ -471,23 +474,51 @@ fn child_exited(
 ) -> Result<(), ActorProcessingErr> {
     let slot = &mut state.slots[i];
     slot.cell = None;
-    let path = slot.status.path();
-    let abnormal = exit.is_abnormal();
-    if slot.probation.is_some() && abnormal {
+    if slot.probation.is_some() && exit.is_abnormal() {
         return roll_back(myself, state, i, exit);
     }
+    let error = exit_error(&exit);
+    if !apply_restart_policy(state, i, &exit, error.clone()) {
+        return Ok(());
+    }
+    metrics::counter!("hubflow_supervisor_restarts_total", "supervisor" => state.spec.name.clone())
+        .increment(1);
+    if intensity_exceeded(state, i) {
+        return escalate(state, i, error.unwrap_or_default());
+    }
+    let (affected, epoch) = stop_affected(state, i);
+    schedule_restart(myself, state, i, &affected, epoch)
+}
+
+/// What the status tree records as the error of an exit (none for a
+/// normal one).
+fn exit_error(exit: &ExitReason) -> Option<String> {
+    match exit {
+        ExitReason::Failed(e) => Some(e.clone()),
+        ExitReason::Stalled => Some("stalled".to_string()),
+        ExitReason::DownstreamClosed => Some("downstream closed".to_string()),
+        _ => None,
+    }
+}
+
+/// Restart policy: record the exit of child `i` and say whether it is
+/// restarted; one that is not is marked stopped, and a temporary one is
+/// removed.
+fn apply_restart_policy(
+    state: &mut SupervisorState,
+    i: usize,
+    exit: &ExitReason,
+    error: Option<String>,
+) -> bool {
+    let slot = &mut state.slots[i];
+    let path = slot.status.path();
+    let abnormal = exit.is_abnormal();
     let restart = match slot.spec.restart {
         Restart::Permanent => true,
         Restart::Transient => abnormal,
         Restart::Temporary => false,
     };
-    let error = match &exit {
-        ExitReason::Failed(e) => Some(e.clone()),
-        ExitReason::Stalled => Some("stalled".to_string()),
-        ExitReason::DownstreamClosed => Some("downstream closed".to_string()),
-        _ => None,
-    };
-    slot.status.exited(error.clone(), restart);
+    slot.status.exited(error, restart);
     if abnormal {
         warn!(path, exit = ?exit, "child exited abnormally");
     } else {
@@ -499,12 +530,13 @@ fn child_exited(
             state.slots.remove(i);
             publish_children(state);
         }
-        return Ok(());
     }
-    metrics::counter!("hubflow_supervisor_restarts_total", "supervisor" => state.spec.name.clone())
-        .increment(1);
+    restart
+}
 
-    // Intensity.
+/// Intensity: count a restart of child `i`; true when that makes more than
+/// `max_restarts` within the window.
+fn intensity_exceeded(state: &mut SupervisorState, i: usize) -> bool {
     let now = Instant::now();
     let window = state.spec.intensity.window;
     let recent = &mut state.slots[i].recent_restarts;
@@ -515,17 +547,18 @@ fn child_exited(
     {
         recent.pop_front();
     }
-    if recent.len() > state.spec.intensity.max_restarts as usize {
-        return escalate(state, i, error.unwrap_or_default());
-    }
+    recent.len() > state.spec.intensity.max_restarts as usize
+}
 
-    // Strategy.
+/// Strategy: the children restarted with child `i` (a drained sibling stays
+/// drained), the running ones killed, all awaiting a new restart epoch;
+/// returns them with that epoch.
+fn stop_affected(state: &mut SupervisorState, i: usize) -> (Vec<usize>, u64) {
     let affected: Vec<usize> = match state.spec.strategy {
         Strategy::OneForOne => vec![i],
         Strategy::RestForOne => (i..state.slots.len()).collect(),
         Strategy::OneForAll => (0..state.slots.len()).collect(),
     };
-    // A drained sibling stays drained.
     let affected: Vec<usize> = affected
         .into_iter()
         .filter(|&j| j == i || !state.slots[j].drained)
@@ -545,8 +578,19 @@ fn child_exited(
         other.awaiting = Some(epoch);
         other.status.set_state(NodeState::BackingOff);
     }
+    (affected, epoch)
+}
 
-    // Backoff, on the failed child's schedule.
+/// Backoff: send ourselves the restart of `affected` after the delay of the
+/// failed child `i`'s schedule (its failure count resets once it ran for
+/// `reset_after`).
+fn schedule_restart(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    i: usize,
+    affected: &[usize],
+    epoch: u64,
+) -> Result<(), ActorProcessingErr> {
     let backoff = state.spec.backoff;
     let slot = &mut state.slots[i];
     if slot.started_at.elapsed() >= backoff.reset_after {

@@ -12,28 +12,30 @@ use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::harness::{Admin, Service};
 use hubflow::config::{Config, Settings};
-use hubflow::demo::DemoConfig;
-use hubflow::service::{self, Hooks, RunOptions};
 use hubflow::source::SecretString;
-use hubflow::telemetry::{self, LogFormat};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
+/// The service with its admin port, on the demo API; derefs to its admin
+/// client (`node.get`, `node.post`, `node.status`, ...).
 struct Node {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    settings: Settings,
-    stop: Arc<tokio::sync::Notify>,
-    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    svc: Service,
     demo: common::DemoServer,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Admin;
+    fn deref(&self) -> &Admin {
+        &self.svc.admin
+    }
 }
 
 fn config(dir: &std::path::Path, url: &str, token: Option<&str>) -> Config {
@@ -49,132 +51,24 @@ async fn start(total: u64, token: Option<&str>) -> Node {
 
 async fn start_on(total: u64, token: Option<&str>, listen: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::serving(total).await;
     let mut config = config(dir.path(), &demo.url, token);
     config.admin.listen = Some(listen.parse().unwrap());
-    let settings = config.validate().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let hooks = Hooks {
-        logs: Some(telemetry::init_logs(LogFormat::Text)),
-        on_admin_listening: Some(tx),
-        stop: Some(stop.clone()),
-    };
-    let run = tokio::spawn(service::run_with(
-        settings.clone(),
-        RunOptions::default(),
-        hooks,
-    ));
-    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-        .await
-        .expect("admin port did not come up")
-        .expect("service ended before the admin port listened");
+    let svc = Service::start_with_logs(config, token).await;
     Node {
-        addr,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap(),
-        settings,
-        stop,
-        run,
+        svc,
         demo,
         _dir: dir,
     }
 }
 
 impl Node {
-    /// `method path` with a raw JSON body text; the status and the JSON answer.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.addr));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, None, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(
-            reqwest::Method::POST,
-            path,
-            Some(TOKEN),
-            Some(&body.to_string()),
-        )
-        .await
-    }
-
-    async fn status(&self) -> Value {
-        let (code, v) = self.get("/status").await;
-        assert_eq!(code, StatusCode::OK, "{v}");
-        v
-    }
-
-    /// Poll /status until `check` holds (bounded).
-    async fn wait_until(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = self.status().await;
-            if check(&status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status: {}",
-                status["progress"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Poll a replay job until it is no longer running (bounded); its
-    /// progress.
-    async fn replay_finished(&self, id: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (code, progress) = self.get(&format!("/replay/{id}")).await;
-            assert_eq!(code, StatusCode::OK);
-            if progress["state"] != "running" {
-                return progress;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replay did not finish: {progress}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    fn settings(&self) -> &Settings {
+        &self.svc.settings
     }
 
     async fn stop(self) {
-        self.stop.notify_one();
-        let result = tokio::time::timeout(Duration::from_secs(60), self.run)
-            .await
-            .expect("service did not stop");
-        result.unwrap().unwrap();
+        self.svc.stop().await;
         self.demo.stop().await;
     }
 
@@ -187,7 +81,7 @@ impl Node {
     fn ctl_code(&self, args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubflow"));
         cmd.arg("ctl")
-            .args(["--addr", &self.addr.to_string()])
+            .args(["--addr", &self.svc.addr.to_string()])
             .args(args)
             .env_remove("HUBFLOW_ADMIN_TOKEN")
             .env("HUBFLOW_LOG", "warn");
@@ -247,11 +141,47 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// One running pipeline, walked through every admin endpoint in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_serves_and_controls_a_running_pipeline() {
     let total = 3_000;
     let node = start(total, Some(TOKEN)).await;
+    case_health_and_readiness_need_no_token_and_everything_is_curated(&node, total).await;
+    case_every_documented_route_is_served(&node).await;
+    case_control_calls_need_the_right_token(&node).await;
+    case_bad_input_is_refused_and_changes_nothing(&node).await;
+    case_an_invalid_log_filter_is_refused_and_a_valid_one_applied(&node).await;
+    case_pauses_resume_and_outlive_restarts(&node).await;
+    case_kill_panic_drain_and_restart_by_path(&node).await;
+    case_replay_restores_deleted_curated_files(&node, total).await;
+    case_metrics_show_computed_gauges(&node).await;
+    let dead_letter = case_dead_letters_are_listed_inspected_and_redriven(&node, total).await;
+    case_ctl_reports_status_and_exits_with_the_documented_codes(&node, total, &dead_letter).await;
+    case_drain_through_the_api_stops_the_service(node).await;
+}
 
+const FETCHER: &str = "pipeline/sources/fetcher-demo";
+const CONSUMER0: &str = "pipeline/ingest/p0000/consumer";
+
+/// `GET /metrics`: 200, Prometheus text.
+async fn scrape(node: &Node) -> String {
+    let resp = node.get_response("/metrics").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    resp.text().await.unwrap()
+}
+
+/// Health and readiness answer without a token on loopback; everything is
+/// curated; `/status` names the version and a running pipeline.
+async fn case_health_and_readiness_need_no_token_and_everything_is_curated(
+    node: &Node,
+    total: u64,
+) {
     // Health and readiness need no token on loopback.
     assert_eq!(
         node.get("/healthz").await,
@@ -269,11 +199,15 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         caught_up(total),
     )
     .await;
-    assert_eq!(common::counts(&node.settings).await, (total, total));
+    assert_eq!(common::counts(node.settings()).await, (total, total));
     let status = node.status().await;
     assert_eq!(status["versions"]["hubflow"], env!("CARGO_PKG_VERSION"));
     assert_eq!(tree_node(&status, "pipeline")["state"], "running");
+}
 
+/// Every route in the OpenAPI document is routed; an unknown path answers
+/// 404 pointing at the document.
+async fn case_every_documented_route_is_served(node: &Node) {
     // Every documented route is served (none answers the 404 fallback).
     let (code, doc) = node.get("/openapi.json").await;
     assert_eq!(code, StatusCode::OK);
@@ -288,7 +222,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         // Without a token: control routes answer 401 (never run), read
         // routes answer; neither may fall through to the 404 fallback.
         let (code, body) = node
-            .call(route.method.clone(), &concrete, None, Some("{}"))
+            .raw(route.method.clone(), &concrete, None, Some("{}"))
             .await;
         let fallback = body["error"]["message"]
             .as_str()
@@ -306,22 +240,29 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
             .unwrap()
             .contains("/openapi.json")
     );
+}
 
+/// Control calls without a token or with a wrong one answer 401 and change
+/// nothing.
+async fn case_control_calls_need_the_right_token(node: &Node) {
     // Auth: control calls need the right token; read calls do not on loopback.
     let pause = r#"{"source": "demo"}"#;
     for token in [None, Some("wrong-token-wrong-token")] {
         let (code, body) = node
-            .call(reqwest::Method::POST, "/pause", token, Some(pause))
+            .raw(reqwest::Method::POST, "/pause", token, Some(pause))
             .await;
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
         assert!(body["error"]["message"].is_string());
     }
-    let fetcher = "pipeline/sources/fetcher-demo";
     assert_eq!(
-        tree_node(&node.status().await, fetcher)["observed"]["paused"],
+        tree_node(&node.status().await, FETCHER)["observed"]["paused"],
         false
     );
+}
 
+/// Malformed, unknown and unroutable control requests: a clear 4xx each,
+/// and the pipeline runs on unpaused and unrestarted.
+async fn case_bad_input_is_refused_and_changes_nothing(node: &Node) {
     // Bad input: clear 4xx, nothing changes.
     let bad: [(&str, &str, StatusCode); 7] = [
         ("/pause", "{", StatusCode::BAD_REQUEST),
@@ -350,7 +291,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     ];
     for (path, body, want) in bad {
         let (code, answer) = node
-            .call(reqwest::Method::POST, path, Some(TOKEN), Some(body))
+            .raw(reqwest::Method::POST, path, Some(TOKEN), Some(body))
             .await;
         assert_eq!(code, want, "{path} {body}: {answer}");
         assert!(
@@ -365,9 +306,12 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     let status = node.status().await;
-    assert_eq!(tree_node(&status, fetcher)["observed"]["paused"], false);
+    assert_eq!(tree_node(&status, FETCHER)["observed"]["paused"], false);
     assert_eq!(tree_node(&status, "pipeline")["restarts"], 0);
+}
 
+/// `/log-level`: an invalid directive leaves the filter as it was.
+async fn case_an_invalid_log_filter_is_refused_and_a_valid_one_applied(node: &Node) {
     // Log level: invalid directive refused, filter unchanged; valid applied.
     let (_, before) = node.get("/log-level").await;
     let (code, body) = node
@@ -386,89 +330,77 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
             .contains("hubflow=debug")
     );
     node.post("/log-level", json!({"filter": "info"})).await;
+}
 
+/// Wait (bounded) until the actor at `path` says it is `paused` (or not).
+async fn until_paused(node: &Node, path: &str, paused: bool) {
+    node.wait_until(
+        &format!("{path} paused: {paused}"),
+        Duration::from_secs(10),
+        |s| tree_node(s, path)["observed"]["paused"] == paused,
+    )
+    .await;
+}
+
+/// Kill the paused actor at `path`: it is restarted, running and still
+/// paused (bounded).
+async fn killed_comes_back_paused(node: &Node, path: &str) {
+    let (code, body) = node.post("/actors/kill", json!({"path": path})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    node.wait_until(
+        &format!("paused {path} restarted, still paused"),
+        Duration::from_secs(30),
+        |s| {
+            let a = tree_node(s, path);
+            a["restarts"].as_u64() >= Some(1)
+                && a["state"] == "running"
+                && a["observed"]["paused"] == true
+        },
+    )
+    .await;
+}
+
+/// Pause and resume one source and all ingest; a paused actor killed
+/// comes back paused.
+async fn case_pauses_resume_and_outlive_restarts(node: &Node) {
     // Pause / resume a source and all ingest.
     let (code, body) = node.post("/pause", json!({"source": "demo"})).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until("fetcher paused", Duration::from_secs(10), |s| {
-        tree_node(s, fetcher)["observed"]["paused"] == true
-    })
-    .await;
-    let (code, body) = node.post("/actors/kill", json!({"path": fetcher})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "paused fetcher restarted, still paused",
-        Duration::from_secs(30),
-        |s| {
-            let f = tree_node(s, fetcher);
-            f["restarts"].as_u64() >= Some(1)
-                && f["state"] == "running"
-                && f["observed"]["paused"] == true
-        },
-    )
-    .await;
+    until_paused(node, FETCHER, true).await;
+    killed_comes_back_paused(node, FETCHER).await;
     node.post("/resume", json!({"source": "demo"})).await;
-    node.wait_until("fetcher resumed", Duration::from_secs(10), |s| {
-        tree_node(s, fetcher)["observed"]["paused"] == false
-    })
-    .await;
+    until_paused(node, FETCHER, false).await;
     let (code, body) = node.post("/pause", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    let partitions = node.settings.hub.partitions as usize;
+    let partitions = node.settings().hub.partitions as usize;
     assert_eq!(body["paused"].as_array().unwrap().len(), partitions);
-    let consumer0 = "pipeline/ingest/p0000/consumer";
-    node.wait_until("consumers paused", Duration::from_secs(10), |s| {
-        tree_node(s, consumer0)["observed"]["paused"] == true
-    })
-    .await;
+    until_paused(node, CONSUMER0, true).await;
     // A pause outlives a restart: the killed consumer comes back paused.
-    let (code, body) = node.post("/actors/kill", json!({"path": consumer0})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "paused consumer restarted, still paused",
-        Duration::from_secs(30),
-        |s| {
-            let c = tree_node(s, consumer0);
-            c["restarts"].as_u64() >= Some(1)
-                && c["state"] == "running"
-                && c["observed"]["paused"] == true
-        },
-    )
-    .await;
+    killed_comes_back_paused(node, CONSUMER0).await;
     let (code, _) = node.post("/resume", json!({"ingest": true})).await;
     assert_eq!(code, StatusCode::OK);
-    node.wait_until("consumers resumed", Duration::from_secs(10), |s| {
-        tree_node(s, consumer0)["observed"]["paused"] == false
+    until_paused(node, CONSUMER0, false).await;
+}
+
+/// `POST action {"path": path}`: answered 200, and the actor is running
+/// again with at least `restarts` restarts (bounded).
+async fn restarted_after(node: &Node, action: &str, path: &str, restarts: u64) {
+    let (code, body) = node.post(action, json!({"path": path})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let what = format!("{path} restarted after {action}");
+    node.wait_until(&what, Duration::from_secs(30), |s| {
+        tree_node(s, path)["restarts"].as_u64() >= Some(restarts)
+            && tree_node(s, path)["state"] == "running"
     })
     .await;
+}
 
+/// Kill, panic, drain and restart actors by their path.
+async fn case_kill_panic_drain_and_restart_by_path(node: &Node) {
     // Kill, panic, drain and restart by path.
-    let (code, body) = node.post("/actors/kill", json!({"path": consumer0})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "consumer restarted after kill",
-        Duration::from_secs(30),
-        |s| {
-            // One restart was the paused kill above.
-            tree_node(s, consumer0)["restarts"].as_u64() >= Some(2)
-                && tree_node(s, consumer0)["state"] == "running"
-        },
-    )
-    .await;
-    let transformer1 = "pipeline/transform/p0001";
-    let (code, body) = node
-        .post("/actors/panic", json!({"path": transformer1}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    node.wait_until(
-        "transformer restarted after panic",
-        Duration::from_secs(30),
-        |s| {
-            tree_node(s, transformer1)["restarts"].as_u64() >= Some(1)
-                && tree_node(s, transformer1)["state"] == "running"
-        },
-    )
-    .await;
+    // One restart of the consumer was the paused kill above.
+    restarted_after(node, "/actors/kill", CONSUMER0, 2).await;
+    restarted_after(node, "/actors/panic", "pipeline/transform/p0001", 1).await;
     let group = "pipeline/ingest/p0001";
     let (code, body) = node
         .post("/drain", json!({"path": group, "deadline_secs": 10}))
@@ -491,13 +423,17 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         .post("/drain", json!({"path": group, "deadline_secs": 0}))
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
+}
 
+/// Curated files of partition 0 deleted, then replayed (through the API
+/// and `hubflow ctl`, and by time range): the totals are exact again.
+async fn case_replay_restores_deleted_curated_files(node: &Node, total: u64) {
     // Replay: delete partition 0's curated files, replay, totals exact again.
     let curated = node
-        .settings
+        .settings()
         .data_dir()
         .join("blobs")
-        .join(&node.settings.storage.curated_container);
+        .join(&node.settings().storage.curated_container);
     let mut deleted = 0;
     for entry in walk(&curated) {
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
@@ -507,7 +443,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         }
     }
     assert!(deleted > 0, "no curated files of partition 0");
-    let (rows, _) = common::counts(&node.settings).await;
+    let (rows, _) = common::counts(node.settings()).await;
     assert!(rows < total, "deleting files removed no rows");
     for (body, want) in [
         (json!({"partition": 99}), StatusCode::BAD_REQUEST),
@@ -523,12 +459,9 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         assert_eq!(node.post("/replay", body.clone()).await.0, want, "{body}");
     }
     assert_eq!(node.get("/replay/999").await.0, StatusCode::NOT_FOUND);
-    let (code, started) = node.post("/replay", json!({"partition": 0})).await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
-    let done = node.replay_finished(started["id"].as_u64().unwrap()).await;
-    assert_eq!(done["state"], "completed", "{done}");
+    let done = node.replay(json!({"partition": 0})).await;
     assert!(done["blobs_done"].as_u64().unwrap() > 0);
-    assert_eq!(common::counts(&node.settings).await, (total, total));
+    assert_eq!(common::counts(node.settings()).await, (total, total));
     // Again through `hubflow ctl` (plain progress lines: stderr is a pipe).
     let (ok, stdout, stderr) = node.ctl(&["replay", "--partition", "0"], Some(TOKEN));
     assert!(ok, "ctl replay failed: {stdout}{stderr}");
@@ -548,7 +481,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
             .all(|l| l.contains("(identity)")),
         "{stderr}"
     );
-    assert_eq!(common::counts(&node.settings).await, (total, total));
+    assert_eq!(common::counts(node.settings()).await, (total, total));
     // Time ranges: one that covers everything replays every blob of the
     // partition (totals unchanged); one in the future selects none.
     let mut finished = Vec::new();
@@ -556,23 +489,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         json!({"partition": 1, "from_time": "2000-01-01T00:00:00Z", "to_time": "2100-01-01T00:00:00Z"}),
         json!({"partition": 1, "from_time": "2100-01-01T00:00:00Z"}),
     ] {
-        let (code, started) = node.post("/replay", range).await;
-        assert_eq!(code, StatusCode::ACCEPTED, "{started}");
-        let id = started["id"].as_u64().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, progress) = node.get(&format!("/replay/{id}")).await;
-            if progress["state"] != "running" {
-                assert_eq!(progress["state"], "completed", "{progress}");
-                finished.push(progress);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replay did not finish: {progress}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        finished.push(node.replay(range).await);
     }
     assert!(
         finished[0]["blobs_done"].as_u64().unwrap() > 0,
@@ -580,28 +497,15 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         finished[0]
     );
     assert_eq!(finished[1]["blobs_done"], 0, "{}", finished[1]);
-    assert_eq!(common::counts(&node.settings).await, (total, total));
+    assert_eq!(common::counts(node.settings()).await, (total, total));
     let status = node.status().await;
     assert_eq!(status["replays"].as_array().unwrap().len(), 4);
+}
 
+/// `/metrics`: computed gauges present, lag zero once caught up.
+async fn case_metrics_show_computed_gauges(node: &Node) {
     // Metrics: computed gauges present, lag zero once caught up; promtool.
-    let scrape = || async {
-        let resp = node
-            .http
-            .get(format!("http://{}/metrics", node.addr))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert!(
-            resp.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain")
-        );
-        resp.text().await.unwrap()
-    };
-    let text = scrape().await;
+    let text = scrape(node).await;
     for needle in [
         "hubflow_transformer_lag_events{partition=\"0\"} 0",
         "hubflow_writer_lag_events{partition=\"0\"} 0",
@@ -615,11 +519,16 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
             "{needle} missing from /metrics:\n{text}"
         );
     }
+}
 
+/// Dead letters: listed, inspected, a bad redrive refused, a fixed one
+/// redriven and curated (once); the scrape then passes promtool. The dead
+/// letter's id.
+async fn case_dead_letters_are_listed_inspected_and_redriven(node: &Node, total: u64) -> String {
     // Dead letters: list, inspect, refuse a bad redrive, redrive a fixed one.
     let store =
-        hubflow::embedded::FsBlobStore::new(node.settings.data_dir().join("blobs")).unwrap();
-    let dlq = &node.settings.storage.dead_letter_container;
+        hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
+    let dlq = &node.settings().storage.dead_letter_container;
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
         dlq,
@@ -645,7 +554,7 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     );
     let (code, body) = node.post("/dlq/redrive", json!({"id": id})).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    scrape().await; // the latency sampler's baseline
+    scrape(node).await; // the latency sampler's baseline
     let fixed = json!({"id": "evt-redriven-1", "type": "redriven"});
     let (code, body) = node
         .post("/dlq/redrive", json!({"id": id, "payload": fixed}))
@@ -661,15 +570,26 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         s["progress"]["transformed"] == total + 1
     })
     .await;
-    assert_eq!(common::counts(&node.settings).await, (total + 1, total + 1));
-    let text = scrape().await;
+    assert_eq!(
+        common::counts(node.settings()).await,
+        (total + 1, total + 1)
+    );
+    let text = scrape(node).await;
     assert!(
         text.contains("hubflow_end_to_end_latency_seconds_count"),
         "{text}"
     );
     assert!(text.contains("hubflow_dlq_redriven_total"), "{text}");
     promtool_check(&text);
+    id
+}
 
+/// `hubflow ctl`: status as JSON and text, auth errors and exit codes.
+async fn case_ctl_reports_status_and_exits_with_the_documented_codes(
+    node: &Node,
+    total: u64,
+    dead_letter: &str,
+) {
     // ctl: status as JSON and text, auth errors surface.
     let (ok, stdout, stderr) = node.ctl(&["status", "--json"], None);
     assert!(ok, "{stderr}");
@@ -702,20 +622,19 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
         "{stdout}{stderr}"
     );
     let (ok, stdout, _) = node.ctl(&["dlq", "list", "--json"], None);
-    assert!(ok && stdout.contains(&id), "{stdout}");
+    assert!(ok && stdout.contains(dead_letter), "{stdout}");
     let (code, _, stderr) = node.ctl_code(&["kill", "pipeline/no/such"], Some(TOKEN));
     assert!(
         code == Some(4) && stderr.contains("404") && stderr.contains("pipeline/no/such"),
         "{code:?} {stderr}"
     );
+}
 
-    // Node drain through the API: the service drains and returns Ok.
+/// `POST /drain` on the node: the service drains and returns Ok.
+async fn case_drain_through_the_api_stops_the_service(node: Node) {
     let (code, _) = node.post("/drain", json!({})).await;
     assert_eq!(code, StatusCode::ACCEPTED);
-    let result = tokio::time::timeout(Duration::from_secs(60), node.run)
-        .await
-        .expect("node drain did not stop the service");
-    result.unwrap().unwrap();
+    node.svc.stopped().await;
     node.demo.stop().await;
 }
 
@@ -735,7 +654,7 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     .await;
     let id = "evt-00000042";
     let rows = common::json_rows(
-        &node.settings,
+        node.settings(),
         &format!(
             "SELECT _hub_partition AS p, _hub_sequence AS s, _raw_blob AS b, date, hour \
              FROM demo WHERE id = '{id}'"
@@ -744,7 +663,25 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
+    let (trace, file) =
+        case_trace_by_id_reaches_the_request_raw_blob_and_curated_file(&node, id, row).await;
+    let position =
+        case_trace_by_curated_file_and_row_finds_the_same_record(&node, id, &file, &trace).await;
+    case_ctl_trace_by_id_and_by_row(&node, id, &file, position).await;
+    case_replays_and_dead_letters_of_the_record_show_up(&node, id, row).await;
+    case_bad_trace_questions_get_4xx(&node, &file).await;
+    node.stop().await;
+}
 
+/// The record's trace by source and id: its curated row (partition,
+/// sequence, raw blob, file under its date and hour), raw blob and the
+/// request that fetched it; no dead letters or replays yet. The trace and
+/// the curated file.
+async fn case_trace_by_id_reaches_the_request_raw_blob_and_curated_file(
+    node: &Node,
+    id: &str,
+    row: &Value,
+) -> (Value, String) {
     // The page log is written within its flush interval (10 s).
     let deadline = Instant::now() + Duration::from_secs(60);
     let trace = loop {
@@ -795,13 +732,23 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     assert!(fetch["page_records"].as_u64().unwrap() >= 1, "{fetch}");
     assert_eq!(trace["dead_letters"], json!([]));
     assert_eq!(trace["replays"], json!([]));
+    (trace, file)
+}
 
+/// The same record from its curated file and row; the file holds it at
+/// the position of its id among the file's rows. That position.
+async fn case_trace_by_curated_file_and_row_finds_the_same_record(
+    node: &Node,
+    id: &str,
+    file: &str,
+    trace: &Value,
+) -> usize {
     // The same record from its curated file and row; the file holds it at
     // the position of its id among the file's rows.
     let store =
-        hubflow::embedded::FsBlobStore::new(node.settings.data_dir().join("blobs")).unwrap();
-    let curated_container = &node.settings.storage.curated_container;
-    let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, &file)
+        hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
+    let curated_container = &node.settings().storage.curated_container;
+    let (bytes, _) = hubflow_actors::ports::BlobStore::get(&store, curated_container, file)
         .await
         .unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -826,7 +773,10 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     assert_eq!(code, StatusCode::OK, "{by_row}");
     assert_eq!(by_row["id"], id);
     assert_eq!(by_row["curated"], trace["curated"]);
+    position
+}
 
+async fn case_ctl_trace_by_id_and_by_row(node: &Node, id: &str, file: &str, position: usize) {
     // `hubflow ctl trace`, by id and by row.
     let (ok, stdout, stderr) = node.ctl(&["trace", "demo", id], None);
     assert!(ok, "{stdout}{stderr}");
@@ -838,22 +788,26 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         assert!(stdout.contains(&want), "{want} not in\n{stdout}");
     }
     let (ok, stdout, stderr) = node.ctl(
-        &["trace", "--file", &file, "--row", &position.to_string()],
+        &["trace", "--file", file, "--row", &position.to_string()],
         None,
     );
     assert!(
         ok && stdout.contains(&format!("record {id}")),
         "{stdout}{stderr}"
     );
+}
 
+async fn case_replays_and_dead_letters_of_the_record_show_up(node: &Node, id: &str, row: &Value) {
     // A replay of its partition and a dead letter naming it show up. The
     // replay runs through `ctl` on a terminal (util-linux `script` gives it
     // one): it draws a bar with rate and ETA, which piped output never has.
+    let store =
+        hubflow::embedded::FsBlobStore::new(node.settings().data_dir().join("blobs")).unwrap();
     let partition = row["p"].as_u64().unwrap();
     let command = format!(
         "{} ctl --addr {} replay --partition {partition}",
         env!("CARGO_BIN_EXE_hubflow"),
-        node.addr
+        node.svc.addr
     );
     let out = Command::new("script")
         .args(["-qec", &command, "/dev/null"])
@@ -883,7 +837,7 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     assert!(ok && !stderr.contains("eta "), "{stderr}");
     hubflow_actors::dead_letter::write_dead_letter_at(
         &store,
-        &node.settings.storage.dead_letter_container,
+        &node.settings().storage.dead_letter_container,
         "transform",
         "ingest-p0000-00000000000000000000-00000000000000000001-000000",
         "payload is not a JSON object",
@@ -906,7 +860,9 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         Some(1),
         "{trace}"
     );
+}
 
+async fn case_bad_trace_questions_get_4xx(node: &Node, file: &str) {
     // Bad questions: 4xx, and `ctl` says which.
     for (path, want) in [
         ("/trace?source=demo&id=evt-99999999", StatusCode::NOT_FOUND),
@@ -933,23 +889,31 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
         code == Some(4) && stderr.contains("evt-99999999"),
         "{code:?} {stderr}"
     );
-    node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_reads_work_and_control_is_refused() {
-    if std::env::var(hubflow::config::admin::TOKEN_ENV).is_ok() {
+/// The admin token is set in the environment (the tests without a token
+/// say they are skipped).
+fn token_in_environment() -> bool {
+    let set = std::env::var(hubflow::config::admin::TOKEN_ENV).is_ok();
+    if set {
         eprintln!(
             "skipped: {} is set in the environment",
             hubflow::config::admin::TOKEN_ENV
         );
+    }
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_reads_work_and_control_is_refused() {
+    if token_in_environment() {
         return;
     }
     let node = start(100, None).await;
     assert_eq!(node.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(node.get("/status").await.0, StatusCode::OK);
     let (code, body) = node
-        .call(
+        .raw(
             reqwest::Method::POST,
             "/pause",
             Some(TOKEN),
@@ -959,7 +923,7 @@ async fn without_a_token_reads_work_and_control_is_refused() {
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("token"));
     let (code, _) = node
-        .call(reqwest::Method::POST, "/drain", None, Some("{}"))
+        .raw(reqwest::Method::POST, "/drain", None, Some("{}"))
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     node.stop().await;
@@ -969,7 +933,8 @@ async fn without_a_token_reads_work_and_control_is_refused() {
 async fn on_a_non_loopback_address_probes_are_open_and_everything_else_needs_the_token() {
     let mut node = start_on(100, Some(TOKEN), "0.0.0.0:0").await;
     // The listener answers on loopback too; what counts is where it listens.
-    node.addr = SocketAddr::from(([127, 0, 0, 1], node.addr.port()));
+    node.svc.addr = SocketAddr::from(([127, 0, 0, 1], node.svc.addr.port()));
+    node.svc.admin.base = format!("http://{}", node.svc.addr);
     let (code, body) = node.get("/healthz").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     let mut ready = StatusCode::SERVICE_UNAVAILABLE;
@@ -984,7 +949,7 @@ async fn on_a_non_loopback_address_probes_are_open_and_everything_else_needs_the
     for path in ["/status", "/metrics", "/openapi.json", "/dlq"] {
         assert_eq!(node.get(path).await.0, StatusCode::UNAUTHORIZED, "{path}");
         let (code, _) = node
-            .call(reqwest::Method::GET, path, Some(TOKEN), None)
+            .raw(reqwest::Method::GET, path, Some(TOKEN), None)
             .await;
         assert_eq!(code, StatusCode::OK, "{path} with the token");
     }
@@ -1021,11 +986,7 @@ async fn ctl_health_fails_when_nothing_listens() {
 
 #[tokio::test]
 async fn non_loopback_without_a_token_is_refused_before_listening() {
-    if std::env::var(hubflow::config::admin::TOKEN_ENV).is_ok() {
-        eprintln!(
-            "skipped: {} is set in the environment",
-            hubflow::config::admin::TOKEN_ENV
-        );
+    if token_in_environment() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

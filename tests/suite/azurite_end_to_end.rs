@@ -11,16 +11,16 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::azurite::{ACCOUNT, ACCOUNT_KEY, Azurite, repo_root};
-use hubflow::config::{Config, Settings};
+use common::harness;
+use hubflow::config::{Config, Settings, StorageConfig};
 use hubflow::demo::{DemoConfig, FaultConfig};
-use hubflow::pipeline::{Pipeline, Progress};
-use hubflow::source::{HttpSource, SecretString};
+use hubflow::pipeline::Progress;
+use hubflow::source::SecretString;
 use hubflow_actors::formats::raw;
-use hubflow_actors::ports::{BlobStore, Source};
+use hubflow_actors::ports::BlobStore;
 use serde_json::Value;
 
 const TOTAL: u64 = 20_000;
@@ -55,15 +55,8 @@ async fn run_until_idle(settings: &Settings) -> Progress {
     assert!(settings.uses_azure());
     let backends = hubflow::backends::Backends::open(settings).await.unwrap();
     assert!(backends.blobs.describe().contains("azure blob storage"));
-    let sources: Vec<Arc<dyn Source>> = settings
-        .sources
-        .iter()
-        .map(|s| Arc::new(HttpSource::new(s.clone()).unwrap()) as Arc<dyn Source>)
-        .collect();
-    let expected_sources = sources.len();
-    let pipeline = Pipeline::start(settings.clone(), backends, sources)
-        .await
-        .unwrap();
+    let expected_sources = settings.sources.len();
+    let pipeline = harness::start_pipeline(settings, backends).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     let mut idle_checks = 0;
     let progress = loop {
@@ -119,9 +112,32 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
     assert_eq!(progress.transformed, progress.in_hub, "{progress:?}");
 
     let store = azurite.account_key_store();
-    let s = &settings.storage;
+    let counts = BlobCounts {
+        raw: case_raw_blobs_cover_the_hub_exactly(&store, &settings.storage, &progress).await,
+        dead_letters: case_checkpoints_and_dead_letters_are_in_azure(
+            &store,
+            &settings.storage,
+            settings.hub.partitions,
+        )
+        .await,
+        curated: case_hubflow_query_reads_curated_from_azure(&store, &settings).await,
+    };
+    case_the_python_sdk_and_pyarrow_see_the_same(&azurite, &settings, &counts).await;
+}
 
-    // Raw: every hub event in exactly one valid raw blob.
+/// How many blobs the test found, for the cross-check to find again.
+struct BlobCounts {
+    raw: usize,
+    dead_letters: usize,
+    curated: usize,
+}
+
+/// Every hub event in exactly one valid raw blob. How many raw blobs.
+async fn case_raw_blobs_cover_the_hub_exactly(
+    store: &dyn BlobStore,
+    s: &StorageConfig,
+    progress: &Progress,
+) -> usize {
     let mut raw_records = 0u64;
     let raw_blobs = store.list(&s.raw_container, "").await.unwrap();
     assert!(!raw_blobs.is_empty());
@@ -138,8 +154,16 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         raw_records, progress.in_hub,
         "raw blobs cover the hub exactly"
     );
+    raw_blobs.len()
+}
 
-    // State: checkpoints are in Azure (the writer's, per partition).
+/// The writer's checkpoints, one per partition, are in Azure; the
+/// dead-letter container exists. How many dead letters it holds.
+async fn case_checkpoints_and_dead_letters_are_in_azure(
+    store: &dyn BlobStore,
+    s: &StorageConfig,
+    partitions: u32,
+) -> usize {
     let state = store.list(&s.state_container, "").await.unwrap();
     let checkpoints = state
         .iter()
@@ -147,18 +171,25 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .count();
     assert_eq!(
         checkpoints,
-        settings.hub.partitions as usize,
+        partitions as usize,
         "one writer checkpoint per partition: {:?}",
         state.iter().map(|b| &b.name).collect::<Vec<_>>()
     );
     // The dead-letter container exists and lists (its content depends on
     // which faults the demo drew).
-    let dead_letters = store
+    store
         .list(&s.dead_letter_container, "")
         .await
         .unwrap()
-        .len();
+        .len()
+}
 
+/// Curated, by `hubflow query`'s path. How many curated Parquet files.
+async fn case_hubflow_query_reads_curated_from_azure(
+    store: &dyn BlobStore,
+    settings: &Settings,
+) -> usize {
+    let s = &settings.storage;
     // Curated, by `hubflow query`'s path: the container mirrored locally,
     // the schema registry read from Azure; a second sync downloads nothing.
     let curated = store.list(&s.curated_container, "").await.unwrap();
@@ -168,7 +199,7 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .collect();
     assert!(!parquet.is_empty(), "no curated parquet in azure");
     assert_eq!(
-        common::counts(&settings).await,
+        common::counts(settings).await,
         (TOTAL, TOTAL),
         "hubflow query over curated in azure"
     );
@@ -176,12 +207,21 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
         .data_dir()
         .join("query-cache")
         .join(&s.curated_container);
-    let again = hubflow::curated_cache::sync(&store, &s.curated_container, &mirror)
+    let again = hubflow::curated_cache::sync(store, &s.curated_container, &mirror)
         .await
         .unwrap();
     assert_eq!((again.downloaded, again.kept), (0, parquet.len()));
+    parquet.len()
+}
 
-    // Curated, by the official Python SDK and pyarrow.
+/// Curated, by clients that are not ours: the official Python SDK and
+/// pyarrow list the same containers, files, rows and blobs.
+async fn case_the_python_sdk_and_pyarrow_see_the_same(
+    azurite: &Azurite,
+    settings: &Settings,
+    counts: &BlobCounts,
+) {
+    let s = &settings.storage;
     let python = repo_root().join(".tools/venv/bin/python");
     assert!(
         python.exists(),
@@ -230,19 +270,19 @@ async fn twenty_thousand_records_through_azure_blob_storage() {
     assert_eq!(listed, containers, "{report}");
     assert_eq!(
         report["files"].as_u64(),
-        Some(parquet.len() as u64),
+        Some(counts.curated as u64),
         "{report}"
     );
     assert_eq!(report["rows"].as_u64(), Some(TOTAL), "{report}");
     assert_eq!(report["distinct_ids"].as_u64(), Some(TOTAL), "{report}");
     assert_eq!(
         report["blobs"][&s.raw_container].as_u64(),
-        Some(raw_blobs.len() as u64),
+        Some(counts.raw as u64),
         "{report}"
     );
     assert_eq!(
         report["blobs"][&s.dead_letter_container].as_u64(),
-        Some(dead_letters as u64),
+        Some(counts.dead_letters as u64),
         "{report}"
     );
 }

@@ -19,14 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::faults::{FaultyBlobStore, Mode};
+use common::harness;
 use hubflow::backends::Backends;
 use hubflow::chaos::{Chaos, ChaosConfig, Target};
 use hubflow::config::{Config, Settings};
-use hubflow::demo::DemoConfig;
 use hubflow::pipeline::{Pipeline, Progress};
-use hubflow::source::HttpSource;
 use hubflow_actors::consumer::ConsumerStatus;
-use hubflow_actors::ports::Source;
 use hubflow_supervision::{NodeState, StatusNode};
 
 struct Run {
@@ -39,24 +37,16 @@ struct Run {
 
 async fn start(total: u64, rate: Option<f64>, tweak: impl FnOnce(&mut Config)) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: rate,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, rate).await;
     let mut config = common::config(dir.path(), &demo.url);
     config.supervision.backoff_initial_ms = 10;
     config.supervision.backoff_max_ms = 200;
     tweak(&mut config);
     let settings = config.validate().unwrap();
-    let source: Arc<dyn Source> = Arc::new(HttpSource::new(settings.sources[0].clone()).unwrap());
     let mut backends = Backends::embedded(&settings).await.unwrap();
     let blobs = FaultyBlobStore::new(backends.blobs.clone());
     backends.blobs = blobs.clone();
-    let pipeline = Pipeline::start(settings.clone(), backends, vec![source])
-        .await
-        .unwrap();
+    let pipeline = harness::start_pipeline(&settings, backends).await;
     Run {
         pipeline,
         settings,

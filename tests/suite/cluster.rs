@@ -20,7 +20,6 @@ use common::nodes::Nodes;
 use hubflow::backends::{Backends, INGEST_HUB};
 use hubflow::cluster::{LeaseStore, OwnershipStore};
 use hubflow::config::Settings;
-use hubflow::demo::DemoConfig;
 use hubflow::pipeline::Progress;
 use hubflow::source::SecretString;
 use hubflow_actors::now_ms;
@@ -166,12 +165,7 @@ async fn cluster_run(store: Store) {
     let test_start = Instant::now();
     let total = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(600.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(600.0)).await;
     let (config_path, settings) =
         write_config(dir.path(), &demo.url, &store, PARTITIONS.len(), |_| {});
     let mut nodes = Nodes::new(dir.path().to_path_buf(), config_path);

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::nodes::Nodes;
 use hubflow::cluster::LeaseStore;
-use hubflow::demo::DemoConfig;
 use hubflow_actors::now_ms;
 use hubflow_actors::ports::StateStore;
 
@@ -73,12 +72,7 @@ async fn five_sources_spread_over_three_nodes_and_move_fairly() {
     let _heavy = common::exclusive().await;
     let total = 1_500u64;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(120.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(120.0)).await;
     let store = Store::Filesystem;
     let (config_path, settings) = write_config(dir.path(), &demo.url, &store, 4, |c| {
         let template = c.sources[0].clone();

@@ -20,15 +20,16 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::azurite::Azurite;
+use common::harness::assert_swapped;
 use common::nodes::Nodes;
 use hubflow::backends::Backends;
-use hubflow::demo::DemoConfig;
+use hubflow::config::Settings;
 use hubflow::pipeline::Progress;
 use hubflow::specs::{Outcome, SpecLog, SpecStore};
 use hubflow::transform::{SPEC_RECORD, TransformSpec};
-use hubflow_actors::ports::StateStore;
+use hubflow_actors::ports::{BlobStore, StateStore};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::cluster::{Store, curated_counts, curated_rows, observer_backends, write_config};
 
@@ -57,67 +58,77 @@ async fn spec_log(backends: &Backends) -> SpecLog<TransformSpec> {
         .log
 }
 
-/// The version every node in `ids` runs, once they all agree (bounded).
-async fn until_all_run(nodes: &Nodes, ids: &[&str], version: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let mut running = Vec::new();
-        for id in ids {
-            let v = match nodes.call(id, Method::GET, "/transform", None).await {
-                Some((StatusCode::OK, v)) => v["active"]["version"].as_str().map(str::to_string),
-                _ => None,
-            };
-            running.push(v);
+/// Wait (bounded, 60 s) until `done` holds for the stored spec log, read
+/// every `every_ms`.
+async fn until_log(
+    nodes: &Nodes,
+    backends: &Backends,
+    what: &str,
+    every_ms: u64,
+    done: impl Fn(&SpecLog<TransformSpec>) -> bool,
+) {
+    let (limit, every) = (Duration::from_secs(60), Duration::from_millis(every_ms));
+    common::eventually(what, limit, every, async || {
+        let log = spec_log(backends).await;
+        match done(&log) {
+            true => Ok(()),
+            false => Err(format!("{log:?};{}", nodes.tails())),
         }
-        if running.iter().all(|v| v.as_deref() == Some(version)) {
-            eprintln!("{ids:?} run {version} after {:?}", start.elapsed());
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "nodes {ids:?} run {running:?}, not {version}, after {limit:?};{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
-/// Every node in `ids` has source `demo` at settings `version` (bounded).
-async fn until_all_sources(nodes: &Nodes, ids: &[&str], version: &str) {
+/// Wait (bounded) until every node in `ids` answers `path` with `version`
+/// where `pick` looks.
+async fn until_all(
+    nodes: &Nodes,
+    ids: &[&str],
+    (path, pick): (&str, fn(&Value) -> &Value),
+    version: &str,
+    limit: Duration,
+) {
     let start = Instant::now();
-    loop {
+    let what = format!("{ids:?} to have {path} {version}");
+    common::eventually(&what, limit, Duration::from_millis(200), async || {
         let mut seen = Vec::new();
         for id in ids {
-            let v = match nodes.call(id, Method::GET, "/sources", None).await {
-                Some((StatusCode::OK, v)) => {
-                    v["sources"][0]["version"].as_str().map(str::to_string)
-                }
+            let v = match nodes.call(id, Method::GET, path, None).await {
+                Some((StatusCode::OK, v)) => pick(&v).as_str().map(str::to_string),
                 _ => None,
             };
             seen.push(v);
         }
-        if seen.iter().all(|v| v.as_deref() == Some(version)) {
-            return;
+        match seen.iter().all(|v| v.as_deref() == Some(version)) {
+            true => Ok(()),
+            false => Err(format!("they have {seen:?};{}", nodes.tails())),
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "nodes {ids:?} have source settings {seen:?}, not {version};{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    eprintln!("{ids:?} have {path} {version} after {:?}", start.elapsed());
+}
+
+/// The transform version every node in `ids` runs, once they all agree.
+async fn until_all_run(nodes: &Nodes, ids: &[&str], version: &str, limit: Duration) {
+    fn active(v: &Value) -> &Value {
+        &v["active"]["version"]
     }
+    until_all(nodes, ids, ("/transform", active), version, limit).await;
+}
+
+/// Every node in `ids` has source `demo` at settings `version` (bounded).
+async fn until_all_sources(nodes: &Nodes, ids: &[&str], version: &str) {
+    fn demo(v: &Value) -> &Value {
+        &v["sources"][0]["version"]
+    }
+    let limit = Duration::from_secs(30);
+    until_all(nodes, ids, ("/sources", demo), version, limit).await;
 }
 
 async fn cluster_swaps(store: Store) {
     let test_start = Instant::now();
     let total = 16_000u64;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(400.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(400.0)).await;
     let (config_path, settings) = write_config(dir.path(), &demo.url, &store, PARTITIONS, |c| {
         c.transform.sync_ms = 250;
         c.supervision.backoff_initial_ms = 50;
@@ -139,8 +150,24 @@ async fn cluster_swaps(store: Store) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    case_two_swaps_at_once_one_wins_and_the_other_learns_the_winner(&nodes).await;
+    case_a_swap_outlives_its_killed_initiator_and_reaches_a_newcomer(&mut nodes, &backends).await;
+    case_source_settings_swapped_anywhere_reach_every_node(&nodes, &settings).await;
+    case_a_version_failing_on_one_node_rolls_back_on_all(&nodes, &settings, &backends).await;
+    nodes.finish_and_drain(&settings, &backends, total).await;
+    let blobs = backends.blobs.as_ref();
+    case_everything_is_curated_once_with_the_columns_of_its_version(&settings, blobs, total).await;
+    case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it(
+        &mut nodes, &settings, blobs, total,
+    )
+    .await;
+    demo.stop().await;
+    eprintln!("cluster swap test took {:?}", test_start.elapsed());
+}
 
-    // 1. Two swaps at once: one wins, the other learns the winner.
+/// Two swaps at once on two nodes: one wins by compare-and-swap, the other
+/// gets 409 naming the winner, and every node runs the winner.
+async fn case_two_swaps_at_once_one_wins_and_the_other_learns_the_winner(nodes: &Nodes) {
     let first = json!({"version": "v2", "sql": "SELECT *, amount * 2 AS amount_x2 FROM batch", "probation_secs": 2});
     let second = json!({"version": "v2b", "sql": "SELECT *, amount * 3 AS amount_x3 FROM batch", "probation_secs": 2});
     let (ra, rb) = tokio::join!(
@@ -161,113 +188,87 @@ async fn cluster_swaps(store: Store) {
         lost.1.to_string().contains(&winner),
         "the loser is not told the winner {winner}: {lost:?}"
     );
-    until_all_run(&nodes, &["a", "b", "c"], &winner, Duration::from_secs(30)).await;
+    until_all_run(nodes, &["a", "b", "c"], &winner, Duration::from_secs(30)).await;
+}
 
-    // 2. v3 proposed on a; a is SIGKILLed during the probation and d starts.
+/// v3 proposed on a; a is SIGKILLed during the probation and d starts: the
+/// survivors and the newcomer apply it, and one of them promotes it.
+async fn case_a_swap_outlives_its_killed_initiator_and_reaches_a_newcomer(
+    nodes: &mut Nodes,
+    backends: &Backends,
+) {
     let v3 = json!({"version": "v3", "sql": V3_SQL, "probation_secs": 10});
     let swap = {
-        let port = nodes.ports["a"];
+        let admin = nodes.admin("a");
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let _ = http
-                .post(format!("http://127.0.0.1:{port}/transform"))
-                .bearer_auth(common::nodes::TOKEN)
-                .json(&v3)
-                .send()
-                .await;
+            let _ = admin.try_call(Method::POST, "/transform", Some(&v3)).await;
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = spec_log(&backends).await;
-        if log
-            .probation
+    until_log(nodes, backends, "v3 in probation", 100, |log| {
+        log.probation
             .is_some_and(|p| log.entry(p.seq).is_some_and(|e| e.version == "v3"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "v3 never in probation: {log:?};{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     nodes.kill("a");
     let _ = swap.await;
     nodes.start("d");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = spec_log(&backends).await;
+    until_log(nodes, backends, "v3 decided", 200, |log| {
         let v3 = log.by_version("v3").unwrap();
         if v3.outcome == Outcome::Promoted {
             assert_eq!(log.active, v3.seq);
             assert_eq!(log.stable, v3.seq);
-            break;
+            return true;
         }
-        assert_eq!(v3.outcome, Outcome::Probation, "{log:?};{}", nodes.tails());
-        assert!(
-            Instant::now() < deadline,
-            "v3 not decided: {log:?};{}",
-            nodes.tails()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        assert_eq!(v3.outcome, Outcome::Probation, "{log:?}");
+        false
+    })
+    .await;
     nodes.until_ready("d", Duration::from_secs(60)).await;
-    until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+    until_all_run(nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
     // d started while v3 was in probation: it started with the stable
     // version and applied v3 through the probation like the others.
-    let (_, d) = nodes
-        .call("d", Method::GET, "/transform", None)
-        .await
-        .unwrap();
+    let (_, d) = nodes.admin("d").call(Method::GET, "/transform", None).await;
     let applied = d["history"]
         .as_array()
         .unwrap()
         .iter()
         .any(|e| e["version"] == "v3" && e["outcome"] == "applied");
     assert!(applied, "{d}");
-    let (_, d_status) = nodes.call("d", Method::GET, "/status", None).await.unwrap();
+    let (_, d_status) = nodes.admin("d").call(Method::GET, "/status", None).await;
     assert_eq!(d_status["transform"]["version"], "v3", "{d_status}");
     assert_eq!(d_status["transform"]["drift"], true, "{d_status}");
+}
 
-    // Source settings too: swapped through any node, applied by the node
-    // holding the fetcher lease, known to every node for its next start.
+/// Source settings swapped through any node: applied by the node holding
+/// the fetcher lease, known to every node for its next start.
+async fn case_source_settings_swapped_anywhere_reach_every_node(
+    nodes: &Nodes,
+    settings: &Settings,
+) {
     let mut smaller = serde_json::to_value(&settings.source_configs[0]).unwrap();
     smaller["query"]["limit"] = json!("500");
-    let (code, body) = nodes
-        .call(
-            "c",
-            Method::POST,
-            "/sources/demo",
-            Some(&json!({"version": "pages-500", "source": smaller, "probation_secs": 2})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, StatusCode::OK, "{body};{}", nodes.tails());
-    assert_eq!(body["outcome"], "promoted", "{body}");
-    until_all_sources(&nodes, &["b", "c", "d"], "pages-500").await;
+    let swap = json!({"version": "pages-500", "source": smaller, "probation_secs": 2});
+    let answer = nodes.admin("c").post("/sources/demo", swap).await;
+    assert_swapped(&answer, "promoted", None, &nodes.tails());
+    until_all_sources(nodes, &["b", "c", "d"], "pages-500").await;
+}
 
-    // 3. v4 fails on records that arrive after it starts, on whichever node
-    //    meets one first: rolled back on every node.
+/// v4 fails on records that arrive after it starts, on whichever node
+/// meets one first: rolled back on every node.
+async fn case_a_version_failing_on_one_node_rolls_back_on_all(
+    nodes: &Nodes,
+    settings: &Settings,
+    backends: &Backends,
+) {
     let conditions = common::records_after_now(settings.data_dir(), PARTITIONS as u32, 50).await;
     let failing = format!(
         "SELECT *, amount * 100 AS amount_cents, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
     );
-    let (code, body) = nodes
-        .call(
-            "b",
-            Method::POST,
-            "/transform",
-            Some(&json!({"version": "v4", "sql": failing, "probation_secs": 60})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, StatusCode::OK, "{body};{}", nodes.tails());
-    assert_eq!(body["outcome"], "rolled_back", "{body}");
-    assert_eq!(body["restored"], "v3", "{body}");
-    let log = spec_log(&backends).await;
+    let swap = json!({"version": "v4", "sql": failing, "probation_secs": 60});
+    let answer = nodes.admin("b").post("/transform", swap).await;
+    assert_swapped(&answer, "rolled_back", Some("v3"), &nodes.tails());
+    let log = spec_log(backends).await;
     let v4 = log.by_version("v4").unwrap();
     assert_eq!(v4.outcome, Outcome::RolledBack);
     assert!(
@@ -278,31 +279,39 @@ async fn cluster_swaps(store: Store) {
         "{v4:?}"
     );
     assert_eq!(log.active_entry().unwrap().version, "v3");
-    until_all_run(&nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+    until_all_run(nodes, &["b", "c", "d"], "v3", Duration::from_secs(30)).await;
+}
 
-    // 4. Everything curated, exactly once, then every node drains.
-    nodes.finish_and_drain(&settings, &backends, total).await;
-    let blobs = backends.blobs.as_ref();
-    assert_eq!(curated_counts(&settings, blobs).await, (total, total));
+/// Everything curated exactly once; rows curated by v3 carry its column.
+async fn case_everything_is_curated_once_with_the_columns_of_its_version(
+    settings: &Settings,
+    blobs: &dyn BlobStore,
+    total: u64,
+) {
+    assert_eq!(curated_counts(settings, blobs).await, (total, total));
     let wrong = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3' \
                  AND amount IS NOT NULL AND (amount_cents IS NULL OR amount_cents <> amount * 100)";
-    assert_eq!(curated_rows(&settings, blobs, wrong).await[0]["n"], 0);
+    assert_eq!(curated_rows(settings, blobs, wrong).await[0]["n"], 0);
     let v3_rows = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3'";
     assert!(
-        curated_rows(&settings, blobs, v3_rows).await[0]["n"]
+        curated_rows(settings, blobs, v3_rows).await[0]["n"]
             .as_u64()
             .unwrap()
             > 0
     );
+}
 
-    // A node restarted alone runs the stored v3, not its file's identity,
-    // and a replay of deleted files of partition 0 keeps v3's column.
+/// A node restarted alone runs the stored v3, not its file's identity, and
+/// a replay of deleted files of partition 0 keeps v3's column.
+async fn case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it(
+    nodes: &mut Nodes,
+    settings: &Settings,
+    blobs: &dyn BlobStore,
+    total: u64,
+) {
     nodes.start("a");
     nodes.until_ready("a", Duration::from_secs(60)).await;
-    let (_, status) = nodes
-        .call("a", Method::GET, "/transform", None)
-        .await
-        .unwrap();
+    let (_, status) = nodes.admin("a").call(Method::GET, "/transform", None).await;
     assert_eq!(status["active"]["version"], "v3", "{status}");
     assert_eq!(status["drift"], true, "{status}");
     let container = &settings.storage.curated_container;
@@ -318,32 +327,16 @@ async fn cluster_swaps(store: Store) {
     for name in p0.iter().take(5) {
         blobs.delete(container, name, None).await.unwrap();
     }
-    let (code, started) = nodes
-        .call("a", Method::POST, "/replay", Some(&json!({"partition": 0})))
-        .await
-        .unwrap();
+    let a = nodes.admin("a");
+    let (code, started) = a.post("/replay", json!({"partition": 0})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{started}");
     assert_eq!(started["transform_version"], "v3", "{started}");
-    let id = started["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, p) = nodes
-            .call("a", Method::GET, &format!("/replay/{id}"), None)
-            .await
-            .unwrap();
-        if p["state"] != "running" {
-            assert_eq!(p["state"], "completed", "{p}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "replay stuck: {p}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let done = a.replay_finished(started["id"].as_u64().unwrap()).await;
+    assert_eq!(done["state"], "completed", "{done}");
     let status = nodes.drain("a", Duration::from_secs(30)).await;
     assert!(status.success(), "a exited with {status}");
-    assert_eq!(curated_counts(&settings, blobs).await, (total, total));
+    assert_eq!(curated_counts(settings, blobs).await, (total, total));
     let p0_lost = "SELECT count(*) AS n FROM demo WHERE _hub_partition = 0 AND amount IS NOT NULL \
                    AND (amount_cents IS NULL OR _transform_version <> 'v3')";
-    assert_eq!(curated_rows(&settings, blobs, p0_lost).await[0]["n"], 0);
-    demo.stop().await;
-    eprintln!("cluster swap test took {:?}", test_start.elapsed());
+    assert_eq!(curated_rows(settings, blobs, p0_lost).await[0]["n"], 0);
 }

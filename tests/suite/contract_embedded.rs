@@ -17,8 +17,8 @@ use crate::common::contract::{blob_store_contract, hub_contract, unique_name};
 use bytes::Bytes;
 use hubflow::embedded::{FsBlobStore, SqliteHub};
 use hubflow_actors::ports::{
-    BlobError, BlobStore, EventData, Hub, HubError, PublishTarget, PutCondition, ReceivedEvent,
-    StartPosition, partition_for_key,
+    BlobError, BlobProperties, BlobStore, EventData, Hub, HubError, PublishTarget, PutCondition,
+    ReceivedEvent, StartPosition, partition_for_key,
 };
 
 const CHILD_ROLE: &str = "HUBFLOW_TEST_CHILD_ROLE";
@@ -289,27 +289,50 @@ async fn fs_blob_store_layout_and_housekeeping() {
         .create_container("curated")
         .await
         .expect("create container");
-
     let name = "src/date=2024-01-01/hour=00/part.parquet";
-    let written = store
+    let on_disk = case_a_blob_is_a_plain_file_with_an_etag_every_handle_sees(&store, name).await;
+    case_stray_temp_files_are_never_listed_and_old_ones_are_swept(&store, &on_disk).await;
+    case_reserved_names_and_blobs_under_blobs_are_refused(&store).await;
+    case_deleting_the_last_blob_under_a_prefix_frees_its_name(&store, name).await;
+}
+
+/// `put` into container "curated", unconditionally.
+async fn put_curated(
+    store: &FsBlobStore,
+    name: &str,
+    body: &'static [u8],
+) -> Result<BlobProperties, BlobError> {
+    store
         .put(
             "curated",
             name,
-            Bytes::from_static(b"PAR1"),
+            Bytes::from_static(body),
             PutCondition::None,
         )
         .await
-        .expect("put");
-    // The blob is a plain file a query engine can read.
+}
+
+/// The blob is a plain file a query engine can read, and its etag is the
+/// same through another handle (and so across processes). Its path.
+async fn case_a_blob_is_a_plain_file_with_an_etag_every_handle_sees(
+    store: &FsBlobStore,
+    name: &str,
+) -> PathBuf {
+    let written = put_curated(store, name, b"PAR1").await.expect("put");
     let on_disk = store.container_path("curated").join(name);
     assert_eq!(std::fs::read(&on_disk).expect("read file"), b"PAR1");
-
-    // Etags are stable across handles (and so across processes).
-    let other = FsBlobStore::new(dir.path()).expect("second handle");
+    let other = FsBlobStore::new(store.root()).expect("second handle");
     let props = other.properties("curated", name).await.expect("properties");
     assert_eq!(props.etag, written.etag);
+    on_disk
+}
 
-    // A stray temp file from a crashed writer is never listed, and is swept.
+/// A stray temp file from a crashed writer is never listed, and is swept
+/// once old enough.
+async fn case_stray_temp_files_are_never_listed_and_old_ones_are_swept(
+    store: &FsBlobStore,
+    on_disk: &Path,
+) {
     let stray = on_disk.with_file_name(".hubflow-tmp-1-dead");
     std::fs::write(&stray, b"partial").expect("write stray temp");
     let listed = store.list("curated", "").await.expect("list");
@@ -330,8 +353,11 @@ async fn fs_blob_store_layout_and_housekeeping() {
         1
     );
     assert!(!stray.exists());
+}
 
-    // Reserved names are refused.
+/// Reserved names are refused; a blob cannot also be a "directory" on
+/// disk: a typed error, no panic.
+async fn case_reserved_names_and_blobs_under_blobs_are_refused(store: &FsBlobStore) {
     match store
         .put(
             "curated",
@@ -344,26 +370,8 @@ async fn fs_blob_store_layout_and_housekeeping() {
         Err(BlobError::InvalidName { .. }) => {}
         other => panic!("expected InvalidName, got {other:?}"),
     }
-
-    // A blob cannot also be a "directory" on disk: a typed error, no panic.
-    store
-        .put(
-            "curated",
-            "file",
-            Bytes::from_static(b"1"),
-            PutCondition::None,
-        )
-        .await
-        .expect("put file");
-    match store
-        .put(
-            "curated",
-            "file/child",
-            Bytes::from_static(b"2"),
-            PutCondition::None,
-        )
-        .await
-    {
+    put_curated(store, "file", b"1").await.expect("put file");
+    match put_curated(store, "file/child", b"2").await {
         Err(BlobError::Other { .. }) => {}
         other => panic!("expected Other for a blob under a blob, got {other:?}"),
     }
@@ -371,16 +379,15 @@ async fn fs_blob_store_layout_and_housekeeping() {
         Err(BlobError::NotFound { .. }) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
+}
 
-    // Deleting the last blob under a prefix frees that name for a blob.
+/// Deleting the last blob under a prefix frees that name for a blob.
+async fn case_deleting_the_last_blob_under_a_prefix_frees_its_name(
+    store: &FsBlobStore,
+    name: &str,
+) {
     store.delete("curated", name, None).await.expect("delete");
-    store
-        .put(
-            "curated",
-            "src",
-            Bytes::from_static(b"now a blob"),
-            PutCondition::None,
-        )
+    put_curated(store, "src", b"now a blob")
         .await
         .expect("put where a directory used to be");
     let names: Vec<String> = store

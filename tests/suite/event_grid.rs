@@ -8,18 +8,16 @@
 //! still reach curated exactly once, woken by those events alone.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common;
+use crate::common::harness;
 
 use hubflow::backends::Backends;
 use hubflow::config::LandedNotices;
-use hubflow::demo::DemoConfig;
 use hubflow::pipeline::Pipeline;
-use hubflow::source::HttpSource;
 use hubflow_actors::notices::NoticeListenerStatus;
-use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget, Source};
+use hubflow_actors::ports::{BlobStore, EventData, Hub, PublishTarget};
 use hubflow_actors::record::RawBlobName;
 use hubflow_supervision::NodeKind;
 use serde_json::json;
@@ -74,40 +72,58 @@ async fn deliver_event_grid(
 async fn blob_created_events_alone_drive_the_transform() {
     let total = 6_000;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::serving(total).await;
     let mut config = common::config(dir.path(), &demo.url);
     config.transform.notices = LandedNotices::EventGrid;
     config.transform.poll_ms = 600_000;
     let settings = config.validate().unwrap();
-    let source: Arc<dyn Source> = Arc::new(HttpSource::new(settings.sources[0].clone()).unwrap());
     let backends = Backends::embedded(&settings).await.unwrap();
     let (blobs, landed) = (backends.blobs.clone(), backends.landed.clone());
     let partitions = landed.partition_ids().await.unwrap().len() as u32;
     assert!(partitions > 1, "the test needs several landed partitions");
-    let pipeline = Pipeline::start(settings.clone(), backends, vec![source])
-        .await
-        .unwrap();
+    let pipeline = harness::start_pipeline(&settings, backends).await;
 
     // 1. Everything lands in raw; with no notices nothing is transformed.
+    let p = harness::until_progress(
+        &pipeline,
+        "raw did not fill",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        |p| p.sources_caught_up && p.in_hub >= total && p.landed == p.in_hub,
+    )
+    .await;
+    assert_eq!(p.transformed, 0, "something woke a transformer: {p:?}");
+
+    case_noise_wakes_nothing_and_stops_no_listener(&pipeline, landed.as_ref()).await;
+
+    // 3. Event Grid announces the raw blobs; everything is transformed.
+    let mut seen = BTreeSet::new();
+    let announced =
+        deliver_event_grid(blobs.as_ref(), landed.as_ref(), &mut seen, partitions).await;
+    assert!(announced > 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let p = pipeline.progress().await.unwrap();
-        if p.sources_caught_up && p.in_hub >= total && p.landed == p.in_hub {
-            assert_eq!(p.transformed, 0, "something woke a transformer: {p:?}");
+        if p.transformed >= p.landed && common::counts(&settings).await.1 >= total {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "raw did not fill: {p:?}"
+            "BlobCreated events did not drive the transform: {p:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // 2. Noise first: none of it may wake anything or stop a listener.
+    case_the_listeners_counted_the_noise_and_kept_running(&pipeline, partitions, announced);
+
+    pipeline.shutdown().await;
+    assert_eq!(common::counts(&settings).await, (total, total));
+    demo.stop().await;
+}
+
+/// Noise first: a truncated body, a CloudEvent about a curated file and a
+/// deletion; none of it may wake anything or stop a listener.
+async fn case_noise_wakes_nothing_and_stops_no_listener(pipeline: &Pipeline, landed: &dyn Hub) {
     for (partition, body) in [
         (0, b"{\"truncated\": ".to_vec()),
         (
@@ -140,26 +156,15 @@ async fn blob_created_events_alone_drive_the_transform() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(pipeline.progress().await.unwrap().transformed, 0);
+}
 
-    // 3. Event Grid announces the raw blobs; everything is transformed.
-    let mut seen = BTreeSet::new();
-    let announced =
-        deliver_event_grid(blobs.as_ref(), landed.as_ref(), &mut seen, partitions).await;
-    assert!(announced > 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = pipeline.progress().await.unwrap();
-        if p.transformed >= p.landed && common::counts(&settings).await.1 >= total {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "BlobCreated events did not drive the transform: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // The listeners saw the noise, counted it, and kept running.
+/// Every partition's listener routed the announcements, counted the
+/// malformed and the ignored events, and kept running.
+fn case_the_listeners_counted_the_noise_and_kept_running(
+    pipeline: &Pipeline,
+    partitions: u32,
+    announced: usize,
+) {
     let listeners: Vec<NoticeListenerStatus> = pipeline
         .root
         .snapshot()
@@ -174,8 +179,4 @@ async fn blob_created_events_alone_drive_the_transform() {
     assert_eq!(sum(|s| s.routed), announced as u64);
     assert_eq!(sum(|s| s.malformed), 1);
     assert_eq!(sum(|s| s.ignored), 2);
-
-    pipeline.shutdown().await;
-    assert_eq!(common::counts(&settings).await, (total, total));
-    demo.stop().await;
 }

@@ -8,107 +8,38 @@
 
 use crate::common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::harness::{Admin, Service, assert_swapped};
 use hubflow::config::{Config, Settings};
-use hubflow::demo::DemoConfig;
-use hubflow::service::{self, Hooks, RunOptions};
-use hubflow::source::SecretString;
-use reqwest::StatusCode;
+use hubflow::source::HttpSourceConfig;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "hot-swap-token-0123456789";
 
-struct Admin {
-    base: String,
-    http: reqwest::Client,
+/// The service running `config` with the admin token, its swaps recorded
+/// as made by operator "hot-swap-test".
+async fn start(config: Config) -> Service {
+    let mut svc = Service::start(config, Some(TOKEN)).await;
+    svc.admin = svc.admin.operator("hot-swap-test");
+    svc
 }
 
-impl Admin {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .header("x-hubflow-operator", "hot-swap-test");
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let code = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn swap(&self, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, "/transform", Some(body))
-            .await
-    }
-
-    async fn transform(&self) -> Value {
-        let (code, v) = self.call(reqwest::Method::GET, "/transform", None).await;
-        assert_eq!(code, StatusCode::OK, "{v}");
-        v
-    }
-
-    async fn progress(&self) -> Value {
-        let (code, v) = self.call(reqwest::Method::GET, "/status", None).await;
-        assert_eq!(code, StatusCode::OK, "{v}");
-        v["progress"].clone()
-    }
+async fn swap(admin: &Admin, body: Value) -> (StatusCode, Value) {
+    admin.call(Method::POST, "/transform", Some(&body)).await
 }
 
-/// The service running a config, with its admin port on loopback.
-struct Running {
-    settings: Settings,
-    admin: Admin,
-    stop: Arc<tokio::sync::Notify>,
-    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+async fn transform(admin: &Admin) -> Value {
+    let (code, v) = admin.call(Method::GET, "/transform", None).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    v
 }
 
-impl Running {
-    async fn start(mut config: Config) -> Running {
-        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
-        config.admin.token = Some(SecretString::literal(TOKEN));
-        let settings = config.validate().unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let run = tokio::spawn(service::run_with(
-            settings.clone(),
-            RunOptions::default(),
-            Hooks {
-                logs: None,
-                on_admin_listening: Some(tx),
-                stop: Some(stop.clone()),
-            },
-        ));
-        let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let admin = Admin {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap(),
-        };
-        Running {
-            settings,
-            admin,
-            stop,
-            run,
-        }
-    }
+async fn progress(admin: &Admin) -> Value {
+    let (code, v) = admin.call(Method::GET, "/status", None).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    v["progress"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,72 +48,94 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     let total = 40_000u64;
     let dir = tempfile::tempdir().unwrap();
     // Records appear over ~20 s, so every swap happens under load.
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(2_000.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(2_000.0)).await;
     let mut config = common::config(dir.path(), &demo.url);
     config.supervision.backoff_initial_ms = 50;
     config.supervision.backoff_max_ms = 500;
-    let Running {
-        settings,
-        admin,
-        stop,
-        run,
-    } = Running::start(config).await;
+    let svc = start(config).await;
+    let (admin, settings) = (&svc.admin, svc.settings.clone());
     // Some raw data first, for the dry runs.
     for _ in 0..600 {
-        if admin.progress().await["landed"].as_u64().unwrap_or(0) >= 2_000 {
+        if progress(admin).await["landed"].as_u64().unwrap_or(0) >= 2_000 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    case_bad_specs_are_refused_before_anything_stops(admin).await;
+    case_a_good_version_is_promoted(admin).await;
+    case_a_version_failing_on_new_records_rolls_back(admin, &settings).await;
+    case_everything_lands_and_a_replay_rewrites_old_files_in_the_new_shape(admin, &settings, total)
+        .await;
+    svc.stop().await;
+    assert_eq!(common::counts(&settings).await, (total, total));
+    let rows = common::json_rows(
+        &settings,
+        "SELECT count(amount_cents) AS n, count(*) FILTER (WHERE amount_cents <> amount * 100) AS wrong FROM demo",
+    )
+    .await;
+    assert!(rows[0]["n"].as_u64().unwrap() > 0, "{rows:?}");
+    assert_eq!(rows[0]["wrong"], 0, "{rows:?}");
+    demo.stop().await;
 
-    // Refused before anything stops.
-    let (code, body) = admin
-        .swap(json!({"version": "bad-sql", "sql": "SELEC nonsense"}))
-        .await;
+    restart_replay_rollback_and_backfill(dir.path(), &settings, total).await;
+}
+
+/// Invalid SQL, a dry-run failure and a spec dropping the metadata
+/// columns: refused, identity still runs.
+async fn case_bad_specs_are_refused_before_anything_stops(admin: &Admin) {
+    let (code, body) = swap(
+        admin,
+        json!({"version": "bad-sql", "sql": "SELEC nonsense"}),
+    )
+    .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (code, body) = admin
-        .swap(
-            json!({"version": "bad-column", "sql": "SELECT *, no_such_column * 2 AS x FROM batch"}),
-        )
-        .await;
+    let (code, body) = swap(
+        admin,
+        json!({"version": "bad-column", "sql": "SELECT *, no_such_column * 2 AS x FROM batch"}),
+    )
+    .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.to_string().contains("dry run"), "{body}");
-    let (code, body) = admin
-        .swap(json!({"version": "no-lineage", "sql": "SELECT id, amount FROM batch"}))
-        .await;
+    let (code, body) = swap(
+        admin,
+        json!({"version": "no-lineage", "sql": "SELECT id, amount FROM batch"}),
+    )
+    .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(admin.transform().await["active"]["version"], "identity");
+    assert_eq!(transform(admin).await["active"]["version"], "identity");
+}
 
-    // A good version: promoted.
-    let (code, body) = admin
-        .swap(json!({
+async fn case_a_good_version_is_promoted(admin: &Admin) {
+    let (code, body) = swap(
+        admin,
+        json!({
             "version": "v2",
             "sql": "SELECT *, amount * 100 AS amount_cents FROM batch",
             "probation_secs": 2
-        }))
-        .await;
+        }),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["outcome"], "promoted", "{body}");
-    assert_eq!(admin.transform().await["active"]["version"], "v2");
+    assert_eq!(transform(admin).await["active"]["version"], "v2");
+}
 
-    // A version that passes its dry run (on data already landed) but fails
-    // on records that arrive after it started: rolled back to v2.
-    let conditions = common::records_after_now(dir.path(), settings.hub.partitions, 200).await;
+/// A version that passes its dry run (on data already landed) but fails
+/// on records that arrive after it started: rolled back to v2; the durable
+/// spec log and the status history hold every step.
+async fn case_a_version_failing_on_new_records_rolls_back(admin: &Admin, settings: &Settings) {
+    let conditions =
+        common::records_after_now(settings.data_dir(), settings.hub.partitions, 200).await;
     let failing = format!(
         "SELECT *, CAST(CASE WHEN {conditions} THEN 'boom' ELSE '1' END AS INT) AS check_value FROM batch"
     );
-    let (code, body) = admin
-        .swap(json!({"version": "v3", "sql": failing, "probation_secs": 60}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["outcome"], "rolled_back", "{body}");
-    assert_eq!(body["restored"], "v2", "{body}");
-    let status = admin.transform().await;
+    let (code, body) = swap(
+        admin,
+        json!({"version": "v3", "sql": failing, "probation_secs": 60}),
+    )
+    .await;
+    assert_swapped(&(code, body), "rolled_back", Some("v2"), "");
+    let status = transform(admin).await;
     assert_eq!(status["active"]["version"], "v2");
     // The durable spec log holds every attempt: who, outcome, dry run.
     let expect = |v: &str, o: &str| (v.to_string(), o.to_string());
@@ -202,74 +155,59 @@ async fn swaps_under_load_refuse_promote_and_roll_back_with_nothing_lost() {
     assert!(v2["dry_run"]["rows_in"].as_u64().unwrap() > 0, "{v2}");
     let v3 = &status["log"]["entries"][5];
     assert!(v3["detail"].as_str().unwrap().contains("node "), "{v3}");
-    let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
+    assert_history(
+        admin,
+        &[
+            "replacing identity with v2",
+            "promoted v2",
+            "replacing v2 with v3",
+            "rolled back v3 to v2",
+        ],
+    )
+    .await;
+}
+
+/// `/status`'s history names every step.
+async fn assert_history(admin: &Admin, steps: &[&str]) {
+    let (_, tree) = admin.call(Method::GET, "/status", None).await;
     let text = tree.to_string();
-    for step in [
-        "replacing identity with v2",
-        "promoted v2",
-        "replacing v2 with v3",
-        "rolled back v3 to v2",
-    ] {
+    for step in steps {
         assert!(text.contains(step), "status history lacks {step:?}");
     }
+}
 
-    // Everything lands, exactly once; v2's shape is in the files written
-    // after its swap.
+/// Poll (bounded, ~2 min) until the progress says `done`.
+async fn until_progress(admin: &Admin, done: impl Fn(&Value) -> bool) {
     for _ in 0..1_200 {
-        let p = admin.progress().await;
-        if p["sources_caught_up"] == true
+        if done(&progress(admin).await) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Everything lands, exactly once. Replay uses the active transform:
+/// partition 0's files written before the swap lack v2's column; replayed,
+/// every one of its rows has it.
+async fn case_everything_lands_and_a_replay_rewrites_old_files_in_the_new_shape(
+    admin: &Admin,
+    settings: &Settings,
+    total: u64,
+) {
+    until_progress(admin, |p| {
+        p["sources_caught_up"] == true
             && p["fetched"] == total
             && p["transformed"] == total
             && p["landed"] == total
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // Replay uses the active transform: partition 0's files written before
-    // the swap lack v2's column; replayed, every one of its rows has it.
+    })
+    .await;
     let old_shape = "SELECT count(*) AS n FROM demo \
                      WHERE _hub_partition = 0 AND amount IS NOT NULL AND amount_cents IS NULL";
-    let before = common::json_rows(&settings, old_shape).await;
+    let before = common::json_rows(settings, old_shape).await;
     assert!(before[0]["n"].as_u64().unwrap() > 0, "{before:?}");
-    let (code, started) = admin
-        .call(
-            reqwest::Method::POST,
-            "/replay",
-            Some(json!({"partition": 0})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
-    let id = started["id"].as_u64().unwrap();
-    let mut done = Value::Null;
-    for _ in 0..1_200 {
-        let (_, progress) = admin
-            .call(reqwest::Method::GET, &format!("/replay/{id}"), None)
-            .await;
-        if progress["state"] != "running" {
-            done = progress;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(done["state"], "completed", "{done}");
-    let after = common::json_rows(&settings, old_shape).await;
+    admin.replay(json!({"partition": 0})).await;
+    let after = common::json_rows(settings, old_shape).await;
     assert_eq!(after[0]["n"], 0, "{after:?}");
-
-    stop.notify_one();
-    run.await.unwrap().unwrap();
-    assert_eq!(common::counts(&settings).await, (total, total));
-    let rows = common::json_rows(
-        &settings,
-        "SELECT count(amount_cents) AS n, count(*) FILTER (WHERE amount_cents <> amount * 100) AS wrong FROM demo",
-    )
-    .await;
-    assert!(rows[0]["n"].as_u64().unwrap() > 0, "{rows:?}");
-    assert_eq!(rows[0]["wrong"], 0, "{rows:?}");
-    demo.stop().await;
-
-    restart_replay_rollback_and_backfill(dir.path(), &settings, total).await;
 }
 
 /// The operator's sequence from the durable-swap issue, after the swaps
@@ -282,18 +220,31 @@ async fn restart_replay_rollback_and_backfill(
     settings: &Settings,
     total: u64,
 ) {
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(50_000.0),
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::streaming(total, Some(50_000.0)).await;
     let mut config = common::config(dir, &demo.url);
     config.supervision.backoff_initial_ms = 50;
-    let Running {
-        admin, stop, run, ..
-    } = Running::start(config).await;
-    let status = admin.transform().await;
+    let svc = start(config).await;
+    let admin = &svc.admin;
+    case_a_restart_runs_the_stored_version_and_says_it_drifts(admin).await;
+    case_a_replay_of_deleted_files_uses_the_active_version(admin, settings, total).await;
+    case_a_replay_takes_an_explicit_known_version(admin).await;
+    case_rollback_then_backfill_since_v2_with_identity(admin).await;
+    svc.stop().await;
+    let left = "SELECT count(amount_cents) AS n, count(*) FILTER (WHERE _transform_version <> 'identity') AS other FROM demo";
+    let rows = common::json_rows(settings, left).await;
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["other"].as_u64()),
+        (Some(0), Some(0)),
+        "{rows:?}"
+    );
+    assert_eq!(common::counts(settings).await, (total, total));
+    demo.stop().await;
+}
+
+/// The config file says identity, the spec log v2: v2 runs, drift is
+/// reported (status and metric), and both versions have curated ranges.
+async fn case_a_restart_runs_the_stored_version_and_says_it_drifts(admin: &Admin) {
+    let status = transform(admin).await;
     assert_eq!(status["active"]["version"], "v2", "{status}");
     assert_eq!(status["config"]["version"], "identity", "{status}");
     assert_eq!(status["drift"], true, "{status}");
@@ -305,7 +256,7 @@ async fn restart_replay_rollback_and_backfill(
             "{version}: {status}"
         );
     }
-    let (_, metrics) = admin.call(reqwest::Method::GET, "/metrics", None).await;
+    let (_, metrics) = admin.call(Method::GET, "/metrics", None).await;
     assert!(
         metrics
             .as_str()
@@ -313,9 +264,15 @@ async fn restart_replay_rollback_and_backfill(
             .contains("hubflow_transform_config_drift 1"),
         "drift metric missing"
     );
+}
 
-    // Five damaged curated files of partition 0, deleted; the replay uses
-    // the active version (v2) and says so.
+/// Five damaged curated files of partition 0, deleted; the replay uses the
+/// active version (v2) and says so.
+async fn case_a_replay_of_deleted_files_uses_the_active_version(
+    admin: &Admin,
+    settings: &Settings,
+    total: u64,
+) {
     let curated_dir = settings.data_dir().join("blobs").join("curated");
     let mut p0: Vec<std::path::PathBuf> = walk(&curated_dir)
         .into_iter()
@@ -326,32 +283,33 @@ async fn restart_replay_rollback_and_backfill(
     for f in p0.iter().take(5) {
         std::fs::remove_file(f).unwrap();
     }
-    let done = replay(&admin, json!({"partition": 0})).await;
+    let done = admin.replay(json!({"partition": 0})).await;
     assert_eq!(done["transform_version"], "v2", "{done}");
     let lost = "SELECT count(*) AS n FROM demo WHERE _hub_partition = 0 AND amount IS NOT NULL \
                 AND (amount_cents IS NULL OR _transform_version <> 'v2')";
     assert_eq!(common::json_rows(settings, lost).await[0]["n"], 0);
     assert_eq!(common::counts(settings).await, (total, total));
+}
 
-    // An explicit other version for a replay, and an unknown one refused.
-    let done = replay(&admin, json!({"partition": 1, "version": "identity"})).await;
+/// An explicit other version for a replay, and an unknown one refused.
+async fn case_a_replay_takes_an_explicit_known_version(admin: &Admin) {
+    let done = admin
+        .replay(json!({"partition": 1, "version": "identity"}))
+        .await;
     assert_eq!(done["transform_version"], "identity", "{done}");
     let (code, body) = admin
-        .call(
-            reqwest::Method::POST,
-            "/replay",
-            Some(json!({"partition": 1, "version": "v9"})),
-        )
+        .post("/replay", json!({"partition": 1, "version": "v9"}))
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+}
 
-    // Roll back v2: the newest promoted version before it is identity.
+/// Roll back v2: the newest promoted version before it is identity. Then
+/// everything curated since v2 first ran, rewritten with identity, through
+/// `hubflow ctl transform backfill`, which follows every job to its end
+/// (plain progress lines when not on a terminal).
+async fn case_rollback_then_backfill_since_v2_with_identity(admin: &Admin) {
     let (code, body) = admin
-        .call(
-            reqwest::Method::POST,
-            "/transform/rollback",
-            Some(json!({"probation_secs": 1})),
-        )
+        .post("/transform/rollback", json!({"probation_secs": 1}))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(
@@ -359,9 +317,6 @@ async fn restart_replay_rollback_and_backfill(
         (Some("promoted"), Some("identity")),
         "{body}"
     );
-    // Everything curated since v2 first ran, rewritten with identity,
-    // through `hubflow ctl transform backfill`, which follows every job to
-    // its end (plain progress lines when not on a terminal).
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubflow"))
         .args(["ctl", "--addr", &admin.base, "transform", "backfill"])
         .args(["--since", "v2", "--with", "identity", "--wait-secs", "300"])
@@ -388,14 +343,14 @@ async fn restart_replay_rollback_and_backfill(
         "{stderr}"
     );
     for id in jobs {
-        let done = wait_replay(&admin, id).await;
+        let done = admin.replay_finished(id).await;
         assert_eq!(
             (done["state"].as_str(), done["transform_version"].as_str()),
             (Some("completed"), Some("identity")),
             "{done}"
         );
     }
-    let status = admin.transform().await;
+    let status = transform(admin).await;
     assert_eq!(status["drift"], false, "{status}");
     assert!(
         status["ranges"]["identity"]["replayed"]
@@ -405,17 +360,6 @@ async fn restart_replay_rollback_and_backfill(
             >= 2,
         "{status}"
     );
-    stop.notify_one();
-    run.await.unwrap().unwrap();
-    let left = "SELECT count(amount_cents) AS n, count(*) FILTER (WHERE _transform_version <> 'identity') AS other FROM demo";
-    let rows = common::json_rows(settings, left).await;
-    assert_eq!(
-        (rows[0]["n"].as_u64(), rows[0]["other"].as_u64()),
-        (Some(0), Some(0)),
-        "{rows:?}"
-    );
-    assert_eq!(common::counts(settings).await, (total, total));
-    demo.stop().await;
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -429,28 +373,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-async fn replay(admin: &Admin, body: Value) -> Value {
-    let (code, started) = admin
-        .call(reqwest::Method::POST, "/replay", Some(body))
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{started}");
-    wait_replay(admin, started["id"].as_u64().unwrap()).await
-}
-
-async fn wait_replay(admin: &Admin, id: u64) -> Value {
-    for _ in 0..1_200 {
-        let (_, progress) = admin
-            .call(reqwest::Method::GET, &format!("/replay/{id}"), None)
-            .await;
-        if progress["state"] != "running" {
-            assert_eq!(progress["state"], "completed", "{progress}");
-            return progress;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("replay {id} did not finish");
 }
 
 /// (version, outcome) of every entry of a durable spec log (`status["log"]`).
@@ -473,44 +395,62 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
     let _heavy = common::exclusive().await;
     let total = 20_000u64;
     let dir = tempfile::tempdir().unwrap();
-    let demo = common::DemoServer::start(DemoConfig {
-        total,
-        rate_per_sec: Some(1_000.0),
-        ..DemoConfig::default()
+    let demo = common::DemoServer::streaming(total, Some(1_000.0)).await;
+    let svc = start(common::config(dir.path(), &demo.url)).await;
+    let (admin, settings) = (&svc.admin, svc.settings.clone());
+    let source = settings.source_configs[0].clone();
+    case_invalid_or_misnamed_source_settings_are_refused(admin, &source).await;
+    let smaller = case_smaller_pages_through_ctl_are_promoted(admin, dir.path(), &source).await;
+    case_an_unreachable_endpoint_rolls_back_to_the_previous_settings(admin, &smaller).await;
+    until_progress(admin, |p| {
+        p["fetched"] == total && p["transformed"] == total && p["landed"] == total
     })
     .await;
-    let config = common::config(dir.path(), &demo.url);
-    let Running {
-        settings,
-        admin,
-        stop,
-        run,
-    } = Running::start(config).await;
-    let source = settings.source_configs[0].clone();
-    let post = |body: Value| {
-        let admin = &admin;
-        async move {
-            admin
-                .call(reqwest::Method::POST, "/sources/demo", Some(body))
-                .await
-        }
-    };
+    case_inline_secrets_are_refused(admin, &source).await;
+    case_the_durable_log_holds_every_source_version(admin).await;
+    svc.stop().await;
+    assert_eq!(common::counts(&settings).await, (total, total));
 
-    // Refused, nothing changes: invalid settings, a name that does not match.
-    let mut invalid = serde_json::to_value(&source).unwrap();
+    // A restart with the same file runs the swapped settings.
+    let svc = start(common::config(dir.path(), &demo.url)).await;
+    let admin = &svc.admin;
+    let (_, sources) = admin.call(Method::GET, "/sources", None).await;
+    assert_eq!(sources["sources"][0]["version"], "pages-250", "{sources}");
+    assert_history(admin, &["pages-250"]).await;
+    svc.stop().await;
+    assert_eq!(common::counts(&settings).await, (total, total));
+    demo.stop().await;
+}
+
+async fn post_source(admin: &Admin, body: Value) -> (StatusCode, Value) {
+    admin.post("/sources/demo", body).await
+}
+
+/// Invalid settings, and a name that does not match: refused.
+async fn case_invalid_or_misnamed_source_settings_are_refused(
+    admin: &Admin,
+    source: &HttpSourceConfig,
+) {
+    let mut invalid = serde_json::to_value(source).unwrap();
     invalid["url"] = json!("not a url");
-    let (code, body) = post(json!({"version": "bad", "source": invalid})).await;
+    let (code, body) = post_source(admin, json!({"version": "bad", "source": invalid})).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let mut other = serde_json::to_value(&source).unwrap();
+    let mut other = serde_json::to_value(source).unwrap();
     other["name"] = json!("other");
-    let (code, body) = post(json!({"version": "x", "source": other})).await;
+    let (code, body) = post_source(admin, json!({"version": "x", "source": other})).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+}
 
-    // Smaller pages, through `hubflow ctl source --file`: promoted, and the
-    // cursor carries over.
+/// Smaller pages, through `hubflow ctl source --file`: promoted, and the
+/// cursor carries over. The settings swapped in.
+async fn case_smaller_pages_through_ctl_are_promoted(
+    admin: &Admin,
+    dir: &std::path::Path,
+    source: &HttpSourceConfig,
+) -> HttpSourceConfig {
     let mut smaller = source.clone();
     smaller.query.insert("limit".into(), "250".into());
-    let file = dir.path().join("demo-250.toml");
+    let file = dir.join("demo-250.toml");
     std::fs::write(&file, toml::to_string(&smaller).unwrap()).unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubflow"))
         .args([
@@ -534,45 +474,48 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    smaller
+}
 
-    // An endpoint that refuses connections: the new fetcher spends its retry
-    // budget and fails during probation, so the previous settings return.
-    let mut dead = serde_json::to_value(&smaller).unwrap();
+/// An endpoint that refuses connections: the new fetcher spends its retry
+/// budget and fails during probation, so the previous settings return.
+async fn case_an_unreachable_endpoint_rolls_back_to_the_previous_settings(
+    admin: &Admin,
+    smaller: &HttpSourceConfig,
+) {
+    let mut dead = serde_json::to_value(smaller).unwrap();
     dead["url"] = json!("http://127.0.0.1:9/v1/events");
-    let (code, body) =
-        post(json!({"version": "dead-endpoint", "source": dead, "probation_secs": 60})).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["outcome"], "rolled_back", "{body}");
-    assert_eq!(body["restored"], "pages-250", "{body}");
+    let (code, body) = post_source(
+        admin,
+        json!({"version": "dead-endpoint", "source": dead, "probation_secs": 60}),
+    )
+    .await;
+    assert_swapped(&(code, body), "rolled_back", Some("pages-250"), "");
+    assert_history(
+        admin,
+        &[
+            "replacing config with pages-250",
+            "promoted pages-250",
+            "replacing pages-250 with dead-endpoint",
+            "rolled back dead-endpoint to pages-250",
+        ],
+    )
+    .await;
+}
 
-    let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
-    let text = tree.to_string();
-    for step in [
-        "replacing config with pages-250",
-        "promoted pages-250",
-        "replacing pages-250 with dead-endpoint",
-        "rolled back dead-endpoint to pages-250",
-    ] {
-        assert!(text.contains(step), "status history lacks {step:?}");
-    }
-
-    for _ in 0..1_200 {
-        let p = admin.progress().await;
-        if p["fetched"] == total && p["transformed"] == total && p["landed"] == total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Inline secrets cannot be kept in the state container: refused.
-    let mut inline = serde_json::to_value(&source).unwrap();
+/// Inline secrets cannot be kept in the state container: refused, and the
+/// answer does not repeat the secret.
+async fn case_inline_secrets_are_refused(admin: &Admin, source: &HttpSourceConfig) {
+    let mut inline = serde_json::to_value(source).unwrap();
     inline["auth"] = json!({"type": "bearer", "token": "inline-s3cret"});
-    let (code, body) = post(json!({"version": "inline", "source": inline})).await;
+    let (code, body) = post_source(admin, json!({"version": "inline", "source": inline})).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.to_string().contains("inline secrets"), "{body}");
     assert!(!body.to_string().contains("inline-s3cret"), "{body}");
+}
 
-    // The durable log holds every version.
-    let (_, sources) = admin.call(reqwest::Method::GET, "/sources", None).await;
+async fn case_the_durable_log_holds_every_source_version(admin: &Admin) {
+    let (_, sources) = admin.call(Method::GET, "/sources", None).await;
     let demo_log = &sources["sources"][0];
     assert_eq!(demo_log["version"], "pages-250", "{sources}");
     assert_eq!(
@@ -583,20 +526,4 @@ async fn source_settings_swap_under_load_and_roll_back_when_the_new_ones_fail() 
             ("dead-endpoint".to_string(), "rolled_back".to_string()),
         ]
     );
-    stop.notify_one();
-    run.await.unwrap().unwrap();
-    assert_eq!(common::counts(&settings).await, (total, total));
-
-    // A restart with the same file runs the swapped settings.
-    let Running {
-        admin, stop, run, ..
-    } = Running::start(common::config(dir.path(), &demo.url)).await;
-    let (_, sources) = admin.call(reqwest::Method::GET, "/sources", None).await;
-    assert_eq!(sources["sources"][0]["version"], "pages-250", "{sources}");
-    let (_, tree) = admin.call(reqwest::Method::GET, "/status", None).await;
-    assert!(tree.to_string().contains("pages-250"), "{tree}");
-    stop.notify_one();
-    run.await.unwrap().unwrap();
-    assert_eq!(common::counts(&settings).await, (total, total));
-    demo.stop().await;
 }

@@ -245,8 +245,9 @@ async fn one_fetch(
     errors
 }
 
+/// A 500: transient, no retry hint.
 #[tokio::test]
-async fn each_demo_fault_maps_to_its_error_class() {
+async fn demo_fault_server_errors_are_transient_without_a_retry_hint() {
     let errors = one_fetch(
         FaultConfig {
             error_rate: 1.0,
@@ -263,7 +264,11 @@ async fn each_demo_fault_maps_to_its_error_class() {
             "{e}"
         );
     }
+}
 
+/// A 429: transient, retried after its Retry-After.
+#[tokio::test]
+async fn demo_fault_throttling_is_transient_with_the_retry_after_hint() {
     let errors = one_fetch(
         FaultConfig {
             throttle_rate: 1.0,
@@ -280,7 +285,11 @@ async fn each_demo_fault_maps_to_its_error_class() {
             "{e}"
         );
     }
+}
 
+/// A response slower than the timeout: transient.
+#[tokio::test]
+async fn demo_fault_a_response_slower_than_the_timeout_is_transient() {
     let errors = one_fetch(
         FaultConfig {
             slow_rate: 1.0,
@@ -297,7 +306,12 @@ async fn each_demo_fault_maps_to_its_error_class() {
         "{}",
         errors[0]
     );
+}
 
+/// Truncated bodies (JSON and transfer): bad responses naming the request,
+/// which cannot be skipped on a cursor walk.
+#[tokio::test]
+async fn demo_fault_truncated_bodies_are_bad_responses_that_cannot_be_skipped() {
     let errors = one_fetch(
         FaultConfig {
             truncate_rate: 1.0,
@@ -330,7 +344,12 @@ async fn each_demo_fault_maps_to_its_error_class() {
         reasons.iter().any(|r| r.starts_with("truncated body")),
         "{reasons:?}"
     );
+}
 
+/// Garbage bodies (wrong content type, malformed JSON, `data` null): bad
+/// responses that keep the body.
+#[tokio::test]
+async fn demo_fault_garbage_bodies_are_bad_responses_that_keep_the_body() {
     let errors = one_fetch(
         FaultConfig {
             garbage_rate: 1.0,
@@ -481,21 +500,8 @@ fn item_ids(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("r{i}")).collect()
 }
 
-#[tokio::test]
-async fn every_pagination_style_walks_and_picks_up_appended_records() {
-    let items = Items::default();
-    let app = Router::new()
-        .route("/page", get(page_style))
-        .route("/offset", get(offset_style))
-        .route("/cursor", get(cursor_style))
-        .route("/keyset", get(keyset_style))
-        .route("/next", get(next_style))
-        .route("/link", get(link_style))
-        .route("/ndjson", get(ndjson_style))
-        .with_state(items.clone());
-    let server = TestServer::router(app).await;
-    let b = &server.base;
-
+/// A source config for every route of the styles' server at `b`.
+fn style_configs(b: &str) -> Vec<HttpSourceConfig> {
     let mut cases = Vec::new();
     let mut page = config(
         "page",
@@ -578,6 +584,23 @@ async fn every_pagination_style_walks_and_picks_up_appended_records() {
     );
     ndjson.format = BodyFormat::Ndjson;
     cases.push(ndjson);
+    cases
+}
+
+#[tokio::test]
+async fn every_pagination_style_walks_and_picks_up_appended_records() {
+    let items = Items::default();
+    let app = Router::new()
+        .route("/page", get(page_style))
+        .route("/offset", get(offset_style))
+        .route("/cursor", get(cursor_style))
+        .route("/keyset", get(keyset_style))
+        .route("/next", get(next_style))
+        .route("/link", get(link_style))
+        .route("/ndjson", get(ndjson_style))
+        .with_state(items.clone());
+    let server = TestServer::router(app).await;
+    let cases = style_configs(&server.base);
 
     items.push(10);
     let sources: Vec<HttpSource> = cases

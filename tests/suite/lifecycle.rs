@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hubflow::demo::DemoConfig;
-
 const DEADLINE_SECS: u64 = 20;
 
 /// Demo records appear at this rate (per second).
@@ -115,12 +113,7 @@ struct Loaded {
 impl Loaded {
     async fn start() -> Loaded {
         let dir = tempfile::tempdir().unwrap();
-        let demo = common::DemoServer::start(DemoConfig {
-            total: TOTAL,
-            rate_per_sec: Some(RATE),
-            ..DemoConfig::default()
-        })
-        .await;
+        let demo = common::DemoServer::streaming(TOTAL, Some(RATE)).await;
         let complete_at = tokio::time::Instant::now()
             + Duration::from_secs_f64(TOTAL as f64 / RATE)
             + Duration::from_secs(1);

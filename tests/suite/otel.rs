@@ -16,7 +16,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hubflow::demo::DemoConfig;
 use serde_json::Value;
 
 const TOTAL: u64 = 3_000;
@@ -114,11 +113,7 @@ async fn spans_follow_each_batch_from_fetch_to_curated_and_metrics_match() {
     let _heavy = common::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path()).await;
-    let demo = common::DemoServer::start(DemoConfig {
-        total: TOTAL,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::serving(TOTAL).await;
     let config = dir.path().join("hubflow.toml");
     std::fs::write(
         &config,
@@ -128,20 +123,7 @@ async fn spans_follow_each_batch_from_fetch_to_curated_and_metrics_match() {
     let log = dir.path().join("hubflow.log");
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
 
-    // A bad value is refused before anything starts, naming the variable.
-    let mut bad = run_hubflow(
-        &config,
-        &log,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318".into())],
-    );
-    let status = wait(&mut bad, Duration::from_secs(30), &log).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "{text}");
-    assert!(
-        text.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && text.contains("not an http"),
-        "{text}"
-    );
-    assert!(!dir.path().join("data").join("hub.sqlite").exists());
+    case_a_bad_endpoint_is_refused_before_anything_starts(&config, &log, dir.path()).await;
 
     let mut node = run_hubflow(
         &config,
@@ -170,11 +152,45 @@ async fn spans_follow_each_batch_from_fetch_to_curated_and_metrics_match() {
         !records.is_empty(),
         "nothing received; hubflow log:\n{text}"
     );
-    for r in &records {
+    case_every_export_carries_the_resource_and_the_headers(&records);
+    case_spans_hold_every_record_once_at_each_stage(&records);
+    case_the_last_metrics_export_holds_the_final_numbers(&records);
+    demo.stop().await;
+}
+
+/// A bad `OTEL_EXPORTER_OTLP_ENDPOINT` is refused before anything starts,
+/// naming the variable.
+async fn case_a_bad_endpoint_is_refused_before_anything_starts(
+    config: &Path,
+    log: &Path,
+    dir: &Path,
+) {
+    let mut bad = run_hubflow(
+        config,
+        log,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318".into())],
+    );
+    let status = wait(&mut bad, Duration::from_secs(30), log).await;
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && text.contains("not an http"),
+        "{text}"
+    );
+    assert!(!dir.join("data").join("hub.sqlite").exists());
+}
+
+fn case_every_export_carries_the_resource_and_the_headers(records: &[Value]) {
+    for r in records {
         assert_eq!(r["resource"]["service.name"], "hubflow", "{r}");
         assert_eq!(r["resource"]["deployment.environment"], "test", "{r}");
         assert_eq!(r["headers"]["x-test"], SECRET, "{r}");
     }
+}
+
+/// Every record once at each stage: published by the fetcher, written raw,
+/// curated from the raw blob its span names.
+fn case_spans_hold_every_record_once_at_each_stage(records: &[Value]) {
     let spans = |name: &str| -> Vec<&Value> {
         records
             .iter()
@@ -182,7 +198,6 @@ async fn spans_follow_each_batch_from_fetch_to_curated_and_metrics_match() {
             .collect()
     };
 
-    // Every record once at each stage.
     let published: u64 = spans("fetch.publish")
         .iter()
         .map(|s| {
@@ -227,8 +242,9 @@ async fn spans_follow_each_batch_from_fetch_to_curated_and_metrics_match() {
         );
     }
     assert_eq!(rows, TOTAL);
+}
 
-    // Metrics: the last export holds the final numbers.
+fn case_the_last_metrics_export_holds_the_final_numbers(records: &[Value]) {
     let mut last: BTreeMap<(String, String), &Value> = BTreeMap::new();
     for m in records.iter().filter(|r| r["signal"] == "metric") {
         last.insert((m["name"].to_string(), m["attributes"].to_string()), m);
@@ -257,5 +273,4 @@ async fn spans_follow_each_batch_from_fetch_to_curated_and_metrics_match() {
         histogram["buckets"].as_array().unwrap().len(),
         histogram["bounds"].as_array().unwrap().len() + 1
     );
-    demo.stop().await;
 }

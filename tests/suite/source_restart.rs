@@ -6,19 +6,14 @@
 //! two more read CSV bodies (gzip) and zstd-compressed JSON.
 
 use crate::common;
+use crate::common::harness;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hubflow::backends::Backends;
-use hubflow::config::Settings;
 use hubflow::demo::{DemoConfig, FaultConfig, demo_incremental_source_config, demo_source_config};
 use hubflow::pipeline::{Pipeline, Progress};
-use hubflow::source::{
-    BodyFormat, HttpSource, HttpSourceConfig, PaginationConfig, RateLimitConfig,
-};
+use hubflow::source::{BodyFormat, HttpSourceConfig, PaginationConfig, RateLimitConfig};
 use hubflow_actors::fetcher::FetcherStatus;
-use hubflow_actors::ports::Source;
 
 const TOTAL: u64 = 2_000;
 const FETCHER: &str = "pipeline/sources/fetcher-demo";
@@ -86,29 +81,16 @@ fn style(url: &str, kind: &str) -> HttpSourceConfig {
     cfg
 }
 
-async fn start(settings: &Settings) -> Pipeline {
-    let source: Arc<dyn Source> = Arc::new(HttpSource::new(settings.sources[0].clone()).unwrap());
-    let backends = Backends::embedded(settings).await.unwrap();
-    Pipeline::start(settings.clone(), backends, vec![source])
-        .await
-        .unwrap()
-}
-
 /// Waits (bounded) until `done` holds for the pipeline's progress.
 async fn wait_for(pipeline: &Pipeline, what: &str, done: impl Fn(&Progress) -> bool) -> Progress {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let progress = pipeline.progress().await.unwrap();
-        if done(&progress) {
-            return progress;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: timed out at {progress:?}\n{:#?}",
-            pipeline.root.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    harness::until_progress(
+        pipeline,
+        what,
+        Duration::from_secs(90),
+        Duration::from_millis(10),
+        done,
+    )
+    .await
 }
 
 async fn restarts_lose_and_duplicate_nothing(kind: &str) {
@@ -133,14 +115,14 @@ async fn restarts_lose_and_duplicate_nothing(kind: &str) {
     let settings = config.validate().unwrap();
 
     // 1. Stop between pages, a few pages in.
-    let pipeline = start(&settings).await;
+    let pipeline = harness::start_embedded(&settings).await;
     let first = wait_for(&pipeline, "first pages", |p| p.fetched >= 300).await;
     pipeline.shutdown().await;
     assert!(first.fetched < TOTAL, "{kind}: stopped too late: {first:?}");
 
     // 2. Start on the same data; kill the fetcher while a page is in flight,
     //    then stop everything.
-    let pipeline = start(&settings).await;
+    let pipeline = harness::start_embedded(&settings).await;
     // Two more pages than the first run saved (not a fixed count: the
     // first stop may land late on a busy machine).
     let more = first.fetched + 200;
@@ -166,7 +148,7 @@ async fn restarts_lose_and_duplicate_nothing(kind: &str) {
     pipeline.shutdown().await;
 
     // 3. Start again and run until everything is curated.
-    let pipeline = start(&settings).await;
+    let pipeline = harness::start_embedded(&settings).await;
     let end = wait_for(&pipeline, "all curated", |p| {
         p.fetched >= TOTAL && p.idle(1)
     })
@@ -184,56 +166,25 @@ async fn restarts_lose_and_duplicate_nothing(kind: &str) {
     demo.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_cursor_pagination() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("cursor").await;
+/// One test per style, each holding the heavy-test lock.
+macro_rules! restart_tests {
+    ($($name:ident => $kind:literal),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let _heavy = common::exclusive().await;
+            restarts_lose_and_duplicate_nothing($kind).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_offset_limit_pagination() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("offset_limit").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_page_number_pagination() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("page_number").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_next_url_pagination() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("next_url").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_link_header_pagination() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("link_header").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_keyset_pagination() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("keyset").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_csv_bodies_gzip_compressed() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("csv_gzip").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_zstd_compressed_bodies() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("cursor_zstd").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_cursor_pagination_and_a_watermark() {
-    let _heavy = common::exclusive().await;
-    restarts_lose_and_duplicate_nothing("cursor_watermark").await;
+restart_tests! {
+    restart_with_cursor_pagination => "cursor",
+    restart_with_offset_limit_pagination => "offset_limit",
+    restart_with_page_number_pagination => "page_number",
+    restart_with_next_url_pagination => "next_url",
+    restart_with_link_header_pagination => "link_header",
+    restart_with_keyset_pagination => "keyset",
+    restart_with_csv_bodies_gzip_compressed => "csv_gzip",
+    restart_with_zstd_compressed_bodies => "cursor_zstd",
+    restart_with_cursor_pagination_and_a_watermark => "cursor_watermark",
 }

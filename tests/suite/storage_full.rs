@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hubflow::demo::DemoConfig;
-use reqwest::StatusCode;
+use common::harness::Admin;
+use hubflow::config::Settings;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 const TOTAL: u64 = 20_000;
@@ -55,26 +56,18 @@ impl Drop for Tmpfs {
 
 struct Node {
     child: Child,
-    port: u16,
+    admin: Admin,
     log: PathBuf,
-    http: reqwest::Client,
 }
 
 impl Node {
-    async fn get(&self, path: &str) -> Option<(StatusCode, String)> {
-        let resp = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.port))
-            .send()
-            .await
-            .ok()?;
-        let code = resp.status();
-        Some((code, resp.text().await.ok()?))
+    /// `GET path` without a token; `None` when the port does not answer.
+    async fn get(&self, path: &str) -> Option<(StatusCode, Value)> {
+        self.admin.try_call(Method::GET, path, None).await
     }
 
     async fn readyz(&self) -> Option<(StatusCode, Value)> {
-        let (code, text) = self.get("/readyz").await?;
-        Some((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        self.get("/readyz").await
     }
 
     fn tail(&self) -> String {
@@ -109,7 +102,9 @@ impl Node {
     /// The `hubflow_storage_write_blocked` series as (stage, value).
     async fn blocked_gauges(&self) -> Vec<(String, f64)> {
         let (_, text) = self.get("/metrics").await.expect("metrics");
-        text.lines()
+        text.as_str()
+            .unwrap_or_default()
+            .lines()
             .filter_map(|line| line.strip_prefix("hubflow_storage_write_blocked{"))
             .filter_map(|rest| {
                 let stage = rest.split("stage=\"").nth(1)?.split('"').next()?;
@@ -139,11 +134,7 @@ async fn a_full_data_disk_makes_the_node_unready_and_it_finishes_exactly_once_sp
             return;
         }
     };
-    let demo = common::DemoServer::start(DemoConfig {
-        total: TOTAL,
-        ..DemoConfig::default()
-    })
-    .await;
+    let demo = common::DemoServer::serving(TOTAL).await;
     let mut config = common::config(&data, &demo.url);
     config.supervision.backoff_max_ms = 1_000;
     config.supervision.backoff_reset_ms = 2_000;
@@ -168,15 +159,27 @@ async fn a_full_data_disk_makes_the_node_unready_and_it_finishes_exactly_once_sp
         .expect("spawning hubflow");
     let mut node = Node {
         child,
-        port,
+        admin: Admin::new(
+            format!("http://127.0.0.1:{port}"),
+            None,
+            Duration::from_secs(30),
+        ),
         log,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
     };
+    case_a_full_disk_makes_the_node_unready_naming_the_stage(&mut node).await;
+    disk.resize("512m");
+    case_with_space_back_it_turns_ready_and_curates_every_record_once(
+        &mut node,
+        &common::settings(&data, &demo.url),
+    )
+    .await;
+    demo.stop().await;
+}
 
-    // 20,000 records do not fit in 3 MiB: some stage runs out of space.
+/// 20,000 records do not fit in 3 MiB: some stage runs out of space.
+/// `/readyz` answers 503 naming it, `/status` lists the blocked actors,
+/// the stage's `hubflow_storage_write_blocked` is 1, the node stays up.
+async fn case_a_full_disk_makes_the_node_unready_naming_the_stage(node: &mut Node) {
     let body = node
         .until_readyz(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(90))
         .await;
@@ -195,7 +198,6 @@ async fn a_full_data_disk_makes_the_node_unready_and_it_finishes_exactly_once_sp
         assert!(reason.contains(stage), "{reason} does not name {stage}");
     }
     let (_, status) = node.get("/status").await.expect("status");
-    let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["ready"], false, "{status}");
     assert!(!status["cannot_write"].as_array().unwrap().is_empty());
     let gauges = node.blocked_gauges().await;
@@ -207,8 +209,14 @@ async fn a_full_data_disk_makes_the_node_unready_and_it_finishes_exactly_once_sp
     );
     // The node is up: the rest of the admin port answers.
     assert_eq!(node.get("/healthz").await.unwrap().0, StatusCode::OK);
+}
 
-    disk.resize("512m");
+/// Once the filesystem grows the node turns ready by itself and, with no
+/// manual step, curates every record once; no stage is blocked any more.
+async fn case_with_space_back_it_turns_ready_and_curates_every_record_once(
+    node: &mut Node,
+    settings: &Settings,
+) {
     let resized = Instant::now();
     node.until_readyz(StatusCode::OK, Duration::from_secs(90))
         .await;
@@ -218,22 +226,16 @@ async fn a_full_data_disk_makes_the_node_unready_and_it_finishes_exactly_once_sp
     );
 
     // Exact, with no manual step: every record once.
-    let settings = common::settings(&data, &demo.url);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (n, distinct) = common::counts(&settings).await;
-        if n >= TOTAL {
-            assert_eq!((n, distinct), (TOTAL, TOTAL), "{}", node.tail());
-            break;
+    let (limit, every) = (Duration::from_secs(120), Duration::from_millis(500));
+    let (n, distinct) = common::eventually("every record curated", limit, every, async || {
+        let (n, distinct) = common::counts(settings).await;
+        match n >= TOTAL {
+            true => Ok((n, distinct)),
+            false => Err(format!("{n} of {TOTAL} curated:\n{}", node.tail())),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of {TOTAL} curated:\n{}",
-            node.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
+    assert_eq!((n, distinct), (TOTAL, TOTAL), "{}", node.tail());
     let gauges = node.blocked_gauges().await;
     assert!(gauges.iter().all(|(_, v)| *v == 0.0), "{gauges:?}");
-    demo.stop().await;
 }

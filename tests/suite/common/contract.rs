@@ -174,27 +174,26 @@ async fn put_get_and_etags(store: &dyn BlobStore, c: &str) {
     assert_eq!(props.size, 0);
 }
 
+/// `put` of `data` under `condition`, as the store answers it.
+async fn put_if(
+    store: &dyn BlobStore,
+    c: &str,
+    name: &str,
+    data: &'static [u8],
+    condition: PutCondition,
+) -> Result<hubflow_actors::ports::BlobProperties, BlobError> {
+    store
+        .put(c, name, Bytes::from_static(data), condition)
+        .await
+}
+
 async fn conditional_puts(store: &dyn BlobStore, c: &str) {
     let name = "state/record.json";
-    let created = store
-        .put(
-            c,
-            name,
-            Bytes::from_static(b"v1"),
-            PutCondition::IfNoneMatch,
-        )
+    let created = put_if(store, c, name, b"v1", PutCondition::IfNoneMatch)
         .await
         .unwrap_or_else(|e| panic!("IfNoneMatch put of a new blob must succeed: {e}"));
 
-    match store
-        .put(
-            c,
-            name,
-            Bytes::from_static(b"v1-again"),
-            PutCondition::IfNoneMatch,
-        )
-        .await
-    {
+    match put_if(store, c, name, b"v1-again", PutCondition::IfNoneMatch).await {
         Err(e @ BlobError::AlreadyExists { .. }) => {
             assert!(e.is_conflict(), "AlreadyExists must be a conflict")
         }
@@ -208,28 +207,28 @@ async fn conditional_puts(store: &dyn BlobStore, c: &str) {
         "a refused put must not write"
     );
 
-    let updated = store
-        .put(
-            c,
-            name,
-            Bytes::from_static(b"v2"),
-            PutCondition::IfMatch(created.etag.clone()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("IfMatch put with the current etag must succeed: {e}"));
+    let updated = put_if(
+        store,
+        c,
+        name,
+        b"v2",
+        PutCondition::IfMatch(created.etag.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("IfMatch put with the current etag must succeed: {e}"));
     assert_ne!(
         updated.etag, created.etag,
         "an IfMatch put of new bytes must change the etag"
     );
 
-    match store
-        .put(
-            c,
-            name,
-            Bytes::from_static(b"v3"),
-            PutCondition::IfMatch(created.etag.clone()),
-        )
-        .await
+    match put_if(
+        store,
+        c,
+        name,
+        b"v3",
+        PutCondition::IfMatch(created.etag.clone()),
+    )
+    .await
     {
         Err(e @ BlobError::PreconditionFailed { .. }) => {
             assert!(e.is_conflict(), "PreconditionFailed must be a conflict")
@@ -244,14 +243,14 @@ async fn conditional_puts(store: &dyn BlobStore, c: &str) {
         "a refused put must not write"
     );
 
-    match store
-        .put(
-            c,
-            "state/never-written.json",
-            Bytes::from_static(b"x"),
-            PutCondition::IfMatch(updated.etag.clone()),
-        )
-        .await
+    match put_if(
+        store,
+        c,
+        "state/never-written.json",
+        b"x",
+        PutCondition::IfMatch(updated.etag.clone()),
+    )
+    .await
     {
         Err(BlobError::PreconditionFailed { .. }) => {}
         other => {
@@ -266,15 +265,7 @@ async fn conditional_puts(store: &dyn BlobStore, c: &str) {
     // Unconditional put over an existing blob replaces it.
     let replaced = put(store, c, name, b"v4").await;
     assert_ne!(replaced, updated.etag);
-    match store
-        .put(
-            c,
-            name,
-            Bytes::from_static(b"v5"),
-            PutCondition::IfMatch(updated.etag),
-        )
-        .await
-    {
+    match put_if(store, c, name, b"v5", PutCondition::IfMatch(updated.etag)).await {
         Err(BlobError::PreconditionFailed { .. }) => {}
         other => panic!(
             "IfMatch with the etag from before an unconditional put: expected PreconditionFailed, got {other:?}"
@@ -675,6 +666,40 @@ async fn publish_and_read(hub: &dyn Hub, ctx: &Ctx) {
 
     let mut receiver = open(hub, &ctx.group, 0, ctx.first(0)).await;
     let events = receive_exactly(receiver.as_mut(), 5, "partition 0 from earliest").await;
+    partition_0_events_round_trip(&events, ctx, before);
+    expect_nothing(receiver.as_mut(), "partition 0 after reading everything").await;
+
+    let mut other_partition = open(hub, &ctx.group, 1, ctx.first(1)).await;
+    let events = receive_exactly(other_partition.as_mut(), 1, "partition 1").await;
+    assert_eq!(
+        events[0].sequence_number,
+        ctx.seq(1, 0),
+        "each partition numbers from 0"
+    );
+    assert_eq!(events[0].partition, 1);
+    assert_eq!(events[0].body, Bytes::from("event-100"));
+
+    // A second consumer group reads the same events independently.
+    let last_time = match &ctx.second_group {
+        Some(group) => {
+            let mut second_group = open(hub, group, 0, ctx.first(0)).await;
+            let again = receive_exactly(second_group.as_mut(), 5, "second consumer group").await;
+            assert_eq!(
+                again.iter().map(|e| e.sequence_number).collect::<Vec<_>>(),
+                (0..5).map(|i| ctx.seq(0, i)).collect::<Vec<_>>()
+            );
+            events_last_time(&again)
+        }
+        None => events_last_time(&events),
+    };
+
+    partition_properties_match(hub, ctx, last_time).await;
+}
+
+/// Partition 0's five events: consecutive sequence numbers, bodies and
+/// properties as published, distinct offsets, enqueued times near `before`
+/// and never going backwards.
+fn partition_0_events_round_trip(events: &[ReceivedEvent], ctx: &Ctx, before: i64) {
     let mut offsets = HashSet::new();
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.partition, 0, "event {i} reports the wrong partition");
@@ -704,32 +729,11 @@ async fn publish_and_read(hub: &dyn Hub, ctx: &Ctx) {
             );
         }
     }
-    expect_nothing(receiver.as_mut(), "partition 0 after reading everything").await;
+}
 
-    let mut other_partition = open(hub, &ctx.group, 1, ctx.first(1)).await;
-    let events = receive_exactly(other_partition.as_mut(), 1, "partition 1").await;
-    assert_eq!(
-        events[0].sequence_number,
-        ctx.seq(1, 0),
-        "each partition numbers from 0"
-    );
-    assert_eq!(events[0].partition, 1);
-    assert_eq!(events[0].body, Bytes::from("event-100"));
-
-    // A second consumer group reads the same events independently.
-    let last_time = match &ctx.second_group {
-        Some(group) => {
-            let mut second_group = open(hub, group, 0, ctx.first(0)).await;
-            let again = receive_exactly(second_group.as_mut(), 5, "second consumer group").await;
-            assert_eq!(
-                again.iter().map(|e| e.sequence_number).collect::<Vec<_>>(),
-                (0..5).map(|i| ctx.seq(0, i)).collect::<Vec<_>>()
-            );
-            events_last_time(&again)
-        }
-        None => events_last_time(&events),
-    };
-
+/// Partition 0's properties describe its five events (the last one enqueued
+/// at `last_time`); partition 2 got nothing.
+async fn partition_properties_match(hub: &dyn Hub, ctx: &Ctx, last_time: i64) {
     let props = hub
         .partition_properties(0)
         .await

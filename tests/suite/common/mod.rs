@@ -2,13 +2,17 @@
 //! for a temporary data directory, and SQL checks over curated; [`azurite`]
 //! (the storage emulator), [`faults`] (a blob store that fails on demand),
 //! [`nodes`] (`hubflow run` processes of a cluster, with admin ports),
-//! [`server`] (an axum server on loopback for handlers under test).
+//! [`server`] (an axum server on loopback for handlers under test),
+//! [`harness`] (the service with its admin port, the admin client, and
+//! `Pipeline::start` over chosen backends: how every module runs Hubflow
+//! in-process).
 
 #![allow(dead_code)]
 
 pub mod azurite;
 pub mod contract;
 pub mod faults;
+pub mod harness;
 pub mod nodes;
 pub mod server;
 
@@ -51,6 +55,26 @@ impl DemoServer {
             .unwrap();
         });
         DemoServer { url, stop, task }
+    }
+
+    /// The demo API serving `total` records, with no faults.
+    pub async fn serving(total: u64) -> DemoServer {
+        DemoServer::start(DemoConfig {
+            total,
+            ..DemoConfig::default()
+        })
+        .await
+    }
+
+    /// The demo API with `total` records appearing at `rate` per second
+    /// (all at once with `None`), with no faults.
+    pub async fn streaming(total: u64, rate: Option<f64>) -> DemoServer {
+        DemoServer::start(DemoConfig {
+            total,
+            rate_per_sec: rate,
+            ..DemoConfig::default()
+        })
+        .await
     }
 
     pub async fn stop(self) {
@@ -155,6 +179,29 @@ pub async fn records_after_now(data_dir: &Path, partitions: u32, margin: i64) ->
         ));
     }
     conditions.join(" OR ")
+}
+
+/// Run `probe` every `every` until it answers `Ok` (bounded by `limit`);
+/// that answer. An `Err` says what the probe saw, for the failure message
+/// if time runs out.
+pub async fn eventually<T>(
+    what: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let seen = match probe().await {
+            Ok(answer) => return answer,
+            Err(seen) => seen,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}: {seen}"
+        );
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Wait (bounded) for a child process to exit; `None` if it is still

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+
+use super::harness::Admin;
 use serde_json::Value;
 
 /// The admin token every node is started with.
@@ -103,6 +105,12 @@ impl Nodes {
         self.running.keys().cloned().collect()
     }
 
+    /// Node `id`'s admin client (token [`TOKEN`], operator "cluster-test").
+    pub fn admin(&self, id: &str) -> Admin {
+        let base = format!("http://127.0.0.1:{}", self.ports[id]);
+        Admin::with_client(self.http.clone(), base, Some(TOKEN)).operator("cluster-test")
+    }
+
     /// Call node `id`'s admin port; `None` when it cannot be reached.
     pub async fn call(
         &self,
@@ -111,40 +119,22 @@ impl Nodes {
         path: &str,
         body: Option<&Value>,
     ) -> Option<(StatusCode, Value)> {
-        let port = self.ports[id];
-        let mut req = self
-            .http
-            .request(method, format!("http://127.0.0.1:{port}{path}"))
-            .bearer_auth(TOKEN)
-            .header("x-hubflow-operator", "cluster-test");
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.ok()?;
-        let code = resp.status();
-        let text = resp.text().await.ok()?;
-        Some((
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        self.admin(id).try_call(method, path, body).await
     }
 
     /// Wait (bounded) until node `id` answers `/readyz` with 200.
     pub async fn until_ready(&self, id: &str, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some((StatusCode::OK, _)) =
-                self.call(id, reqwest::Method::GET, "/readyz", None).await
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{id} not ready in {limit:?};{}",
-                self.tails()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{id} ready");
+        super::eventually(
+            &what,
+            limit,
+            Duration::from_millis(100),
+            async || match self.call(id, reqwest::Method::GET, "/readyz", None).await {
+                Some((StatusCode::OK, _)) => Ok(()),
+                other => Err(format!("{other:?};{}", self.tails())),
+            },
+        )
+        .await
     }
 }
 
@@ -157,21 +147,17 @@ impl Nodes {
         backends: &hubflow::backends::Backends,
         total: u64,
     ) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let (limit, every) = (Duration::from_secs(120), Duration::from_millis(250));
+        super::eventually("every record curated", limit, every, async || {
             let p = hubflow::pipeline::Progress::read(settings, backends)
                 .await
                 .unwrap();
-            if p.idle(1) && p.in_hub >= total {
-                break;
+            match p.idle(1) && p.in_hub >= total {
+                true => Ok(()),
+                false => Err(format!("not finished: {p:?};{}", self.tails())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "not finished: {p:?};{}",
-                self.tails()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
         for id in self.ids() {
             let status = self.drain(&id, Duration::from_secs(30)).await;
             assert!(
