@@ -11,7 +11,8 @@
 //!   reason), and [`ExitReason`].
 //! - [`spec`]: what a supervisor is told: [`ChildSpec`] (a factory, a
 //!   restart policy, a stall timeout), [`SupervisorSpec`] (strategy,
-//!   [`Backoff`], [`Intensity`]).
+//!   [`Backoff`], [`Intensity`]); [`ActorFactory`], the factory of an actor
+//!   whose arguments are rebuilt for each generation.
 //! - [`supervisor`]: the [`Supervisor`] actor that applies them.
 //! - [`status`]: the live status tree and its serializable snapshot.
 //! - [`root`]: [`start_root`] and the [`RootHandle`] operators and tests
