@@ -88,6 +88,10 @@ async fn start_on(total: u64, token: Option<&str>, listen: &str) -> Node {
 }
 
 impl Node {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
     /// `method path` with a raw JSON body text; the status and the JSON answer.
     async fn call(
         &self,
@@ -285,6 +289,12 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
             "{method} {path} undocumented"
         );
         let concrete = path.replace("{id}", "1");
+        if route.media == "text/event-stream" {
+            // A stream never ends: its headers are the answer.
+            let resp = node.http.get(node.url(&concrete)).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{concrete}");
+            continue;
+        }
         // Without a token: control routes answer 401 (never run), read
         // routes answer; neither may fall through to the 404 fallback.
         let (code, body) = node
@@ -981,7 +991,18 @@ async fn on_a_non_loopback_address_probes_are_open_and_everything_else_needs_the
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready, StatusCode::OK);
-    for path in ["/status", "/metrics", "/openapi.json", "/dlq"] {
+    // The console's files hold no data: a browser loads them without the
+    // token, and the page then needs it for everything else.
+    for path in ["/ui", "/ui/app.js", "/ui/app.css"] {
+        let resp = node.http.get(node.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/status", "/events", "/metrics", "/openapi.json", "/dlq"] {
+        if path == "/events" {
+            let resp = node.http.get(node.url(path)).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+            continue;
+        }
         assert_eq!(node.get(path).await.0, StatusCode::UNAUTHORIZED, "{path}");
         let (code, _) = node
             .call(reqwest::Method::GET, path, Some(TOKEN), None)
