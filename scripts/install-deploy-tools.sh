@@ -53,8 +53,11 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ]; then
         echo "installing ${need[*]} from Debian"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        # The lock timeout: scripts/install-browser.sh may be installing
+        # beside it (scripts/test.sh runs both in the background).
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+            install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     else
         echo "missing Debian packages: ${need[*]} (apt-get install them, or run as root)" >&2
         exit 1
