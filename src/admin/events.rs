@@ -74,8 +74,13 @@ impl Feed {
     }
 }
 
+/// An actor this long without progress while busy shows as stalled.
+pub const STALLED_AFTER_MS: u64 = 1_000;
+
 /// What identifies a change worth a document at once: each node's state,
-/// generation, restarts, busy/stalled flags and version.
+/// generation, restarts, stall, version and last error. Not the busy flag
+/// or the queue depth: under load they change all the time, and the next
+/// periodic document carries them.
 fn shape(tree: &StatusNode) -> u64 {
     let mut h = DefaultHasher::new();
     for node in tree.walk() {
@@ -83,8 +88,7 @@ fn shape(tree: &StatusNode) -> u64 {
         format!("{:?}", node.state).hash(&mut h);
         node.generation.hash(&mut h);
         node.restarts.hash(&mut h);
-        node.busy.hash(&mut h);
-        (node.stalled_ms > 0).hash(&mut h);
+        (node.stalled_ms >= STALLED_AFTER_MS).hash(&mut h);
         node.version.hash(&mut h);
         node.last_error.hash(&mut h);
     }
@@ -198,6 +202,8 @@ mod tests {
         let mut queued = before.clone();
         queued.queue_depth = 7;
         queued.since_ms = 99;
+        queued.busy = true;
+        queued.stalled_ms = 250;
         assert_eq!(shape(&before), shape(&queued));
         assert_ne!(shape(&before), shape(&worker(2)));
         let mut stalled = before.clone();

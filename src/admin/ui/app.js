@@ -264,6 +264,8 @@
 
   // ------------------------------------------------------------------- tree
 
+  /** As the server's events::STALLED_AFTER_MS. */
+  const STALLED_AFTER_MS = 1000;
   const known = new Set();
   /** Groups with more children than this start collapsed (64 partitions). */
   const FOLD_ABOVE = 16;
@@ -340,7 +342,7 @@
       r.toggle.textContent = kids ? (collapsed.has(node.path) ? '▸' : '▾') : '';
       r.toggle.disabled = !kids;
       r.name.className = 'name depth-' + Math.min(depth, 6);
-      const stalled = node.stalled_ms > 0;
+      const stalled = node.stalled_ms >= STALLED_AFTER_MS;
       setCell(r.cells.state, node.state, 'state s-' + node.state);
       setCell(r.cells.gen, String(node.generation));
       setCell(r.cells.restarts, String(node.restarts), node.restarts > 0 ? 'restarts warn' : 'restarts');
