@@ -1052,11 +1052,14 @@ async fn non_loopback_without_a_token_is_refused_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), "http://127.0.0.1:9", None);
     config.admin.listen = Some("0.0.0.0:0".parse().unwrap());
-    let settings = config.validate().unwrap();
-    let err = service::run(settings, RunOptions::default())
-        .await
-        .unwrap_err()
-        .to_string();
+    // Refused when the configuration is validated (before anything runs).
+    let err = match config.validate() {
+        Err(error) => error.to_string(),
+        Ok(settings) => service::run(settings, RunOptions::default())
+            .await
+            .unwrap_err()
+            .to_string(),
+    };
     assert!(
         err.contains("admin.listen") && err.contains("loopback"),
         "{err}"
