@@ -30,8 +30,11 @@ apt_install() {
     (($#)) || return 0
     if [ "$(id -u)" = 0 ]; then
         echo "installing $* from Debian"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+        # The lock timeout: scripts/test.sh runs the install scripts side by
+        # side in the background.
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+            install -y -qq --no-install-recommends "$@" >/dev/null
     else
         echo "missing Debian packages: $* (apt-get install them, or run as root)" >&2
         return 1

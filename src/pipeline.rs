@@ -487,6 +487,18 @@ pub struct Progress {
     pub landed: u64,
     /// Events the transformers have passed (transformer checkpoints).
     pub transformed: u64,
+    /// The same counts per partition of hub "ingest" (the lag of a stage
+    /// is `in_hub` less its count).
+    pub partitions: Vec<PartitionProgress>,
+}
+
+/// How far one partition has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionProgress {
+    pub partition: u32,
+    pub in_hub: u64,
+    pub landed: u64,
+    pub transformed: u64,
 }
 
 impl Progress {
@@ -504,9 +516,13 @@ impl Progress {
             }
         }
         for partition in backends.ingest.partition_ids().await? {
+            let mut row = PartitionProgress {
+                partition,
+                ..Default::default()
+            };
             let props = backends.ingest.partition_properties(partition).await?;
             if !props.is_empty {
-                progress.in_hub += (props.last_enqueued_sequence_number + 1) as u64;
+                row.in_hub = (props.last_enqueued_sequence_number + 1) as u64;
             }
             let writer = checkpoint_name(
                 &cfg.pipeline.namespace,
@@ -515,12 +531,16 @@ impl Progress {
                 partition,
             );
             if let Some(cp) = state.load::<Checkpoint>(&writer).await? {
-                progress.landed += (cp.value.sequence_number + 1).max(0) as u64;
+                row.landed = (cp.value.sequence_number + 1).max(0) as u64;
             }
             let transform = transformer::checkpoint_name(INGEST_HUB, partition);
             if let Some(cp) = state.load::<TransformCheckpoint>(&transform).await? {
-                progress.transformed += cp.value.next_sequence.max(0) as u64;
+                row.transformed = cp.value.next_sequence.max(0) as u64;
             }
+            progress.in_hub += row.in_hub;
+            progress.landed += row.landed;
+            progress.transformed += row.transformed;
+            progress.partitions.push(row);
         }
         Ok(progress)
     }

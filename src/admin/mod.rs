@@ -9,19 +9,30 @@
 //!   pipeline, log control, metrics, replay jobs, readiness, node drain);
 //! - [`routes`]: the route table (one line per route: method, path, access,
 //!   summary, body schema, handler) and every handler;
-//! - [`openapi`]: the OpenAPI 3 document, built from the same table.
+//! - [`openapi`]: the OpenAPI 3 document, built from the same table;
+//! - [`status`]: readiness and the status document (`/status`, `/readyz`,
+//!   `/events`);
+//! - [`events`]: `GET /events`, the status document as server-sent events,
+//!   from one producer per process however many browsers watch;
+//! - [`ui`]: the operator console (`GET /ui`): a page, a script and a style
+//!   sheet embedded in the binary, served with a strict
+//!   Content-Security-Policy.
 //!
 //! Access: the probes (`/healthz`, `/readyz`) are open on every address,
-//! for kubelets and container healthchecks; read endpoints (`/metrics`,
+//! for kubelets and container healthchecks, and so are the console's static
+//! files (no data in them); read endpoints (`/metrics`,
 //! `/status`, `/openapi.json`, listings) are open on a loopback address;
 //! every control call needs `Authorization: Bearer <token>`, and on a
 //! non-loopback address every call but the probes does. With no token configured, control calls are refused, and
 //! the server refuses to start on a non-loopback address.
 
 pub mod auth;
+pub mod events;
 pub mod openapi;
 pub mod routes;
 pub mod state;
+pub mod status;
+pub mod ui;
 
 use std::future::Future;
 
@@ -75,6 +86,12 @@ pub async fn serve(
     }
     let app = router(state.clone(), !addr.ip().is_loopback());
     info!(%addr, token = state.auth().has_token(), "admin port listening");
+    // Event streams never end by themselves: close them when the shutdown
+    // begins, or the graceful shutdown would wait for every browser.
+    let shutdown = async move {
+        shutdown.await;
+        state.close_streams();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -29,10 +29,10 @@ pub fn document(routes: &[Route]) -> Value {
     let mut paths = Map::new();
     for route in routes {
         let mut responses = Map::new();
-        let success_content = if route.path == "/metrics" {
-            json!({ "text/plain": { "schema": { "type": "string" } } })
-        } else {
+        let success_content = if route.media == "application/json" {
             json!({ "application/json": { "schema": { "type": "object" } } })
+        } else {
+            json!({ route.media: { "schema": { "type": "string" } } })
         };
         responses.insert(
             route.success.as_u16().to_string(),
@@ -41,7 +41,7 @@ pub fn document(routes: &[Route]) -> Value {
         if route.body.is_some() || !path_params(route.path).is_empty() {
             responses.insert("400".into(), error_response("invalid input"));
         }
-        if route.access != Access::Probe {
+        if !matches!(route.access, Access::Probe | Access::Asset) {
             responses.insert(
                 "401".into(),
                 error_response("missing or wrong bearer token (control calls; every call on a non-loopback address)"),

@@ -28,10 +28,9 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::auth::AuthError;
-use super::openapi;
 use super::state::AdminState;
+use super::{events, openapi, status, ui};
 use crate::dlq::{Dlq, DlqError, ListFilter};
-use crate::health;
 use crate::replay::{ReplayError, ReplayRequest};
 use crate::swap::transform as hot_swap;
 use crate::telemetry::{self, LogError};
@@ -48,6 +47,10 @@ pub enum Access {
     Read,
     /// Always needs the token (changes the running state).
     Control,
+    /// The console's static files (page, script, style sheet): open on
+    /// every address, so a browser can load the page and send the token
+    /// from it. They hold no data and no configuration.
+    Asset,
 }
 
 /// One endpoint: how it is served and how it is documented.
@@ -61,6 +64,8 @@ pub struct Route {
     pub body: Option<fn() -> Value>,
     /// Status of a successful answer.
     pub success: StatusCode,
+    /// Media type of a successful answer.
+    pub media: &'static str,
     handler: MethodRouter<AdminState>,
 }
 
@@ -77,6 +82,7 @@ impl Route {
             summary,
             body: None,
             success: StatusCode::OK,
+            media: "application/json",
             handler: axum::routing::get(handler),
         }
     }
@@ -93,6 +99,7 @@ impl Route {
             summary,
             body: None,
             success: StatusCode::OK,
+            media: "application/json",
             handler: axum::routing::post(handler),
         }
     }
@@ -108,17 +115,28 @@ impl Route {
         self.success = status;
         self
     }
+
+    /// A success answer that is not JSON (e.g. `text/plain`).
+    pub fn media(mut self, media: &'static str) -> Self {
+        self.media = media;
+        self
+    }
 }
 
 /// Every endpoint of the admin API.
 pub fn routes() -> Vec<Route> {
-    use Access::{Control, Probe, Read};
+    use Access::{Asset, Control, Probe, Read};
     vec![
         Route::get("/healthz", Probe, "The process is alive", healthz),
         Route::get("/readyz", Probe, "The pipeline is started, its root supervisor has not failed and every stage can write (503 with the reason and the blocked actors otherwise)", readyz),
-        Route::get("/metrics", Read, "Prometheus text exposition of every metric", metrics),
+        Route::get("/metrics", Read, "Prometheus text exposition of every metric", metrics).media("text/plain"),
         Route::get("/status", Read, "Supervision status tree, progress from durable state, versions and replay jobs", status),
+        Route::get("/events", Read, "Server-sent events: the /status document (plus ts_ms) as a `status` event whenever the tree changes, and at least every second", events::stream).media("text/event-stream"),
+        Route::get("/ui", Asset, "The operator console (a single page; it reads /events and calls the control routes with the token typed into it)", ui::page).media("text/html"),
+        Route::get("/ui/app.js", Asset, "The console's script", ui::script).media("text/javascript"),
+        Route::get("/ui/app.css", Asset, "The console's style sheet", ui::style).media("text/css"),
         Route::get("/openapi.json", Read, "This document", openapi_json),
+        Route::get("/auth/check", Control, "Answers 200 when the bearer token is accepted and changes nothing (the console checks the token it is given)", auth_check),
         Route::post("/pause", Control, "Pause one source's fetcher or all ingest (every partition consumer)", pause).body(schemas::pause),
         Route::post("/resume", Control, "Resume one source's fetcher or all ingest", resume).body(schemas::pause),
         Route::post("/drain", Control, "Drain a group or actor by path (it stays stopped until restarted); without a path, drain the node and exit", drain).body(schemas::drain),
@@ -150,7 +168,7 @@ pub fn router(state: AdminState, require_token_everywhere: bool) -> Router {
     for route in routes() {
         let mut handler = route.handler;
         let needs_token = match route.access {
-            Access::Probe => false,
+            Access::Probe | Access::Asset => false,
             Access::Read => require_token_everywhere,
             Access::Control => true,
         };
@@ -341,27 +359,9 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Why the node is not ready (`None`: ready), and the actors that cannot
-/// write (storage full; see [`crate::health`]).
-fn readiness(state: &AdminState, tree: &StatusNode) -> (Option<String>, Vec<health::WriteBlock>) {
-    let healthy_after = state.pipeline().settings.supervision.backoff_reset_ms;
-    let blocks = health::write_blocks(tree, hubflow_actors::now_ms(), healthy_after);
-    let reason = if !state.is_started() {
-        Some("the pipeline is not started (or is shutting down)".to_string())
-    } else if tree.state == NodeState::Failed {
-        Some(format!(
-            "the root supervisor failed: {}",
-            tree.last_error.as_deref().unwrap_or("no error recorded")
-        ))
-    } else {
-        health::not_ready_reason(&blocks)
-    };
-    (reason, blocks)
-}
-
 async fn readyz(State(state): State<AdminState>) -> Response {
     let tree = state.pipeline().root.snapshot();
-    match readiness(&state, &tree) {
+    match status::readiness(&state, &tree) {
         (None, _) => Json(json!({ "ready": true })).into_response(),
         (Some(reason), blocks) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -397,31 +397,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Value> {
-    let pipeline = state.pipeline();
-    let tree = pipeline.root.snapshot();
-    let (progress, progress_error) = match pipeline.progress().await {
-        Ok(p) => (serde_json::to_value(p).unwrap_or(Value::Null), None),
-        Err(error) => (Value::Null, Some(format!("{error:#}"))),
-    };
-    let transform = pipeline.settings.transform.status();
-    let (not_ready, cannot_write) = readiness(&state, &tree);
-    Json(json!({
-        "ready": not_ready.is_none(),
-        "not_ready": not_ready,
-        "cannot_write": cannot_write,
-        "started_ms": state.started_ms(),
-        "versions": state.versions(),
-        "transform": {
-            "version": transform.active.version,
-            "seq": transform.seq,
-            "config_version": transform.config.version,
-            "drift": transform.drift,
-        },
-        "progress": progress,
-        "progress_error": progress_error,
-        "replays": state.replays().list(),
-        "tree": tree,
-    }))
+    let progress = state.pipeline().progress().await;
+    Json(status::document(&state, progress))
+}
+
+/// Reached only past the token check.
+async fn auth_check() -> Json<Value> {
+    Json(json!({ "token": "accepted" }))
 }
 
 async fn openapi_json() -> Json<Value> {

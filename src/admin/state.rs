@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use super::AdminSettings;
 use super::auth::Auth;
+use super::events::Feed;
 use crate::pipeline::Pipeline;
 use crate::replay::{ReplayContext, ReplayJobs};
 use crate::telemetry::{LogControl, PipelineMetrics};
@@ -37,6 +38,10 @@ struct Inner {
     drain_requested: Notify,
     versions: Mutex<BTreeMap<String, String>>,
     started_ms: i64,
+    feed: Feed,
+    /// Set when the server begins its graceful shutdown: open event
+    /// streams end, so the shutdown does not wait for the browsers.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Cheap to clone; one per server.
@@ -62,6 +67,8 @@ impl AdminState {
                 drain_requested: Notify::new(),
                 versions: Mutex::new(versions),
                 started_ms: hubflow_actors::now_ms(),
+                feed: Feed::default(),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -101,6 +108,26 @@ impl AdminState {
 
     pub fn started_ms(&self) -> i64 {
         self.inner.started_ms
+    }
+
+    /// The shared producer of `/events` snapshots.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    /// End every open event stream (the server is shutting down).
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Completes once [`Self::close_streams`] was called.
+    pub async fn streams_closed(&self) {
+        let mut closing = self.inner.closing.subscribe();
+        let _ = closing.wait_for(|closed| *closed).await;
+    }
+
+    pub fn streams_are_closed(&self) -> bool {
+        *self.inner.closing.borrow()
     }
 
     /// Mark the pipeline started (or, during shutdown, no longer serving).

@@ -19,7 +19,8 @@
 //! - The dataflow: [`end_to_end`], [`azurite_end_to_end`], [`curated_query`],
 //!   [`event_grid`] (BlobCreated events as the only trigger).
 //! - Faults: [`chaos`], [`crash_restart`].
-//! - Operations: [`admin`], [`hot_swap`], [`lifecycle`], [`cli`], [`deploy`]
+//! - Operations: [`admin`], [`console`] (the browser console, in headless
+//!   Chromium), [`hot_swap`], [`lifecycle`], [`cli`], [`deploy`]
 //!   (alert rules, environment configs, the systemd unit).
 //! - The clustered service: [`cluster`], [`cluster_leases`] (fetcher leases
 //!   shared fairly), [`cluster_swap`] (transform versions across nodes and
@@ -35,6 +36,7 @@ mod cli;
 mod cluster;
 mod cluster_leases;
 mod cluster_swap;
+mod console;
 mod contract_embedded;
 mod contract_memory;
 mod crash_restart;
