@@ -89,11 +89,12 @@ systemd_security() {
 export tmp bin
 export -f render checkov_all systemd_security
 
-shell_scripts=(scripts/check-deploy.sh scripts/install-deploy-tools.sh
+shell_scripts=(scripts/check-deploy.sh scripts/lib.sh scripts/install-*.sh scripts/test.sh
     deploy/systemd/hubflow-restart.sh deploy/k8s/render.sh deploy/pipelines/*.sh)
 
 step yamllint yamllint --strict .
-step shellcheck shellcheck "${shell_scripts[@]}"
+# -x: the install scripts source scripts/lib.sh.
+step shellcheck shellcheck -x "${shell_scripts[@]}"
 step "promtool check rules" sh -c 'cd deploy/prometheus && promtool check rules alerts.yml'
 step "promtool test rules" sh -c 'cd deploy/prometheus && promtool test rules alerts_test.yml'
 step "alerts: runbooks, tests" python deploy/tools/deploycheck.py alerts
