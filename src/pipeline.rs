@@ -501,9 +501,45 @@ pub struct PartitionProgress {
     pub transformed: u64,
 }
 
+impl PartitionProgress {
+    /// Every partition of hub "ingest": its events, and how far the writer
+    /// and the transformer checkpoints have come.
+    pub async fn read_all(
+        settings: &Settings,
+        backends: &Backends,
+    ) -> anyhow::Result<Vec<PartitionProgress>> {
+        let state = backends.state(settings);
+        let mut rows = Vec::new();
+        for partition in backends.ingest.partition_ids().await? {
+            let mut row = PartitionProgress {
+                partition,
+                ..Default::default()
+            };
+            let props = backends.ingest.partition_properties(partition).await?;
+            if !props.is_empty {
+                row.in_hub = (props.last_enqueued_sequence_number + 1) as u64;
+            }
+            let writer = checkpoint_name(
+                &settings.pipeline.namespace,
+                INGEST_HUB,
+                &settings.pipeline.consumer_group,
+                partition,
+            );
+            if let Some(cp) = state.load::<Checkpoint>(&writer).await? {
+                row.landed = (cp.value.sequence_number + 1).max(0) as u64;
+            }
+            let transform = transformer::checkpoint_name(INGEST_HUB, partition);
+            if let Some(cp) = state.load::<TransformCheckpoint>(&transform).await? {
+                row.transformed = cp.value.next_sequence.max(0) as u64;
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
+
 impl Progress {
     pub async fn read(settings: &Settings, backends: &Backends) -> anyhow::Result<Progress> {
-        let cfg = settings;
         let state = backends.state(settings);
         let mut progress = Progress {
             sources_caught_up: true,
@@ -515,28 +551,7 @@ impl Progress {
                 progress.sources_caught_up &= cursor.value.caught_up;
             }
         }
-        for partition in backends.ingest.partition_ids().await? {
-            let mut row = PartitionProgress {
-                partition,
-                ..Default::default()
-            };
-            let props = backends.ingest.partition_properties(partition).await?;
-            if !props.is_empty {
-                row.in_hub = (props.last_enqueued_sequence_number + 1) as u64;
-            }
-            let writer = checkpoint_name(
-                &cfg.pipeline.namespace,
-                INGEST_HUB,
-                &cfg.pipeline.consumer_group,
-                partition,
-            );
-            if let Some(cp) = state.load::<Checkpoint>(&writer).await? {
-                row.landed = (cp.value.sequence_number + 1).max(0) as u64;
-            }
-            let transform = transformer::checkpoint_name(INGEST_HUB, partition);
-            if let Some(cp) = state.load::<TransformCheckpoint>(&transform).await? {
-                row.transformed = cp.value.next_sequence.max(0) as u64;
-            }
+        for row in PartitionProgress::read_all(settings, backends).await? {
             progress.in_hub += row.in_hub;
             progress.landed += row.landed;
             progress.transformed += row.transformed;

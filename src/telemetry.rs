@@ -18,9 +18,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hubflow_actors::blob_writer::Checkpoint;
-use hubflow_actors::ports::checkpoint_name;
-use hubflow_actors::transformer::{self, TransformCheckpoint};
 use hubflow_supervision::{NodeKind, NodeState, StatusNode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::warn;
@@ -28,8 +25,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::backends::{Backends, INGEST_HUB};
+use crate::backends::Backends;
 use crate::config::Settings;
+use crate::pipeline::PartitionProgress;
 
 /// The default log filter when `HUBFLOW_LOG` is not set.
 pub const DEFAULT_LOG_FILTER: &str = "info";
@@ -651,37 +649,15 @@ impl PipelineMetrics {
     }
 
     async fn record_lag(&mut self, settings: &Settings, backends: &Backends) -> anyhow::Result<()> {
-        let cfg = settings;
-        let state = backends.state(settings);
-        for partition in backends
-            .ingest
-            .partition_ids()
+        for row in PartitionProgress::read_all(settings, backends)
             .await
-            .context("listing partitions")?
+            .context("reading partition progress")?
         {
-            let props = backends.ingest.partition_properties(partition).await?;
-            let last = props.last_enqueued_sequence_number;
-            let writer = checkpoint_name(
-                &cfg.pipeline.namespace,
-                INGEST_HUB,
-                &cfg.pipeline.consumer_group,
-                partition,
-            );
-            // The writer checkpoint is the last landed sequence number.
-            let landed = state
-                .load::<Checkpoint>(&writer)
-                .await?
-                .map_or(-1, |cp| cp.value.sequence_number);
-            // The transformer checkpoint is the next sequence to curate.
-            let next = state
-                .load::<TransformCheckpoint>(&transformer::checkpoint_name(INGEST_HUB, partition))
-                .await?;
-            let curated_next = next.as_ref().map_or(0, |cp| cp.value.next_sequence);
-            let label = partition.to_string();
+            let label = row.partition.to_string();
             metrics::gauge!("hubflow_writer_lag_events", "partition" => label.clone())
-                .set((last - landed).max(0) as f64);
+                .set(row.in_hub.saturating_sub(row.landed) as f64);
             metrics::gauge!("hubflow_transformer_lag_events", "partition" => label)
-                .set((last + 1 - curated_next).max(0) as f64);
+                .set(row.in_hub.saturating_sub(row.transformed) as f64);
         }
         Ok(())
     }
