@@ -42,7 +42,12 @@ impl Nodes {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let log = std::fs::File::create(self.log(id)).unwrap();
+        // Appended: a node started again keeps its earlier life's lines.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(id))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
             .args(["run", "--quiet", "--config"])
             .arg(&self.config)
@@ -175,5 +180,27 @@ impl Drop for Nodes {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+    }
+}
+
+impl Nodes {
+    /// Copy every node's whole log out of the test's temporary directory
+    /// (removed when the test ends) into the target directory, so a failure
+    /// in CI can be read past the tails its message carries.
+    fn keep_logs(&self) {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("failed-nodes-{stamp}"));
+        if std::fs::create_dir_all(&kept).is_err() {
+            return;
+        }
+        for id in self.ports.keys() {
+            let _ = std::fs::copy(self.log(id), kept.join(format!("{id}.log")));
+        }
+        eprintln!("node logs kept in {}", kept.display());
     }
 }
