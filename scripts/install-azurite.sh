@@ -19,7 +19,8 @@ source scripts/lib.sh
 # from 3.37.0 on. 3.37 declares node >= 22 but runs on node 20 (the tests pass
 # on it); npm only warns about the engine.
 AZURITE_VERSION=3.37.0
-PY_PACKAGES=(azure-storage-blob==12.31.1 pyarrow==26.0.1 opentelemetry-proto==1.45.2 protobuf==7.36.2)
+PY_PACKAGES=(azure-storage-blob==12.31.1 pyarrow==26.0.1 opentelemetry-proto==1.45.2 protobuf==7.36.2
+    openapi-spec-validator==0.9.0)
 
 dir=.tools/azurite
 bin="$dir/node_modules/.bin/azurite-blob"

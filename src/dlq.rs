@@ -66,7 +66,7 @@ pub enum DlqError {
 }
 
 /// What redrive does for a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RedriveSupport {
     /// Republish to hub "ingest".
@@ -84,7 +84,7 @@ pub fn redrive_support(stage: &str) -> RedriveSupport {
 }
 
 /// The marker a redrive leaves next to the dead letter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RedriveMarker {
     pub redriven_ms: i64,
     pub partition: u32,
@@ -92,7 +92,7 @@ pub struct RedriveMarker {
 }
 
 /// One dead letter in a listing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterSummary {
     pub id: String,
     pub stage: String,
@@ -103,7 +103,7 @@ pub struct DeadLetterSummary {
 }
 
 /// One dead letter in full.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterDetail {
     pub id: String,
     pub info: DeadLetterInfo,
@@ -128,7 +128,7 @@ pub struct ListFilter {
 }
 
 /// What [`redrive`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RedriveOutcome {
     pub id: String,
     pub record_id: String,

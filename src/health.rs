@@ -34,7 +34,7 @@ pub const STAGES: &[&str] = &[
 ];
 
 /// One actor that cannot write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct WriteBlock {
     /// The actor's path in the status tree.
     pub path: String,

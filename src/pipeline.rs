@@ -475,7 +475,7 @@ fn consumer_factory(t: ConsumerTemplate) -> Arc<dyn ChildFactory> {
 }
 
 /// How far the data has come, read from durable state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Progress {
     /// Records published by the fetchers (over every run).
     pub fetched: u64,
@@ -493,7 +493,7 @@ pub struct Progress {
 }
 
 /// How far one partition has come.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PartitionProgress {
     pub partition: u32,
     pub in_hub: u64,

@@ -47,7 +47,7 @@ use crate::backends::{Backends, INGEST_HUB};
 use crate::config::Settings;
 
 /// What to replay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     pub partition: u32,
@@ -173,7 +173,7 @@ impl ReplayContext {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Running,
@@ -182,7 +182,7 @@ pub enum JobState {
 }
 
 /// Progress of one replay (also its final report).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReplayProgress {
     pub id: u64,
     pub request: ReplayRequest,

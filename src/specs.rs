@@ -34,7 +34,7 @@ pub const SPEC_LOG_SCHEMA: u32 = 1;
 pub const MAX_ENTRIES: usize = 200;
 
 /// How a version came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The config file's spec, written by the first start.
@@ -48,7 +48,7 @@ pub enum Origin {
 }
 
 /// Where a version stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Active and watched: one node's failure rolls it back everywhere.
@@ -60,7 +60,7 @@ pub enum Outcome {
 }
 
 /// One version of a spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Entry<S> {
     pub seq: u64,
@@ -85,7 +85,7 @@ pub struct Entry<S> {
 }
 
 /// The swap being watched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Probation {
     pub seq: u64,
@@ -97,7 +97,7 @@ pub struct Probation {
 }
 
 /// The versions of one spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpecLog<S> {
     pub schema: u32,

@@ -51,7 +51,7 @@ pub enum TraceError {
 }
 
 /// Where a record is curated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct CuratedRow {
     /// `<source>/date=…/hour=…/<stem>.parquet` in the curated container.
     pub file: String,
@@ -63,7 +63,7 @@ pub struct CuratedRow {
 }
 
 /// The record in its raw blob.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RawRecordHit {
     pub blob: String,
     /// Its position among the blob's records.
@@ -78,7 +78,7 @@ pub struct RawRecordHit {
 }
 
 /// The request that fetched it, from the page log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FetchHit {
     pub page_log_blob: String,
     pub fetched_ms: i64,
@@ -91,7 +91,7 @@ pub struct FetchHit {
 }
 
 /// A replay that re-curated the record's range.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ReplayHit {
     pub record: String,
     pub id: u64,
@@ -102,7 +102,7 @@ pub struct ReplayHit {
 }
 
 /// The whole path of one record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Trace {
     pub source: String,
     pub id: String,

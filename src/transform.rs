@@ -30,7 +30,7 @@ pub const SPEC_RECORD: &str = "specs/transform";
 pub const IDENTITY: &str = IDENTITY_VERSION;
 
 /// A transformation as operators submit it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransformSpec {
     /// A label for this version (`v7`, a git sha, a date).
@@ -148,7 +148,7 @@ impl BatchTransform for SqlTransform {
 }
 
 /// One step of this node's transform history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TransformEvent {
     pub at_ms: i64,
     pub version: String,
@@ -159,7 +159,7 @@ pub struct TransformEvent {
 }
 
 /// What the status API shows about the transform on this node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TransformStatus {
     pub active: TransformSpec,
     /// Its sequence number in the durable spec log (0 before the first

@@ -11,7 +11,7 @@ use crate::now_ms;
 use crate::ports::{BlobError, BlobStore, PutCondition};
 
 /// The description stored next to a dead letter's body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterInfo {
     pub stage: String,
     pub reason: String,

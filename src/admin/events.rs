@@ -138,8 +138,9 @@ async fn produce(state: AdminState, sender: Arc<watch::Sender<Document>>) {
             None => Err(anyhow::anyhow!("progress not read yet")),
         };
         let mut document = status::document(&state, progress);
-        document["ts_ms"] = serde_json::json!(hubflow_actors::now_ms());
-        sender.send_replace(Document::from(document.to_string()));
+        document.ts_ms = Some(hubflow_actors::now_ms());
+        let text = serde_json::to_string(&document).unwrap_or_default();
+        sender.send_replace(Document::from(text));
         sent = Some((now, shape));
     }
     debug!("event feed stopped");

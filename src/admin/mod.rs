@@ -9,7 +9,9 @@
 //!   pipeline, log control, metrics, replay jobs, readiness, node drain);
 //! - [`routes`]: the route table (one line per route: method, path, access,
 //!   summary, body schema, handler) and every handler;
-//! - [`openapi`]: the OpenAPI 3 document, built from the same table;
+//! - [`answers`]: the typed answers the handlers return;
+//! - [`openapi`]: the OpenAPI 3.1 document, built from the same table and
+//!   from the request and answer types (JSON Schemas derived by schemars);
 //! - [`status`]: readiness and the status document (`/status`, `/readyz`,
 //!   `/events`);
 //! - [`events`]: `GET /events`, the status document as server-sent events,
@@ -26,6 +28,7 @@
 //! non-loopback address every call but the probes does. With no token configured, control calls are refused, and
 //! the server refuses to start on a non-loopback address.
 
+pub mod answers;
 pub mod auth;
 pub mod events;
 pub mod openapi;

@@ -22,16 +22,19 @@ use hubflow_actors::fetcher::FetcherMsg;
 use hubflow_supervision::root::TreeError;
 use hubflow_supervision::{NodeKind, NodeState, StatusNode};
 use ractor::{ActorRef, Message};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::answers::*;
 use super::auth::AuthError;
+use super::openapi::{self, Answering, SchemaFn, schema_of};
 use super::state::AdminState;
-use super::{events, openapi, status, ui};
+use super::{events, status, ui};
 use crate::dlq::{Dlq, DlqError, ListFilter};
-use crate::replay::{ReplayError, ReplayRequest};
+use crate::replay::{ReplayError, ReplayProgress, ReplayRequest};
 use crate::swap::transform as hot_swap;
 use crate::telemetry::{self, LogError};
 use crate::trace::TraceError;
@@ -61,18 +64,29 @@ pub struct Route {
     pub access: Access,
     pub summary: &'static str,
     /// JSON Schema of the request body, for routes that take one.
-    pub body: Option<fn() -> Value>,
+    pub body: Option<SchemaFn>,
+    /// JSON Schema of a successful answer: the type the handler returns
+    /// (`None` for answers that are not JSON).
+    pub answer: SchemaFn,
     /// Status of a successful answer.
     pub success: StatusCode,
     /// Media type of a successful answer.
     pub media: &'static str,
+    /// Error statuses beyond those its access, body and path imply (see
+    /// `openapi::responses`).
+    pub fails: &'static [u16],
     handler: MethodRouter<AdminState>,
 }
 
 impl Route {
-    pub fn get<H, T>(path: &'static str, access: Access, summary: &'static str, handler: H) -> Self
+    pub fn get<H, T, Args>(
+        path: &'static str,
+        access: Access,
+        summary: &'static str,
+        handler: H,
+    ) -> Self
     where
-        H: axum::handler::Handler<T, AdminState>,
+        H: axum::handler::Handler<T, AdminState> + Answering<Args>,
         T: 'static,
     {
         Route {
@@ -81,15 +95,22 @@ impl Route {
             access,
             summary,
             body: None,
+            answer: <H as Answering<Args>>::answer_schema,
             success: StatusCode::OK,
             media: "application/json",
+            fails: &[],
             handler: axum::routing::get(handler),
         }
     }
 
-    pub fn post<H, T>(path: &'static str, access: Access, summary: &'static str, handler: H) -> Self
+    pub fn post<H, T, Args>(
+        path: &'static str,
+        access: Access,
+        summary: &'static str,
+        handler: H,
+    ) -> Self
     where
-        H: axum::handler::Handler<T, AdminState>,
+        H: axum::handler::Handler<T, AdminState> + Answering<Args>,
         T: 'static,
     {
         Route {
@@ -98,21 +119,29 @@ impl Route {
             access,
             summary,
             body: None,
+            answer: <H as Answering<Args>>::answer_schema,
             success: StatusCode::OK,
             media: "application/json",
+            fails: &[],
             handler: axum::routing::post(handler),
         }
     }
 
-    /// The request body's JSON Schema.
-    pub fn body(mut self, schema: fn() -> Value) -> Self {
-        self.body = Some(schema);
+    /// The request body: type `B`, read with [`JsonBody`].
+    pub fn body<B: JsonSchema>(mut self) -> Self {
+        self.body = Some(schema_of::<B>);
         self
     }
 
     /// A success status other than 200 (e.g. 202 for background work).
     pub fn success(mut self, status: StatusCode) -> Self {
         self.success = status;
+        self
+    }
+
+    /// Error statuses this route answers beyond those implied.
+    pub fn fails(mut self, statuses: &'static [u16]) -> Self {
+        self.fails = statuses;
         self
     }
 
@@ -137,27 +166,28 @@ pub fn routes() -> Vec<Route> {
         Route::get("/ui/app.css", Asset, "The console's style sheet", ui::style).media("text/css"),
         Route::get("/openapi.json", Read, "This document", openapi_json),
         Route::get("/auth/check", Control, "Answers 200 when the bearer token is accepted and changes nothing (the console checks the token it is given)", auth_check),
-        Route::post("/pause", Control, "Pause one source's fetcher or all ingest (every partition consumer)", pause).body(schemas::pause),
-        Route::post("/resume", Control, "Resume one source's fetcher or all ingest", resume).body(schemas::pause),
-        Route::post("/drain", Control, "Drain a group or actor by path (it stays stopped until restarted); without a path, drain the node and exit", drain).body(schemas::drain),
-        Route::post("/actors/kill", Control, "Kill the actor or subtree at a path, as a crash would (it is restarted per its policy)", kill).body(schemas::actor),
-        Route::post("/actors/restart", Control, "Start the actor or group at a path afresh (after a drain or failure, or gracefully while running)", restart).body(schemas::actor),
-        Route::post("/actors/panic", Control, "Fault injection: the actor at a path panics on its next message", panic_actor).body(schemas::actor),
-        Route::get("/log-level", Read, "The log filter in effect", get_log_level),
-        Route::post("/log-level", Control, "Replace the log filter (EnvFilter directives)", set_log_level).body(schemas::log_level),
-        Route::post("/replay", Control, "Start a background replay of raw blobs of one partition into curated", start_replay).body(schemas::replay).success(StatusCode::ACCEPTED),
+        Route::post("/pause", Control, "Pause one source's fetcher or all ingest (every partition consumer)", pause).body::<PauseRequest>(),
+        Route::post("/resume", Control, "Resume one source's fetcher or all ingest", resume).body::<PauseRequest>(),
+        Route::post("/drain", Control, "Drain a group or actor by path (it stays stopped until restarted); without a path, drain the node and exit", drain).body::<DrainRequest>().fails(&[503]),
+        Route::post("/actors/kill", Control, "Kill the actor or subtree at a path, as a crash would (it is restarted per its policy)", kill).body::<ActorRequest>().fails(&[503]),
+        Route::post("/actors/restart", Control, "Start the actor or group at a path afresh (after a drain or failure, or gracefully while running)", restart).body::<ActorRequest>().fails(&[503]),
+        Route::post("/actors/panic", Control, "Fault injection: the actor at a path panics on its next message", panic_actor).body::<ActorRequest>().fails(&[503]),
+        Route::get("/log-level", Read, "The log filter in effect", get_log_level).fails(&[503]),
+        Route::post("/log-level", Control, "Replace the log filter (EnvFilter directives)", set_log_level).body::<LogLevelRequest>().fails(&[503]),
+        Route::post("/replay", Control, "Start a background replay of raw blobs of one partition into curated", start_replay).body::<ReplayRequest>().success(StatusCode::ACCEPTED).fails(&[422, 503]),
         Route::get("/replay", Read, "Every replay job and its progress", list_replays),
         Route::get("/replay/{id}", Read, "One replay job's progress", get_replay),
-        Route::get("/dlq", Read, "List dead letters (query: stage, pending_only, limit)", list_dlq),
-        Route::get("/trace", Read, "Lineage of one record (query: source and id, or file and row of a curated file): the request that fetched it, hub partition and sequence, raw blob and position, curated file and transform version, dead letters and replays that touched it", trace),
+        Route::get("/dlq", Read, "List dead letters (query: stage, pending_only, limit)", list_dlq).fails(&[400]),
+        Route::get("/trace", Read, "Lineage of one record (query: source and id, or file and row of a curated file): the request that fetched it, hub partition and sequence, raw blob and position, curated file and transform version, dead letters and replays that touched it", trace).fails(&[400, 404]),
         Route::get("/dlq/{*id}", Read, "Inspect one dead letter (id = <stage>/<key>)", get_dlq),
         Route::get("/transform", Read, "The transformation spec this node runs, drift from its config file, the durable spec log (every version: who, when, dry run, outcome) and, per version, the raw ranges it curated and replayed", get_transform),
-        Route::post("/transform", Control, "Hot-swap the transformation spec on every node: validate, dry-run on the newest raw blob, propose it in the durable spec log (409 if another swap won or is in probation), each node drains and replaces its transform group, one node's failure in the probation rolls back everywhere", swap_transform).body(schemas::transform),
-        Route::post("/transform/rollback", Control, "Swap back to an earlier version (default: the newest promoted one before the active version), with the same dry run and probation as a swap", rollback_transform).body(schemas::rollback),
-        Route::post("/transform/backfill", Control, "Replay everything curated since version `since` first ran, with version `with` (default: the active one), after a dry run; one replay job per partition", backfill_transform).body(schemas::backfill).success(StatusCode::ACCEPTED),
+        Route::post("/transform", Control, "Hot-swap the transformation spec on every node: validate, dry-run on the newest raw blob, propose it in the durable spec log (409 if another swap won or is in probation), each node drains and replaces its transform group, one node's failure in the probation rolls back everywhere", swap_transform).body::<SwapRequest>().fails(&[422]),
+        Route::post("/transform/dry-run", Control, "Run a transform on the newest raw blob without swapping it in: the first rows before (the batch table the SQL reads) and after, rows in and out, output columns; refused (422) like a swap would be. Nothing is written", dry_run_transform).body::<DryRunRequest>().fails(&[422]),
+        Route::post("/transform/rollback", Control, "Swap back to an earlier version (default: the newest promoted one before the active version), with the same dry run and probation as a swap", rollback_transform).body::<RollbackRequest>().fails(&[422]),
+        Route::post("/transform/backfill", Control, "Replay everything curated since version `since` first ran, with version `with` (default: the active one), after a dry run; one replay job per partition", backfill_transform).body::<BackfillRequest>().success(StatusCode::ACCEPTED).fails(&[422]),
         Route::get("/sources", Read, "Each source's settings version on this node, and its durable spec log (every version: who, when, outcome)", get_sources),
-        Route::post("/sources/{name}", Control, "Hot-swap a source's settings (the [[sources]] table as JSON; secrets as env or file references): validated, kept in the source's durable spec log (409 if another swap won or is in probation), the node running its fetcher replaces it from its saved cursor and rolls it back if it fails its probation", swap_source).body(schemas::source),
-        Route::post("/dlq/redrive", Control, "Republish a transform dead letter to hub ingest (optionally with a corrected payload) and mark it redriven", redrive_dlq).body(schemas::redrive),
+        Route::post("/sources/{name}", Control, "Hot-swap a source's settings (the [[sources]] table as JSON; secrets as env or file references): validated, kept in the source's durable spec log (409 if another swap won or is in probation), the node running its fetcher replaces it from its saved cursor and rolls it back if it fails its probation", swap_source).body::<SourceSwapRequest>().fails(&[422]),
+        Route::post("/dlq/redrive", Control, "Republish a transform dead letter to hub ingest (optionally with a corrected payload) and mark it redriven", redrive_dlq).body::<RedriveRequest>().fails(&[422, 503]),
     ]
 }
 
@@ -355,20 +385,23 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 // Read endpoints
 // ---------------------------------------------------------------------------
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
-async fn readyz(State(state): State<AdminState>) -> Response {
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Readiness>) {
     let tree = state.pipeline().root.snapshot();
-    match status::readiness(&state, &tree) {
-        (None, _) => Json(json!({ "ready": true })).into_response(),
-        (Some(reason), blocks) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reason": reason, "cannot_write": blocks })),
-        )
-            .into_response(),
-    }
+    let (reason, blocks) = status::readiness(&state, &tree);
+    let status = match reason {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let answer = Readiness {
+        ready: reason.is_none(),
+        cannot_write: reason.is_some().then_some(blocks),
+        reason,
+    };
+    (status, Json(answer))
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -396,14 +429,14 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn status(State(state): State<AdminState>) -> Json<Value> {
+async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
     let progress = state.pipeline().progress().await;
     Json(status::document(&state, progress))
 }
 
 /// Reached only past the token check.
-async fn auth_check() -> Json<Value> {
-    Json(json!({ "token": "accepted" }))
+async fn auth_check() -> Json<TokenCheck> {
+    Json(TokenCheck { token: "accepted" })
 }
 
 async fn openapi_json() -> Json<Value> {
@@ -414,7 +447,7 @@ async fn openapi_json() -> Json<Value> {
 // Control: pause / resume
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PauseRequest {
     /// A source name (its fetcher is `fetcher-<name>`).
@@ -449,7 +482,7 @@ fn pause_or_resume(
     state: &AdminState,
     req: PauseRequest,
     pause: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseAnswer>, ApiError> {
     let verb = if pause { "paused" } else { "resumed" };
     let tree = state.pipeline().root.snapshot();
     let paths: Vec<String> = match (req.source, req.ingest) {
@@ -518,20 +551,29 @@ fn pause_or_resume(
         }
     };
     info!(?paths, verb, "admin pause/resume");
-    Ok(Json(json!({ verb: paths })))
+    Ok(Json(match pause {
+        true => PauseAnswer {
+            paused: Some(paths),
+            resumed: None,
+        },
+        false => PauseAnswer {
+            paused: None,
+            resumed: Some(paths),
+        },
+    }))
 }
 
 async fn pause(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<PauseRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseAnswer>, ApiError> {
     pause_or_resume(&state, req, true)
 }
 
 async fn resume(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<PauseRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PauseAnswer>, ApiError> {
     pause_or_resume(&state, req, false)
 }
 
@@ -539,7 +581,7 @@ async fn resume(
 // Control: drain, kill, restart, panic
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// Path of the group or actor; absent: the whole node.
@@ -552,7 +594,7 @@ pub struct DrainRequest {
 async fn drain(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<DrainRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<DrainAnswer>), ApiError> {
     let deadline = match req.deadline_secs {
         Some(0) => return Err(ApiError::bad_request("deadline_secs must be at least 1")),
         Some(s) if s > 3_600 => {
@@ -565,17 +607,25 @@ async fn drain(
         None => {
             info!("admin: node drain requested");
             state.request_node_drain();
-            Ok((StatusCode::ACCEPTED, Json(json!({ "draining": "node" }))).into_response())
+            let answer = DrainAnswer {
+                draining: Some("node"),
+                drained: None,
+            };
+            Ok((StatusCode::ACCEPTED, Json(answer)))
         }
         Some(path) => {
             info!(path, ?deadline, "admin: drain");
             state.pipeline().root.drain(&path, deadline).await?;
-            Ok(Json(json!({ "drained": path })).into_response())
+            let answer = DrainAnswer {
+                draining: None,
+                drained: Some(path),
+            };
+            Ok((StatusCode::OK, Json(answer)))
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActorRequest {
     pub path: String,
@@ -584,7 +634,7 @@ pub struct ActorRequest {
 async fn kill(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<ActorRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Killed>, ApiError> {
     let root = &state.pipeline().root;
     if req.path == root.status().path() {
         return Err(ApiError::conflict(
@@ -593,32 +643,38 @@ async fn kill(
     }
     root.kill(&req.path)?;
     info!(path = req.path, "admin: killed");
-    Ok(Json(json!({ "killed": req.path })))
+    Ok(Json(Killed { killed: req.path }))
 }
 
 async fn restart(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<ActorRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Restarted>, ApiError> {
     state.pipeline().root.restart(&req.path).await?;
     info!(path = req.path, "admin: restarted");
-    Ok(Json(json!({ "restarted": req.path })))
+    Ok(Json(Restarted {
+        restarted: req.path,
+    }))
 }
 
 async fn panic_actor(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<ActorRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PanicInjected>, ApiError> {
     state.pipeline().root.inject_panic(&req.path)?;
     info!(path = req.path, "admin: panic injected");
-    Ok(Json(json!({ "panic_injected": req.path })))
+    Ok(Json(PanicInjected {
+        panic_injected: req.path,
+    }))
 }
 
 // ---------------------------------------------------------------------------
 // Control: transformation spec (hot swap)
 // ---------------------------------------------------------------------------
 
-async fn get_transform(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+async fn get_transform(
+    State(state): State<AdminState>,
+) -> Result<Json<TransformDocument>, ApiError> {
     use crate::transform::{SPEC_RECORD, TransformSpec};
     let pipeline = state.pipeline();
     let local = pipeline.settings.transform.status();
@@ -630,13 +686,14 @@ async fn get_transform(State(state): State<AdminState>) -> Result<Json<Value>, A
     let ranges = hot_swap::ranges(&pipeline.settings, &pipeline.backends)
         .await
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    let mut out = json!(local);
-    out["log"] = json!(log);
-    out["ranges"] = json!(ranges);
-    Ok(Json(out))
+    Ok(Json(TransformDocument {
+        node: local,
+        log,
+        ranges,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwapRequest {
     pub version: String,
@@ -644,6 +701,7 @@ pub struct SwapRequest {
     pub sql: Option<String>,
     /// Seconds the new version must stay healthy (default 10).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 3600))]
     pub probation_secs: Option<u64>,
 }
 
@@ -701,21 +759,21 @@ async fn run_swap(
     state: &AdminState,
     spec: crate::transform::TransformSpec,
     options: hot_swap::SwapOptions,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<hot_swap::SwapOutcome>, ApiError> {
     let outcome = hot_swap::swap(state.pipeline(), spec, options)
         .await
         .map_err(transform_error)?;
     if let hot_swap::SwapOutcome::Promoted { version, .. } = &outcome {
         state.set_version("transform", version);
     }
-    Ok(Json(json!(outcome)))
+    Ok(Json(outcome))
 }
 
 async fn swap_transform(
     State(state): State<AdminState>,
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<SwapRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<hot_swap::SwapOutcome>, ApiError> {
     let options = swap_options(
         &state,
         &headers,
@@ -729,7 +787,56 @@ async fn swap_transform(
     run_swap(&state, spec, options).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunRequest {
+    /// The SQL to try (over the table `batch`); absent or empty: the
+    /// identity.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// The label its rows carry in `_transform_version` (default `dry-run`).
+    #[serde(default = "dry_run_label")]
+    pub version: String,
+    /// Rows to show on each side (default 5, at most 100).
+    #[serde(default = "dry_run_rows")]
+    #[schemars(range(min = 1, max = 100))]
+    pub rows: usize,
+}
+
+fn dry_run_label() -> String {
+    "dry-run".into()
+}
+
+fn dry_run_rows() -> usize {
+    5
+}
+
+async fn dry_run_transform(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<DryRunRequest>,
+) -> Result<Json<DryRunPreview>, ApiError> {
+    use crate::swap::preview;
+    if !(1..=preview::MAX_ROWS).contains(&req.rows) {
+        return Err(ApiError::bad_request(format!(
+            "rows must be 1..={}",
+            preview::MAX_ROWS
+        )));
+    }
+    let spec = crate::transform::TransformSpec {
+        version: req.version,
+        sql: req.sql,
+    };
+    let found = preview::preview(state.pipeline(), &spec, req.rows)
+        .await
+        .map_err(transform_error)?;
+    Ok(Json(DryRunPreview {
+        dry_run: found.dry_run,
+        before: found.before,
+        after: found.after,
+    }))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The version to return to; absent: the newest promoted one before the
@@ -737,6 +844,7 @@ pub struct RollbackRequest {
     #[serde(default)]
     pub to: Option<String>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = 3600))]
     pub probation_secs: Option<u64>,
 }
 
@@ -744,7 +852,7 @@ async fn rollback_transform(
     State(state): State<AdminState>,
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<RollbackRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<hot_swap::SwapOutcome>, ApiError> {
     use crate::transform::{SPEC_RECORD, TransformSpec};
     let options = swap_options(
         &state,
@@ -764,7 +872,7 @@ async fn rollback_transform(
     run_swap(&state, spec, options).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillRequest {
     /// Rewrite everything curated since this version first ran.
@@ -777,7 +885,7 @@ pub struct BackfillRequest {
 async fn backfill_transform(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<BackfillRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<BackfillStarted>), ApiError> {
     let pipeline = state.pipeline();
     let with = hot_swap::resolve(&pipeline.settings, &pipeline.backends, req.with.as_deref())
         .await
@@ -818,10 +926,13 @@ async fn backfill_transform(
             request.to_sequence,
         );
         let id = state.replays().start(ctx, partitions, request).await?;
-        jobs.push(json!({
-            "id": id, "url": format!("/replay/{id}"), "partition": partition,
-            "from_sequence": from, "to_sequence": to,
-        }));
+        jobs.push(BackfillJob {
+            id,
+            url: format!("/replay/{id}"),
+            partition,
+            from_sequence: from,
+            to_sequence: to,
+        });
     }
     info!(
         since = req.since,
@@ -829,31 +940,35 @@ async fn backfill_transform(
         jobs = jobs.len(),
         "admin: transform backfill started"
     );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "since": req.since, "with": with.version, "dry_run": dry,
-            "jobs": jobs, "partitions_forgotten": forgotten,
-        })),
-    )
-        .into_response())
+    let started = BackfillStarted {
+        since: req.since,
+        with: with.version,
+        dry_run: dry,
+        jobs,
+        partitions_forgotten: forgotten,
+    };
+    Ok((StatusCode::ACCEPTED, Json(started)))
 }
 
-async fn get_sources(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+async fn get_sources(State(state): State<AdminState>) -> Result<Json<Sources>, ApiError> {
     let pipeline = state.pipeline();
     let logs = crate::swap::source::logs(&pipeline.settings, &pipeline.backends)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(json!({ "sources": logs })))
+    Ok(Json(Sources { sources: logs }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSwapRequest {
     /// A label for these settings in the status tree.
     pub version: String,
+    /// A `[[sources]]` table as JSON (see the README's source reference);
+    /// secrets as env or file references.
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub source: crate::source::HttpSourceConfig,
     #[serde(default)]
+    #[schemars(range(min = 1, max = 3600))]
     pub probation_secs: Option<u64>,
 }
 
@@ -862,7 +977,7 @@ async fn swap_source(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<SourceSwapRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::swap::source::SourceSwapOutcome>, ApiError> {
     use crate::swap::source::SourceSpecError;
     if req.source.name != name {
         return Err(ApiError::bad_request(format!(
@@ -880,7 +995,7 @@ async fn swap_source(
     )
     .await
     {
-        Ok(outcome) => Ok(Json(json!(outcome))),
+        Ok(outcome) => Ok(Json(outcome)),
         Err(e @ SourceSpecError::Invalid(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_source",
@@ -898,7 +1013,7 @@ async fn swap_source(
 // Control: log level
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogLevelRequest {
     pub filter: String,
@@ -914,20 +1029,23 @@ fn log_control(state: &AdminState) -> Result<&telemetry::LogControl, ApiError> {
     })
 }
 
-async fn get_log_level(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "filter": log_control(&state)?.current() })))
+async fn get_log_level(State(state): State<AdminState>) -> Result<Json<LogFilter>, ApiError> {
+    let filter = log_control(&state)?.current();
+    Ok(Json(LogFilter { filter }))
 }
 
 async fn set_log_level(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<LogLevelRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogFilter>, ApiError> {
     let logs = log_control(&state)?;
     logs.set(&req.filter).map_err(|e| match e {
         LogError::InvalidFilter { .. } => ApiError::bad_request(e.to_string()),
         LogError::Unavailable(_) => ApiError::internal(e.to_string()),
     })?;
-    Ok(Json(json!({ "filter": logs.current() })))
+    Ok(Json(LogFilter {
+        filter: logs.current(),
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -937,7 +1055,7 @@ async fn set_log_level(
 async fn start_replay(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<ReplayRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<ReplayStarted>), ApiError> {
     let partitions = state
         .pipeline()
         .backends
@@ -964,25 +1082,27 @@ async fn start_replay(
     .map_err(transform_error)?;
     let version = ctx.transform.version.clone();
     let id = state.replays().start(ctx, partitions, req).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "url": format!("/replay/{id}"), "transform_version": version })),
-    )
-        .into_response())
+    let started = ReplayStarted {
+        id,
+        url: format!("/replay/{id}"),
+        transform_version: version,
+    };
+    Ok((StatusCode::ACCEPTED, Json(started)))
 }
 
-async fn list_replays(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({ "replays": state.replays().list() }))
+async fn list_replays(State(state): State<AdminState>) -> Json<Replays> {
+    Json(Replays {
+        replays: state.replays().list(),
+    })
 }
 
 async fn get_replay(
     State(state): State<AdminState>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayProgress>, ApiError> {
     let Path(id) =
         id.map_err(|e| ApiError::bad_request(format!("replay id: {}", e.body_text())))?;
-    let progress = state.replays().get(id)?;
-    Ok(Json(serde_json::to_value(progress).unwrap_or(Value::Null)))
+    Ok(Json(state.replays().get(id)?))
 }
 
 // ---------------------------------------------------------------------------
@@ -997,19 +1117,18 @@ fn dlq(state: &AdminState) -> Dlq {
 async fn list_dlq(
     State(state): State<AdminState>,
     filter: Result<Query<ListFilter>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetters>, ApiError> {
     let Query(filter) = filter.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let letters = dlq(&state).list(&filter).await?;
-    Ok(Json(json!({ "dead_letters": letters })))
+    let dead_letters = dlq(&state).list(&filter).await?;
+    Ok(Json(DeadLetters { dead_letters }))
 }
 
 async fn get_dlq(
     State(state): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::dlq::DeadLetterDetail>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let detail = dlq(&state).inspect(&id).await?;
-    Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null)))
+    Ok(Json(dlq(&state).inspect(&id).await?))
 }
 
 /// The query of `GET /trace`: a record (`source` and `id`) or a curated
@@ -1026,7 +1145,7 @@ pub struct TraceQuery {
 async fn trace(
     State(state): State<AdminState>,
     query: Result<Query<TraceQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::trace::Trace>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let p = state.pipeline();
     let found = match q {
@@ -1048,10 +1167,10 @@ async fn trace(
             ));
         }
     };
-    Ok(Json(serde_json::to_value(found).unwrap_or(Value::Null)))
+    Ok(Json(found))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     pub id: String,
@@ -1063,130 +1182,8 @@ pub struct RedriveRequest {
 async fn redrive_dlq(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<RedriveRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let outcome = dlq(&state).redrive(&req.id, req.payload.as_ref()).await?;
-    Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))
-}
-
-/// JSON Schemas of the request bodies (for the OpenAPI document).
-pub mod schemas {
-    use serde_json::{Value, json};
-
-    pub fn pause() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "description": "Exactly one of source or ingest.",
-            "properties": {
-                "source": { "type": "string", "description": "source name" },
-                "ingest": { "type": "boolean", "description": "every partition consumer" }
-            }
-        })
-    }
-
-    pub fn drain() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "properties": {
-                "path": { "type": "string", "description": "group or actor path; absent: the node" },
-                "deadline_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
-            }
-        })
-    }
-
-    pub fn actor() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["path"],
-            "properties": { "path": { "type": "string", "example": "pipeline/ingest/p0000/consumer" } }
-        })
-    }
-
-    pub fn transform() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["version"],
-            "properties": {
-                "version": { "type": "string", "example": "v2" },
-                "sql": { "type": "string", "example": "SELECT *, amount * 100 AS amount_cents FROM batch" },
-                "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
-            }
-        })
-    }
-
-    pub fn source() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["version", "source"],
-            "properties": {
-                "version": { "type": "string", "example": "limit-500" },
-                "source": { "type": "object", "description": "a [[sources]] table (see the README's source reference)" },
-                "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
-            }
-        })
-    }
-
-    pub fn log_level() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["filter"],
-            "properties": { "filter": { "type": "string", "example": "info,hubflow_actors::transformer=debug" } }
-        })
-    }
-
-    pub fn replay() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["partition"],
-            "properties": {
-                "partition": { "type": "integer", "minimum": 0 },
-                "from_sequence": { "type": "integer", "minimum": 0 },
-                "to_sequence": { "type": "integer", "minimum": 0 },
-                "from_time": { "type": "string", "format": "date-time" },
-                "to_time": { "type": "string", "format": "date-time" },
-                "version": { "type": "string", "description": "transform version to curate with (default: the active one)", "example": "v2" }
-            }
-        })
-    }
-
-    pub fn rollback() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "properties": {
-                "to": { "type": "string", "description": "default: the newest promoted version before the active one", "example": "v1" },
-                "probation_secs": { "type": "integer", "minimum": 1, "maximum": 3600 }
-            }
-        })
-    }
-
-    pub fn backfill() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["since"],
-            "properties": {
-                "since": { "type": "string", "example": "v1" },
-                "with": { "type": "string", "description": "default: the active version", "example": "v2" }
-            }
-        })
-    }
-
-    pub fn redrive() -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["id"],
-            "properties": {
-                "id": { "type": "string", "example": "transform/ingest-p0001-00000000000000000000-00000000000000000999-000003" },
-                "payload": { "type": "object", "description": "corrected payload to publish instead of the stored one" }
-            }
-        })
-    }
+) -> Result<Json<crate::dlq::RedriveOutcome>, ApiError> {
+    Ok(Json(
+        dlq(&state).redrive(&req.id, req.payload.as_ref()).await?,
+    ))
 }

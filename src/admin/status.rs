@@ -2,8 +2,8 @@
 //! and the status document (tree, progress, versions, replay jobs).
 
 use hubflow_supervision::{NodeState, StatusNode};
-use serde_json::{Value, json};
 
+use super::answers::{StatusDocument, TransformSummary};
 use super::state::AdminState;
 use crate::health;
 
@@ -30,31 +30,35 @@ pub fn readiness(
 
 /// The `/status` document (also what `/events` sends), from the live tree
 /// and `progress` as read.
-pub fn document(state: &AdminState, progress: anyhow::Result<crate::pipeline::Progress>) -> Value {
+pub fn document(
+    state: &AdminState,
+    progress: anyhow::Result<crate::pipeline::Progress>,
+) -> StatusDocument {
     let pipeline = state.pipeline();
     let tree = pipeline.root.snapshot();
     let (progress, progress_error) = match progress {
-        Ok(p) => (serde_json::to_value(p).unwrap_or(Value::Null), None),
-        Err(error) => (Value::Null, Some(format!("{error:#}"))),
+        Ok(p) => (Some(p), None),
+        Err(error) => (None, Some(format!("{error:#}"))),
     };
     let transform = pipeline.settings.transform.status();
     let (not_ready, cannot_write) = readiness(state, &tree);
-    json!({
-        "ready": not_ready.is_none(),
-        "not_ready": not_ready,
-        "cannot_write": cannot_write,
-        "started_ms": state.started_ms(),
-        "versions": state.versions(),
-        "transform": {
-            "version": transform.active.version,
-            "seq": transform.seq,
-            "config_version": transform.config.version,
-            "drift": transform.drift,
-            "swapping": transform.swapping,
+    StatusDocument {
+        ready: not_ready.is_none(),
+        not_ready,
+        cannot_write,
+        started_ms: state.started_ms(),
+        versions: state.versions(),
+        transform: TransformSummary {
+            version: transform.active.version,
+            seq: transform.seq,
+            config_version: transform.config.version,
+            drift: transform.drift,
+            swapping: transform.swapping,
         },
-        "progress": progress,
-        "progress_error": progress_error,
-        "replays": state.replays().list(),
-        "tree": tree,
-    })
+        progress,
+        progress_error,
+        replays: state.replays().list(),
+        tree,
+        ts_ms: None,
+    }
 }

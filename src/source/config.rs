@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
 /// rate_limit = { requests_per_sec = 5.0 }
 /// retry_budget = { max_failures = 10 }
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     /// Name of the source: labels logs and metrics and names its cursor
@@ -143,7 +143,7 @@ pub const DEFAULT_RETRY_MAX_FAILURES: u32 = 10;
 
 /// The `retry_budget` table: the first limit reached ends the fetcher's
 /// in-place retries (0 turns a limit off).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Consecutive failed fetches.
@@ -195,7 +195,9 @@ fn default_max_response_bytes() -> u64 {
 }
 
 /// Body format of a page.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyFormat {
     #[default]
@@ -262,7 +264,7 @@ impl BodyFormat {
 }
 
 /// Request authentication.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthConfig {
     #[default]
@@ -303,7 +305,7 @@ pub enum AuthConfig {
 }
 
 /// How the next page is requested.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PaginationConfig {
     /// One request per poll; every poll fetches the same URL.

@@ -38,7 +38,9 @@ pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 60;
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How the client authenticates to the token endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// `Authorization: Basic base64(client_id:client_secret)`.

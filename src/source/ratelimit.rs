@@ -34,7 +34,7 @@ pub const DEFAULT_MAX_WAIT_MS: u64 = 30_000;
 const UNIX_TIME_THRESHOLD: f64 = 1_000_000_000.0;
 
 /// The `rate_limit` table of a source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Sustained request rate; absent: no client-side limit.

@@ -95,6 +95,25 @@ impl fmt::Display for SecretString {
     }
 }
 
+/// A secret is a string (shown as `***` once read), `{ "env": "VAR" }` or
+/// `{ "file": "path" }`.
+impl schemars::JsonSchema for SecretString {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "a secret: a literal string (answered as ***), or a reference to an environment variable or a file",
+            "oneOf": [
+                { "type": "string" },
+                { "type": "object", "required": ["env"], "properties": { "env": { "type": "string" } }, "additionalProperties": false },
+                { "type": "object", "required": ["file"], "properties": { "file": { "type": "string" } }, "additionalProperties": false }
+            ]
+        })
+    }
+}
+
 impl Serialize for SecretString {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

@@ -30,7 +30,7 @@ use super::error::ConfigError;
 use super::extract::{JsonPath, scalar_text};
 
 /// The `watermark` table of a source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkConfig {
     /// Record field (path inside each record) whose maximum over a poll is

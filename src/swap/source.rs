@@ -254,7 +254,7 @@ async fn replace_fetcher(
 }
 
 /// What `GET /sources` shows of one source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SourceVersions {
     pub name: String,
     /// The version this node runs (or starts its fetcher with).
@@ -293,7 +293,7 @@ pub async fn logs(
 }
 
 /// How a source swap ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SourceSwapOutcome {
     Promoted {

@@ -41,7 +41,7 @@ use crate::transform::{
 const ROLLBACK_PROBATION: Duration = Duration::from_secs(2);
 
 /// How a swap ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SwapOutcome {
     Promoted {
@@ -398,18 +398,25 @@ async fn checked_dry_run(
 ) -> Result<DryRun, TransformError> {
     let transform = SqlTransform::build(spec)?;
     let dry = dry_run(pipeline, &spec.version, transform).await?;
-    if let Some((source, columns)) = dry.columns.iter().find(|(_, c)| {
+    keeps_metadata(&dry, &spec.version)?;
+    Ok(dry)
+}
+
+/// A version's output must keep every metadata column (lineage, dedupe
+/// and replays read them).
+pub fn keeps_metadata(dry: &DryRun, version: &str) -> Result<(), TransformError> {
+    match dry.columns.iter().find(|(_, c)| {
         hubflow_actors::formats::curated::METADATA_COLUMNS
             .iter()
             .any(|m| !c.iter().any(|name| name == m))
     }) {
-        return Err(TransformError::DryRun {
-            version: spec.version.clone(),
+        Some((source, columns)) => Err(TransformError::DryRun {
+            version: version.to_string(),
             raw_blob: dry.raw_blob.clone().unwrap_or_default(),
             message: format!("output of {source} lacks metadata columns: {columns:?}"),
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(dry)
 }
 
 /// A swap refused before it was proposed: recorded in this node's history
@@ -496,7 +503,7 @@ pub fn rollback_target(
 }
 
 /// Sequence numbers of one partition a transform version curated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct CuratedRange {
     pub partition: u32,
     pub from_sequence: i64,
@@ -507,7 +514,7 @@ pub struct CuratedRange {
 }
 
 /// A replay, as its durable record tells it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ReplayedRange {
     pub partition: u32,
     pub job: u64,
@@ -521,7 +528,7 @@ pub struct ReplayedRange {
 
 /// What one version curated: by the transformers (their checkpoints'
 /// ranges) and by replays (their records).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct VersionRanges {
     pub curated: Vec<CuratedRange>,
     pub replayed: Vec<ReplayedRange>,
@@ -656,7 +663,7 @@ pub async fn backfill_plan(
 }
 
 /// How a dry run went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DryRun {
     /// The raw blob it ran on; `None` when no raw data exists yet (only the
     /// SQL was checked).
@@ -673,12 +680,29 @@ pub async fn dry_run(
     version: &str,
     transform: Option<Arc<dyn BatchTransform>>,
 ) -> Result<DryRun, TransformError> {
-    let transform = CurateTransform {
-        version: version.to_string(),
-        transform,
+    let Some(newest) = newest_raw_blob(pipeline).await? else {
+        return Ok(DryRun {
+            raw_blob: None,
+            rows_in: 0,
+            rows_out: 0,
+            columns: Vec::new(),
+        });
     };
-    let cfg = &pipeline.settings;
-    let container = &cfg.storage.raw_container;
+    let curated = curate_on(&newest, version, transform).await?;
+    Ok(curated.summary())
+}
+
+/// The newest raw blob of hub "ingest", read whole: what dry runs run on.
+pub struct NewestBlob {
+    /// `<container>/<name>`.
+    pub raw_blob: String,
+    pub bytes: bytes::Bytes,
+    options: hubflow_actors::formats::curated::CurateOptions,
+}
+
+/// The newest raw blob, or `None` when no raw data exists yet.
+pub async fn newest_raw_blob(pipeline: &Pipeline) -> Result<Option<NewestBlob>, TransformError> {
+    let container = &pipeline.settings.storage.raw_container;
     let blobs = pipeline
         .backends
         .blobs
@@ -690,12 +714,7 @@ pub async fn dry_run(
         .filter(|b| RawBlobName::parse(&b.name).is_some())
         .max_by_key(|b| (b.last_modified_ms, b.name.clone()));
     let Some(newest) = newest else {
-        return Ok(DryRun {
-            raw_blob: None,
-            rows_in: 0,
-            rows_out: 0,
-            columns: Vec::new(),
-        });
+        return Ok(None);
     };
     let (bytes, _) = pipeline
         .backends
@@ -703,16 +722,64 @@ pub async fn dry_run(
         .get(container, &newest.name)
         .await
         .map_err(|e| TransformError::Storage(e.to_string()))?;
-    let raw_blob = format!("{container}/{}", newest.name);
+    Ok(Some(NewestBlob {
+        raw_blob: format!("{container}/{}", newest.name),
+        bytes,
+        options: pipeline.settings.curate.clone(),
+    }))
+}
+
+/// A raw blob curated by a version, as a dry run.
+pub struct DryCurated {
+    pub raw_blob: String,
+    pub rows_in: usize,
+    pub output: curated::CuratedOutput,
+}
+
+impl DryCurated {
+    /// Rows in and out and the output columns.
+    pub fn summary(&self) -> DryRun {
+        let output = &self.output;
+        let schemas = if output.output_schemas.is_empty() {
+            &output.schemas
+        } else {
+            &output.output_schemas
+        };
+        DryRun {
+            raw_blob: Some(self.raw_blob.clone()),
+            rows_in: self.rows_in,
+            rows_out: output.files.iter().map(|f| f.rows).sum(),
+            columns: schemas
+                .iter()
+                .map(|(s, schema)| {
+                    let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+                    (s.clone(), names)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Curate `blob` with `transform` (labelled `version`) on the blocking pool.
+pub async fn curate_on(
+    blob: &NewestBlob,
+    version: &str,
+    transform: Option<Arc<dyn BatchTransform>>,
+) -> Result<DryCurated, TransformError> {
+    let transform = CurateTransform {
+        version: version.to_string(),
+        transform,
+    };
     let failed = |message: String| TransformError::DryRun {
         version: version.to_string(),
-        raw_blob: raw_blob.clone(),
+        raw_blob: blob.raw_blob.clone(),
         message,
     };
-    let batch = raw::decode(&bytes).map_err(|e| failed(format!("raw blob unreadable: {e}")))?;
-    let options = pipeline.settings.curate.clone();
-    let blob_name = raw_blob.clone();
-    let output = tokio::task::spawn_blocking(move || {
+    let batch =
+        raw::decode(&blob.bytes).map_err(|e| failed(format!("raw blob unreadable: {e}")))?;
+    let options = blob.options.clone();
+    let blob_name = blob.raw_blob.clone();
+    let (rows_in, output) = tokio::task::spawn_blocking(move || {
         let inputs = CurateInput::from_raw(&batch);
         let out = curated::curate_versioned(
             &inputs,
@@ -726,24 +793,10 @@ pub async fn dry_run(
     })
     .await
     .map_err(|e| failed(format!("dry run panicked: {e}")))?;
-    let (rows_in, output) = output;
-    let output = output.map_err(|e| failed(e.to_string()))?;
-    let schemas = if output.output_schemas.is_empty() {
-        &output.schemas
-    } else {
-        &output.output_schemas
-    };
-    Ok(DryRun {
-        raw_blob: Some(raw_blob),
+    Ok(DryCurated {
+        raw_blob: blob.raw_blob.clone(),
         rows_in,
-        rows_out: output.files.iter().map(|f| f.rows).sum(),
-        columns: schemas
-            .iter()
-            .map(|(s, schema)| {
-                let names = schema.fields().iter().map(|f| f.name().clone()).collect();
-                (s.clone(), names)
-            })
-            .collect(),
+        output: output.map_err(|e| failed(e.to_string()))?,
     })
 }
 

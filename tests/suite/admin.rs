@@ -156,12 +156,103 @@ async fn admin_port_serves_and_controls_a_running_pipeline() {
     case_replay_restores_deleted_curated_files(&node, total).await;
     case_metrics_show_computed_gauges(&node).await;
     let dead_letter = case_dead_letters_are_listed_inspected_and_redriven(&node, total).await;
+    case_a_dry_run_shows_rows_before_and_after_and_changes_nothing(&node).await;
+    case_every_answer_matches_the_openapi_document(&node, 20).await;
     case_ctl_reports_status_and_exits_with_the_documented_codes(&node, total, &dead_letter).await;
     case_drain_through_the_api_stops_the_service(node).await;
 }
 
 const FETCHER: &str = "pipeline/sources/fetcher-demo";
 const CONSUMER0: &str = "pipeline/ingest/p0000/consumer";
+
+/// `POST /transform/dry-run`: the SQL runs on the newest raw blob and the
+/// first rows before and after come back; bad SQL, output without the
+/// metadata columns and a bad row count are refused; nothing changes (the
+/// running version and the spec log stay as they were).
+async fn case_a_dry_run_shows_rows_before_and_after_and_changes_nothing(node: &Node) {
+    let (_, before) = node.get("/transform").await;
+    let sql = "SELECT *, upper(type) AS kind FROM batch";
+    let (code, dry) = node
+        .post("/transform/dry-run", json!({ "sql": sql, "rows": 3 }))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{dry}");
+    assert!(
+        dry["raw_blob"].as_str().unwrap().contains("ingest/p"),
+        "{dry}"
+    );
+    assert!(dry["rows_in"].as_u64().unwrap() >= 1, "{dry}");
+    assert_eq!(dry["rows_in"], dry["rows_out"], "{dry}");
+    let (rows_before, rows_after) = (
+        dry["before"].as_array().unwrap(),
+        dry["after"].as_array().unwrap(),
+    );
+    let shown = dry["rows_in"].as_u64().unwrap().min(3) as usize;
+    assert_eq!(
+        (rows_before.len(), rows_after.len()),
+        (shown, shown),
+        "{dry}"
+    );
+    for (b, a) in rows_before.iter().zip(rows_after) {
+        assert!(b.get("kind").is_none(), "{b}");
+        assert_eq!(a["id"], b["id"], "the same rows in the same order: {dry}");
+        let upper = b["type"].as_str().unwrap().to_uppercase();
+        assert_eq!(a["kind"].as_str(), Some(upper.as_str()), "{a}");
+        assert_eq!(a["_transform_version"], "dry-run", "{a}");
+    }
+    let columns = dry["columns"].to_string();
+    assert!(
+        columns.contains("kind") && columns.contains("_hub_sequence"),
+        "{columns}"
+    );
+    let refused = [
+        (
+            json!({ "sql": "SELEKT nonsense" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "sql": "SELECT id FROM batch" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "sql": "SELECT * FROM batch", "rows": 0 }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "sql": "SELECT * FROM batch", "rows": 101 }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "sql": "SELECT * FROM batch", "limit": 3 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (body, want) in refused {
+        let (code, answer) = node.post("/transform/dry-run", body.clone()).await;
+        assert_eq!(code, want, "{body} -> {answer}");
+        assert!(answer["error"]["message"].as_str().is_some(), "{answer}");
+    }
+    let (code, _) = node
+        .raw(
+            reqwest::Method::POST,
+            "/transform/dry-run",
+            None,
+            Some(r#"{"sql": "SELECT * FROM batch"}"#),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let (_, after) = node.get("/transform").await;
+    assert_eq!(after["active"], before["active"]);
+    assert_eq!(after["log"], before["log"], "a dry run is not recorded");
+}
+
+/// Every answer the port gave this test (hundreds, over every case) is
+/// documented for its route and status in `/openapi.json` and matches that
+/// response's schema (see `common::openapi`).
+async fn case_every_answer_matches_the_openapi_document(node: &Node, at_least: usize) {
+    let (code, document) = node.get("/openapi.json").await;
+    assert_eq!(code, StatusCode::OK);
+    common::openapi::check_answers(&document, &node.answers(), at_least);
+}
 
 /// `GET /metrics`: 200, Prometheus text.
 async fn scrape(node: &Node) -> String {
@@ -676,6 +767,7 @@ async fn trace_follows_a_record_from_its_request_to_its_curated_row() {
     case_ctl_trace_by_id_and_by_row(&node, id, &file, position).await;
     case_replays_and_dead_letters_of_the_record_show_up(&node, id, row).await;
     case_bad_trace_questions_get_4xx(&node, &file).await;
+    case_every_answer_matches_the_openapi_document(&node, 3).await;
     node.stop().await;
 }
 

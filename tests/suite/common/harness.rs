@@ -32,6 +32,19 @@ pub struct Admin {
     token: Option<String>,
     operator: Option<String>,
     http: reqwest::Client,
+    /// Every answer this client (and its clones) got, for
+    /// [`super::openapi::check_answers`].
+    answers: Arc<std::sync::Mutex<Vec<Answer>>>,
+}
+
+/// One answer of the admin port: what was asked and what came back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Answer {
+    pub method: String,
+    /// The path asked, without its query.
+    pub path: String,
+    pub status: u16,
+    pub body: Value,
 }
 
 impl Admin {
@@ -47,6 +60,26 @@ impl Admin {
             token: token.map(str::to_string),
             operator: None,
             http,
+            answers: Arc::default(),
+        }
+    }
+
+    /// Every answer this client has had so far.
+    pub fn answers(&self) -> Vec<Answer> {
+        self.answers.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, method: &Method, path: &str, answer: &Option<(StatusCode, Value)>) {
+        let Some((status, body)) = answer else {
+            return;
+        };
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.push(Answer {
+                method: method.as_str().to_lowercase(),
+                path: path.split('?').next().unwrap_or(path).to_string(),
+                status: status.as_u16(),
+                body: body.clone(),
+            });
         }
     }
 
@@ -95,9 +128,9 @@ impl Admin {
         body: Option<&str>,
     ) -> (StatusCode, Value) {
         let req = self.request(method.clone(), path, token);
-        Admin::send(req, body)
-            .await
-            .unwrap_or_else(|| panic!("{method} {}{path}: no answer", self.base))
+        let answer = Admin::send(req, body).await;
+        self.record(&method, path, &answer);
+        answer.unwrap_or_else(|| panic!("{method} {}{path}: no answer", self.base))
     }
 
     /// `method path` with this client's token; `None` when unreachable.
@@ -107,8 +140,10 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
     ) -> Option<(StatusCode, Value)> {
-        let req = self.request(method, path, self.token.as_deref());
-        Admin::send(req, body.map(Value::to_string).as_deref()).await
+        let req = self.request(method.clone(), path, self.token.as_deref());
+        let answer = Admin::send(req, body.map(Value::to_string).as_deref()).await;
+        self.record(&method, path, &answer);
+        answer
     }
 
     /// `method path` with this client's token.

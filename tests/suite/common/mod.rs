@@ -2,6 +2,7 @@
 //! for a temporary data directory, and SQL checks over curated; [`azurite`]
 //! (the storage emulator), [`faults`] (a blob store that fails on demand),
 //! [`nodes`] (`hubflow run` processes of a cluster, with admin ports),
+//! [`openapi`] (answers checked against the OpenAPI document),
 //! [`server`] (an axum server on loopback for handlers under test),
 //! [`harness`] (the service with its admin port, the admin client, and
 //! `Pipeline::start` over chosen backends: how every module runs Hubflow
@@ -14,6 +15,7 @@ pub mod contract;
 pub mod faults;
 pub mod harness;
 pub mod nodes;
+pub mod openapi;
 pub mod server;
 
 use std::collections::BTreeMap;
