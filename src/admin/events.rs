@@ -105,18 +105,69 @@ async fn read_progress(state: &AdminState) -> anyhow::Result<Progress> {
     }
 }
 
+/// Durable progress as last read, and the read under way. Reads run beside
+/// the producer, so a slow store (many partitions, a loaded machine) never
+/// holds up the tree's updates: documents carry the newest completed read.
+#[derive(Default)]
+struct ProgressReads {
+    last: Option<(Instant, Result<Progress, String>)>,
+    pending: Option<tokio::task::JoinHandle<Result<Progress, String>>>,
+}
+
+impl ProgressReads {
+    /// Take a finished read, and start the next one once the last is
+    /// older than [`EVERY`].
+    async fn refresh(&mut self, state: &AdminState, now: Instant) {
+        if self.pending.as_ref().is_some_and(|p| p.is_finished())
+            && let Some(done) = self.pending.take()
+        {
+            let read = done
+                .await
+                .unwrap_or_else(|e| Err(format!("progress read failed: {e}")));
+            self.last = Some((now, read));
+        }
+        let stale = self
+            .last
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= EVERY);
+        if stale && self.pending.is_none() {
+            let state = state.clone();
+            self.pending = Some(tokio::spawn(async move {
+                read_progress(&state).await.map_err(|e| format!("{e:#}"))
+            }));
+        }
+    }
+
+    fn current(&self) -> anyhow::Result<Progress> {
+        match self.last.as_ref().map(|(_, p)| p) {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            None => Err(anyhow::anyhow!("progress not read yet")),
+        }
+    }
+}
+
+impl Drop for ProgressReads {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.abort();
+        }
+    }
+}
+
 async fn produce(state: AdminState, sender: Arc<watch::Sender<Document>>) {
     debug!("event feed started");
     let mut tick = tokio::time::interval(SAMPLE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent: Option<(Instant, u64)> = None;
-    let mut progress: Option<(Instant, Result<Progress, String>)> = None;
+    let mut progress = ProgressReads::default();
     loop {
         tick.tick().await;
         if state.streams_are_closed() || state.feed().abandoned(&sender) {
             break;
         }
         let now = Instant::now();
+        progress.refresh(&state, now).await;
         let shape = shape(&state.pipeline().root.snapshot());
         let due = match sent {
             None => true,
@@ -125,19 +176,7 @@ async fn produce(state: AdminState, sender: Arc<watch::Sender<Document>>) {
         if !due {
             continue;
         }
-        if progress
-            .as_ref()
-            .is_none_or(|(at, _)| now.duration_since(*at) >= EVERY)
-        {
-            let read = read_progress(&state).await.map_err(|e| format!("{e:#}"));
-            progress = Some((now, read));
-        }
-        let progress = match progress.as_ref().map(|(_, p)| p) {
-            Some(Ok(p)) => Ok(p.clone()),
-            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
-            None => Err(anyhow::anyhow!("progress not read yet")),
-        };
-        let mut document = status::document(&state, progress);
+        let mut document = status::document(&state, progress.current());
         document.ts_ms = Some(hubflow_actors::now_ms());
         let text = serde_json::to_string(&document).unwrap_or_default();
         sender.send_replace(Document::from(text));

@@ -1127,3 +1127,87 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The console's live feed at scale: with 64 partitions and three sources,
+/// `GET /events` sends a status document at least every couple of seconds
+/// (the producer promises one a second; the bound leaves room for a loaded
+/// CI machine), each naming all 64 partitions with their lag and all
+/// three fetchers, and `/sources` lists the three sources the console's
+/// source picker offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_keeps_up_with_64_partitions_and_three_sources() {
+    let _heavy = common::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::serving(3_000).await;
+    let mut config = config(dir.path(), &demo.url, Some(TOKEN));
+    config.hub.partitions = 64;
+    let first = config.sources[0].clone();
+    for name in ["orders", "refunds"] {
+        let mut source = first.clone();
+        source.name = name.to_string();
+        config.sources.push(source);
+    }
+    let svc = Service::start(config, Some(TOKEN)).await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/events", svc.admin.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (mut text, mut full, mut last) = (String::new(), 0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while full < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "three full documents did not come within 120 s"
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("no event within 10 s")
+            .unwrap()
+            .expect("the event stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let gap = last.elapsed();
+            last = Instant::now();
+            let doc: Value = serde_json::from_str(data).unwrap();
+            let partitions = doc["progress"]["partitions"].as_array().map_or(0, Vec::len);
+            let fetchers: Vec<String> = doc["tree"]
+                .to_string()
+                .matches("\"name\":\"fetcher-")
+                .map(str::to_string)
+                .collect();
+            if partitions == 0 || fetchers.len() < 3 {
+                continue; // starting up: progress not read yet, sources not started
+            }
+            assert_eq!(partitions, 64, "{}", doc["progress"]);
+            assert_eq!(fetchers.len(), 3, "{}", doc["tree"]);
+            let consumers = doc["tree"]
+                .to_string()
+                .matches("\"name\":\"consumer\"")
+                .count();
+            assert_eq!(consumers, 64);
+            assert!(
+                gap < Duration::from_secs(3),
+                "{gap:?} between two documents"
+            );
+            full += 1;
+        }
+    }
+    drop(resp);
+    let (code, sources) = svc.admin.get("/sources").await;
+    assert_eq!(code, StatusCode::OK);
+    let names: Vec<&str> = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["demo", "orders", "refunds"], "{sources}");
+    svc.stop().await;
+    demo.stop().await;
+}

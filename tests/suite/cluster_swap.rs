@@ -295,7 +295,10 @@ async fn case_everything_is_curated_once_with_the_columns_of_its_version(
                      OVER (PARTITION BY _hub_partition ORDER BY _hub_sequence) AS next_s FROM demo) \
                      WHERE next_s > s + 1";
         let holes = curated_rows(settings, blobs, holes).await;
-        panic!("curated {counts:?}, not ({total}, {total}); holes in the sequence: {holes:?}");
+        let missing = missing_report(settings, blobs, total).await;
+        panic!(
+            "curated {counts:?}, not ({total}, {total}); holes in the sequence: {holes:?}\n{missing}"
+        );
     }
     let wrong = "SELECT count(*) AS n FROM demo WHERE _transform_version = 'v3' \
                  AND amount IS NOT NULL AND (amount_cents IS NULL OR amount_cents <> amount * 100)";
@@ -347,4 +350,40 @@ async fn case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it
     let p0_lost = "SELECT count(*) AS n FROM demo WHERE _hub_partition = 0 AND amount IS NOT NULL \
                    AND (amount_cents IS NULL OR _transform_version <> 'v3')";
     assert_eq!(curated_rows(settings, blobs, p0_lost).await[0]["n"], 0);
+}
+
+/// For a failure message: the demo ids (`evt-N`, N < `total`) missing from
+/// curated, and every copy of each in the raw blobs (blob, sequence number,
+/// fetch time), so a loss can be placed before or after the raw landing.
+async fn missing_report(settings: &Settings, blobs: &dyn BlobStore, total: u64) -> String {
+    let rows = curated_rows(settings, blobs, "SELECT DISTINCT id FROM demo").await;
+    let have: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect();
+    let missing: Vec<String> = (0..total)
+        .map(|i| format!("evt-{i:08}"))
+        .filter(|id| !have.contains(id))
+        .collect();
+    let mut copies: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let container = &settings.storage.raw_container;
+    for blob in blobs.list(container, "").await.unwrap_or_default() {
+        let Ok((bytes, _)) = blobs.get(container, &blob.name).await else {
+            continue;
+        };
+        let Ok(batch) = hubflow_actors::formats::raw::decode(&bytes) else {
+            copies
+                .entry("(undecodable)".into())
+                .or_default()
+                .push(blob.name.clone());
+            continue;
+        };
+        for r in batch.records.iter().filter(|r| missing.contains(&r.id)) {
+            copies.entry(r.id.clone()).or_default().push(format!(
+                "{} seq {} fetched {}",
+                blob.name, r.sequence_number, r.fetched_time_ms
+            ));
+        }
+    }
+    format!("missing ids: {missing:?}\ntheir copies in raw: {copies:#?}")
 }

@@ -187,20 +187,24 @@ impl Drop for Nodes {
 }
 
 impl Nodes {
-    /// Copy every node's whole log out of the test's temporary directory
-    /// (removed when the test ends) into the target directory, so a failure
-    /// in CI can be read past the tails its message carries.
+    /// Copy the cluster's directory (every node's whole log, the config and
+    /// the data directory of the filesystem store) out of the test's
+    /// temporary directory, removed when the test ends, into the target
+    /// directory, so a failure can be read past the tails its message
+    /// carries.
     fn keep_logs(&self) {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("failed-nodes-{stamp}"));
-        if std::fs::create_dir_all(&kept).is_err() {
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&self.dir)
+            .arg(&kept)
+            .status();
+        if !copied.is_ok_and(|s| s.success()) {
             return;
         }
-        for id in self.ports.keys() {
-            let _ = std::fs::copy(self.log(id), kept.join(format!("{id}.log")));
-        }
-        eprintln!("node logs kept in {}", kept.display());
+        eprintln!("node logs and data kept in {}", kept.display());
     }
 }
