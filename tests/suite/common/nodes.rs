@@ -37,28 +37,32 @@ impl Nodes {
         }
     }
 
+    /// Start node `id` with its admin port on a free loopback port the
+    /// process picks itself (port 0) and logs; returns once it listens.
+    /// (A port probed here and handed to the child can be handed out again
+    /// before the child binds it, to another node: two nodes then answer
+    /// on one port, or one fails to start.)
     pub fn start(&mut self, id: &str) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let log_path = self.log(id);
+        let offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         // Appended: a node started again keeps its earlier life's lines.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log(id))
+            .open(&log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
             .args(["run", "--quiet", "--config"])
             .arg(&self.config)
             .env("HUBFLOW_LOG", "info")
             .env("HUBFLOW__CLUSTER__NODE_ID", id)
-            .env("HUBFLOW__ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+            .env("HUBFLOW__ADMIN__LISTEN", "127.0.0.1:0")
             .env("HUBFLOW_ADMIN_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawning hubflow");
+        let port = listening_port(&log_path, offset, &mut child);
         self.running.insert(id.to_string(), child);
         self.ports.insert(id.to_string(), port);
     }
@@ -171,6 +175,34 @@ impl Nodes {
                 self.tails()
             );
         }
+    }
+}
+
+/// The port a node logs `admin port listening addr=…` with, in its log
+/// after byte `offset` (bounded: 60 s; panics with the log if the node
+/// exits first).
+fn listening_port(log: &std::path::Path, offset: u64, child: &mut Child) -> u16 {
+    const MARK: &str = "admin port listening addr=127.0.0.1:";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read(log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text[(offset as usize).min(text.len())..]).into_owned();
+        if let Some(port) = text
+            .split(MARK)
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+        {
+            return port;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("node exited with {status} before listening:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node did not listen within 60 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
