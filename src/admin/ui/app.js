@@ -609,6 +609,52 @@
     loadTransform();
   }
 
+  // A cell's text: strings as they are, anything else as JSON (never HTML).
+  function cellText(v) {
+    if (v === undefined || v === null) return '';
+    return typeof v === 'string' ? v : JSON.stringify(v);
+  }
+
+  // Rows (JSON objects) as a table; columns not in `known` are marked.
+  function rowsTable(caption, rows, known) {
+    const columns = [];
+    for (const r of rows) for (const k of Object.keys(r)) if (!columns.includes(k)) columns.push(k);
+    const head = el('tr', {}, ...columns.map((c) => el('th', { text: c, class: known && !known.includes(c) ? 'added' : '' })));
+    const body = rows.map((r) => el('tr', {}, ...columns.map((c) => el('td', { text: cellText(r[c]), title: cellText(r[c]) }))));
+    return el('table', { 'data-side': caption }, el('caption', { text: caption }), el('thead', {}, head), el('tbody', {}, ...body));
+  }
+
+  // POST /transform/dry-run: the first rows before and after the SQL,
+  // nothing swapped.
+  async function dryRunTransform() {
+    const sql = $('transform-sql').value.trim();
+    const req = { rows: 5 };
+    if (sql) req.sql = sql;
+    const box = $('transform-result');
+    const preview = $('transform-preview');
+    clear(box);
+    clear(preview);
+    box.className = 'result';
+    box.dataset.outcome = '';
+    preview.dataset.state = 'running';
+    box.append(el('p', { text: 'dry run on the newest raw blob…' }));
+    const r = await api('POST', '/transform/dry-run', req);
+    clear(box);
+    if (!r.ok) {
+      box.className = 'result bad';
+      preview.dataset.state = 'refused';
+      box.append(el('p', { text: 'dry run refused: ' + errorText(r) }));
+      return;
+    }
+    const d = r.body;
+    box.className = 'result ok';
+    box.append(el('p', { text: 'dry run on ' + (d.raw_blob || 'no raw blob yet (SQL checked only)') + ': ' + d.rows_in + ' rows in, ' + d.rows_out + ' out; nothing swapped' }));
+    const before = d.before || [];
+    const known = before.length ? Object.keys(before[0]) : null;
+    preview.append(rowsTable('before (batch)', before, null), rowsTable('after', d.after || [], known));
+    preview.dataset.state = 'done';
+  }
+
   async function rollbackTransform() {
     const box = $('transform-result');
     clear(box);
@@ -733,6 +779,7 @@
     $('transform-sql').addEventListener('input', () => {
       $('transform-sql').dataset.edited = '1';
     });
+    $('transform-dry-run').addEventListener('click', dryRunTransform);
     $('transform-swap').addEventListener('click', swapTransform);
     $('transform-rollback').addEventListener('click', rollbackTransform);
     $('source-name').addEventListener('change', showSource);
