@@ -104,6 +104,13 @@ pub struct FaultConfig {
     /// rest get `429`); absent: no limit and no rate-limit headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_sec: Option<u32>,
+    /// Every this many records, one is served as a JSON string instead of
+    /// an object (records `n - 1`, `2n - 1`, ...; JSON pages; not for keyset
+    /// pagination, which needs the last record's id): the source takes it,
+    /// the transformer rejects it, so it becomes a `transform` dead letter.
+    /// Absent: every record is an object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_object_every: Option<u64>,
 }
 
 impl FaultConfig {
@@ -118,6 +125,7 @@ impl FaultConfig {
             truncate_rate: 0.02,
             garbage_rate: 0.01,
             rate_limit_per_sec: None,
+            not_object_every: None,
         }
     }
 
@@ -155,6 +163,9 @@ impl DemoConfig {
         }
         if self.faults.rate_limit_per_sec == Some(0) {
             return Err("faults.rate_limit_per_sec must be at least 1".into());
+        }
+        if self.faults.not_object_every == Some(0) {
+            return Err("faults.not_object_every must be at least 1".into());
         }
         Ok(())
     }
@@ -436,6 +447,19 @@ fn page_body(demo: &Demo, request: &PageRequest) -> (Bytes, Option<String>) {
     let body = if demo.config.csv {
         Bytes::from(csv_page(&data))
     } else {
+        let data: Vec<Value> = match demo.config.faults.not_object_every {
+            Some(every) => (start..end)
+                .zip(data)
+                .map(|(i, record)| {
+                    if (i + 1).is_multiple_of(every) {
+                        not_an_object(i)
+                    } else {
+                        record
+                    }
+                })
+                .collect(),
+            None => data,
+        };
         let body = json!({
             "data": data,
             "next_cursor": more.then(|| (end - first).to_string()),
@@ -445,6 +469,12 @@ fn page_body(demo: &Demo, request: &PageRequest) -> (Bytes, Option<String>) {
         Bytes::from(body.to_string())
     };
     (body, next_path)
+}
+
+/// What `faults.not_object_every` serves in place of record `i`: valid
+/// JSON the curated format rejects (not an object).
+pub fn not_an_object(i: u64) -> Value {
+    json!(format!("evt-{i:08} is not an object"))
 }
 
 /// The response with the fault this request drew applied to its body: cut
@@ -904,6 +934,39 @@ mod tests {
         assert_eq!((r.after, r.limit), (Some(41), 10));
         assert!(PageRequest::parse("starting_after=41", &c).is_err());
         assert!(PageRequest::parse("starting_after=evt-1&cursor=3", &c).is_err());
+    }
+
+    #[test]
+    fn not_object_every_serves_every_nth_record_as_a_string() {
+        let demo = Demo {
+            config: DemoConfig {
+                faults: FaultConfig {
+                    not_object_every: Some(4),
+                    ..FaultConfig::default()
+                },
+                ..DemoConfig::default()
+            },
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            window: Mutex::new((0, 0)),
+        };
+        let request = PageRequest::parse("cursor=0&limit=10", &demo.config).unwrap();
+        let (body, _) = page_body(&demo, &request);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let data = page["data"].as_array().unwrap();
+        assert_eq!(data.len(), 10);
+        for (i, record) in data.iter().enumerate() {
+            let i = i as u64;
+            if i == 3 || i == 7 {
+                assert_eq!(*record, not_an_object(i));
+                assert!(record.is_string());
+            } else {
+                assert_eq!(*record, demo_record(i));
+            }
+        }
+        let mut c = DemoConfig::default();
+        c.faults.not_object_every = Some(0);
+        assert!(c.validate().unwrap_err().contains("not_object_every"));
     }
 
     #[test]

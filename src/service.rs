@@ -26,7 +26,6 @@ use crate::backends::Backends;
 use crate::config::Settings;
 use crate::demo;
 use crate::pipeline::{Pipeline, Progress};
-use crate::source::HttpSource;
 use crate::telemetry::{self, LogControl};
 
 /// How `run` ends.
@@ -212,9 +211,10 @@ async fn start_sources(
                 warn!(%error, "demo api stopped");
             }
         }));
-        let source = HttpSource::from_config(&demo::demo_source_config(&url))?;
+        let source =
+            crate::swap::source::register_builtin(settings, &demo::demo_source_config(&url))?;
         info!(%url, "no sources configured: fetching from the built-in demo api");
-        sources.push(Arc::new(source));
+        sources.push(source);
     }
     Ok((sources, demo))
 }

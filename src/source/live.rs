@@ -20,6 +20,9 @@ pub struct LiveSource {
     /// Kept in the spec log (false for settings with inline secrets, and for
     /// the built-in demo source).
     pub durable: bool,
+    /// The built-in demo source (no `[[sources]]` configured): its settings
+    /// name a loopback port chosen at start, so they are never kept.
+    pub builtin: bool,
 }
 
 /// The settings this node runs per source (shared by every clone).

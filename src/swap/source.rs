@@ -18,6 +18,8 @@
 //!   the log back; passing it past the deadline promotes it.
 //! - [`swap`], an admin call: validate, propose by compare-and-swap, then
 //!   converge and wait for the decision.
+//! - [`register_builtin`]: the built-in demo source (no `[[sources]]`) is
+//!   listed like the others but not kept, so it cannot be swapped.
 //!
 //! Settings with inline secret literals are never written to the state
 //! container: such a source keeps the file's settings, and swaps of it are
@@ -42,6 +44,8 @@ use crate::specs::{Decision, Entry, Probation, Proposal, SpecError, SpecStore};
 pub const SOURCE_SPECS: &str = "specs/sources/";
 /// The version label of settings read from the config file.
 pub const CONFIG_VERSION: &str = "config";
+/// The version label of the built-in demo source's settings.
+pub const BUILTIN_VERSION: &str = "built-in";
 
 /// The spec log of source `name`.
 pub fn record_name(name: &str) -> String {
@@ -81,6 +85,7 @@ fn build(
         version: version.to_string(),
         seq,
         durable: true,
+        builtin: false,
     })
 }
 
@@ -122,6 +127,22 @@ pub async fn bootstrap(
         );
     }
     let live = build(&stable.spec, &stable.version, stable.seq)?;
+    settings.live_sources.set(&config.name, live.clone());
+    Ok(live.source)
+}
+
+/// The built-in demo source (started when no `[[sources]]` are configured),
+/// registered in `settings`' `ActiveSources` like a configured one, so
+/// `GET /sources` lists it and lineage knows it; its settings are not kept
+/// in a spec log (they name a loopback port chosen at this start), so it
+/// cannot be hot-swapped.
+pub fn register_builtin(
+    settings: &Settings,
+    config: &HttpSourceConfig,
+) -> anyhow::Result<Arc<dyn Source>> {
+    let mut live = build(config, BUILTIN_VERSION, 0)?;
+    live.durable = false;
+    live.builtin = true;
     settings.live_sources.set(&config.name, live.clone());
     Ok(live.source)
 }
@@ -260,7 +281,10 @@ pub struct SourceVersions {
     /// The version this node runs (or starts its fetcher with).
     pub version: String,
     pub seq: u64,
+    /// Kept in a spec log, so it can be swapped.
     pub durable: bool,
+    /// The built-in demo source (see [`register_builtin`]).
+    pub builtin: bool,
     /// The spec log; secrets appear as their env or file references only.
     pub log: Option<crate::specs::SpecLog<HttpSourceConfig>>,
 }
@@ -286,6 +310,7 @@ pub async fn logs(
             version: live.version,
             seq: live.seq,
             durable: live.durable,
+            builtin: live.builtin,
             log,
         });
     }
@@ -328,6 +353,11 @@ pub async fn swap(
         return Err(SourceSpecError::Invalid(
             "settings with inline secrets cannot be kept in the spec log; give secrets as { env = \"VAR\" } or { file = \"path\" }".into(),
         ));
+    }
+    if live.builtin {
+        return Err(SourceSpecError::Invalid(format!(
+            "source {name} is the built-in demo source (no [[sources]] are configured): its settings are not kept in a spec log, so they cannot be swapped; configure it as a [[sources]] table to swap it"
+        )));
     }
     if !live.durable {
         return Err(SourceSpecError::Invalid(format!(

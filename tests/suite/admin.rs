@@ -1027,6 +1027,41 @@ async fn without_a_token_reads_work_and_control_is_refused() {
     node.stop().await;
 }
 
+/// With no `[[sources]]` the built-in demo API feeds the pipeline: `GET
+/// /sources` lists its source like a configured one (what the console's
+/// Sources panel reads), not kept in a spec log, and a swap of it is
+/// refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_demo_source_is_listed_and_its_swap_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), "http://127.0.0.1:9", Some(TOKEN));
+    config.sources.clear();
+    config.demo.enabled = true;
+    config.demo.total = 200;
+    config.demo.rate_per_sec = None;
+    let svc = Service::start(config, Some(TOKEN)).await;
+    let (code, body) = svc.admin.get("/sources").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let sources = body["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{body}");
+    assert_eq!(sources[0]["name"], "demo", "{body}");
+    assert_eq!(sources[0]["version"], "built-in", "{body}");
+    assert_eq!(sources[0]["durable"], false, "{body}");
+    assert_eq!(sources[0]["builtin"], true, "{body}");
+    assert!(sources[0]["log"].is_null(), "{body}");
+    let source = hubflow::demo::demo_source_config("http://127.0.0.1:9");
+    let (code, body) = svc
+        .admin
+        .post(
+            "/sources/demo",
+            json!({"version": "v2", "source": serde_json::to_value(&source).unwrap()}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("built-in demo source"), "{body}");
+    svc.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_non_loopback_address_probes_are_open_and_everything_else_needs_the_token() {
     let mut node = start_on(100, Some(TOKEN), "0.0.0.0:0").await;

@@ -1,9 +1,28 @@
 //! The operator console (`GET /ui`) on a running pipeline: its files carry
 //! the Content-Security-Policy, `/events` streams the status document, and
 //! a real browser (headless Chromium driven by selenium,
-//! `tests/suite/console_test.py`) loads the page with no console errors,
-//! sees the running actors, kills one and sees its new generation, swaps
-//! the transform and sees it promoted, and is refused a wrong token.
+//! `tests/suite/console_test.py`) drives it by clicks only, each checked by
+//! what the page then shows (bounded waits):
+//!
+//! - the page loads with no console errors and shows the running actors;
+//!   control buttons are disabled until the token is accepted;
+//! - kill: the fetcher runs again with a higher generation;
+//! - pause / resume: "Pause ingest" shows every consumer and the ingest
+//!   badge paused, "Resume ingest" running again; the fetcher's own Pause
+//!   and Resume the same for it (the actors' observed state);
+//! - drain / restart: an ingest partition group shows drained, then
+//!   running with a higher generation;
+//! - transform hot swap: promoted, the new version active in the spec log;
+//! - source settings swap (Sources panel): promoted, and the new version
+//!   shown in the panel, its spec log and the fetcher's row;
+//! - replay of a partition range: the job completes with a full progress
+//!   bar;
+//! - dead letters: the demo serves one record in [`NOT_OBJECT_EVERY`] as a
+//!   JSON string, so the transformer dead-letters it; the page lists it,
+//!   Inspect shows its reason and body, a redrive of the stored body is
+//!   refused (it would be rejected again), a redrive with a corrected
+//!   payload marks it redriven;
+//! - a wrong token is refused and control is disabled again.
 //!
 //! The browser comes from scripts/install-browser.sh (Debian's chromium
 //! and chromium-driver, selenium into .tools/venv). scripts/test.sh runs it
@@ -20,13 +39,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hubflow::demo::DemoConfig;
+use hubflow::demo::{DemoConfig, FaultConfig};
 use hubflow::service::{self, Hooks, RunOptions};
 use hubflow::source::SecretString;
 use hubflow::telemetry::{self, LogFormat};
 use reqwest::StatusCode;
 
 const TOKEN: &str = "console-test-token-0123456789";
+/// The demo serves every this many records as a JSON string (a transform
+/// dead letter for the page to list, inspect and redrive).
+const NOT_OBJECT_EVERY: u64 = 2_000;
 /// The longest the browser script may take (its own waits are shorter).
 const BROWSER_DEADLINE: Duration = Duration::from_secs(300);
 /// The longest the test waits for scripts/install-browser.sh.
@@ -129,6 +151,12 @@ async fn start() -> Node {
     let demo = common::DemoServer::start(DemoConfig {
         total: 10_000_000,
         rate_per_sec: Some(400.0),
+        faults: FaultConfig {
+            // One record in NOT_OBJECT_EVERY is not an object: the
+            // transformer dead-letters it (one about every 5 s).
+            not_object_every: Some(NOT_OBJECT_EVERY),
+            ..FaultConfig::default()
+        },
         ..DemoConfig::default()
     })
     .await;
@@ -287,7 +315,7 @@ async fn run_browser(node: &Node, browser: &Browser) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_in_a_browser_shows_the_tree_kills_swaps_and_refuses_a_wrong_token() {
+async fn the_console_in_a_browser_controls_the_pipeline_and_refuses_a_wrong_token() {
     wait_for_install().await;
     let browser = match browser() {
         Ok(b) => Some(b),

@@ -109,6 +109,7 @@ async fn demo_api_with_faults_delivers_every_record_once_in_order() {
             truncate_rate: 0.08,
             garbage_rate: 0.06,
             rate_limit_per_sec: None,
+            not_object_every: None,
         },
         seed: 42,
         ..DemoConfig::default()

@@ -282,6 +282,36 @@
     return out;
   }
 
+  /** Whether the actor says it is paused (fetchers and consumers report
+   * it in their observed state). */
+  function isPaused(node) {
+    return !!(node.observed && node.observed.paused === true);
+  }
+
+  /** The pause badges: ingest (every consumer paused, some, none) and the
+   * paused fetchers. */
+  function drawPaused(tree) {
+    let consumers = 0;
+    let pausedConsumers = 0;
+    const sources = [];
+    (function walk(node) {
+      if (node.kind === 'worker' && node.name === 'consumer') {
+        consumers += 1;
+        if (isPaused(node)) pausedConsumers += 1;
+      } else if (node.kind === 'worker' && node.name.startsWith('fetcher-') && isPaused(node)) {
+        sources.push(node.name.slice('fetcher-'.length));
+      }
+      for (const c of node.children || []) walk(c);
+    })(tree);
+    const state = !consumers || !pausedConsumers ? 'running' : pausedConsumers === consumers ? 'paused' : 'partly paused';
+    const b = $('ingest-state');
+    b.dataset.state = state;
+    b.textContent = 'ingest ' + state;
+    b.className = 'badge ' + (state === 'running' ? 'ok' : 'warn');
+    $('paused-sources').textContent = sources.length ? 'paused sources: ' + sources.join(', ') : '';
+    return state;
+  }
+
   function actionsFor(node) {
     const acts = [];
     if (!node.path.includes('/')) return acts; // the root: drain the node from ctl
@@ -321,6 +351,9 @@
     return { tr, name, toggle, cells };
   }
 
+  /** 'running', 'paused' or 'partly paused' (every consumer or some). */
+  let ingestState = 'running';
+
   function drawTree(tree) {
     if (!tree) return;
     const filter = $('tree-filter').value.trim();
@@ -343,7 +376,11 @@
       r.toggle.disabled = !kids;
       r.name.className = 'name depth-' + Math.min(depth, 6);
       const stalled = node.stalled_ms >= STALLED_AFTER_MS;
-      setCell(r.cells.state, node.state, 'state s-' + node.state);
+      const paused = isPaused(node);
+      // A paused actor still runs (it holds its cursor); it takes no work.
+      const state = paused && node.state === 'running' ? 'paused' : node.state;
+      setCell(r.cells.state, state, 'state s-' + state);
+      r.tr.dataset.state = state;
       setCell(r.cells.gen, String(node.generation));
       setCell(r.cells.restarts, String(node.restarts), node.restarts > 0 ? 'restarts warn' : 'restarts');
       setCell(r.cells.queue, node.kind === 'worker' ? String(node.queue_depth) : '');
@@ -370,6 +407,7 @@
       for (const { node } of list) body.append(rows.get(node.path).tr);
     }
     $('tree-summary').textContent = running + ' of ' + workers + ' actors running';
+    ingestState = drawPaused(tree);
   }
 
   function setCell(td, text, cls) {
@@ -431,7 +469,8 @@
     }
     $('totals').textContent =
       'fetched ' + fmt(p.fetched) + ' · in hub ' + fmt(p.in_hub) + ' · landed ' + fmt(p.landed) +
-      ' · curated ' + fmt(p.transformed) + (p.sources_caught_up ? ' · sources caught up' : '');
+      ' · curated ' + fmt(p.transformed) + (p.sources_caught_up ? ' · sources caught up' : '') +
+      (ingestState !== 'running' ? ' · ingest ' + ingestState : '');
     drawLag(p.partitions || []);
   }
 
@@ -499,15 +538,17 @@
     const body = $('replay-body');
     clear(body);
     for (const j of jobs.slice().reverse()) {
-      const bar = el('progress', { max: Math.max(1, j.blobs_total), value: j.blobs_done });
-      const pct = j.blobs_total ? Math.round((100 * j.blobs_done) / j.blobs_total) : j.state === 'completed' ? 100 : 0;
+      const done = j.state === 'completed';
+      const max = Math.max(1, j.blobs_total);
+      const bar = el('progress', { max, value: done ? max : j.blobs_done });
+      const pct = j.blobs_total ? Math.round((100 * j.blobs_done) / j.blobs_total) : done ? 100 : 0;
       body.append(
-        el('tr', { 'data-replay': String(j.id) },
+        el('tr', { 'data-replay': String(j.id), 'data-state': j.state },
           el('td', { text: String(j.id) }),
           el('td', { text: String(j.request && j.request.partition) }),
           el('td', { text: j.transform_version || '' }),
-          el('td', { text: j.state + (j.error ? ': ' + j.error : ''), class: j.state === 'failed' ? 'bad' : '' }),
-          el('td', {}, bar, el('span', { text: ' ' + j.blobs_done + '/' + j.blobs_total + ' blobs (' + pct + '%)' })),
+          el('td', { text: j.state + (j.error ? ': ' + j.error : ''), class: 'state' + (j.state === 'failed' ? ' bad' : '') }),
+          el('td', { class: 'progress' }, bar, el('span', { text: ' ' + j.blobs_done + '/' + j.blobs_total + ' blobs (' + pct + '%)' })),
           el('td', { text: fmt(j.rows) })),
       );
     }
@@ -518,8 +559,10 @@
     if ($('replay-from').value !== '') req.from_sequence = Number($('replay-from').value);
     if ($('replay-to').value !== '') req.to_sequence = Number($('replay-to').value);
     const r = await api('POST', '/replay', req);
-    if (r.ok) say('replay ' + r.body.id + ' started with version ' + r.body.transform_version, 'ok');
-    else if (r.status !== 401 && r.status !== 403) say('replay refused: ' + errorText(r), 'error');
+    if (r.ok) {
+      $('replays').dataset.last = String(r.body.id);
+      say('replay ' + r.body.id + ' started with version ' + r.body.transform_version, 'ok');
+    } else if (r.status !== 401 && r.status !== 403) say('replay refused: ' + errorText(r), 'error');
   }
 
   // -------------------------------------------------------------- transform
@@ -573,6 +616,7 @@
     clear(box);
     if (!r.ok) {
       box.className = 'result bad';
+      box.dataset.outcome = 'refused';
       box.append(el('p', { text: what + ' refused: ' + errorText(r) }));
       return;
     }
@@ -682,12 +726,35 @@
   }
 
   function showSource() {
+    const body = $('source-log-body');
+    clear(body);
     const s = sources.find((x) => x.name === $('source-name').value);
-    if (!s) return;
-    $('source-version').textContent = 'running ' + (s.version || '(config)') + (s.durable ? '' : ' (not durable)');
+    if (!s) {
+      $('source-version').textContent = sources.length ? '' : 'no sources on this node';
+      delete $('source-version').dataset.version;
+      return;
+    }
+    const version = s.version || '(config)';
+    const fixed = s.builtin ? ' (the built-in demo source: cannot be swapped)' : s.durable ? '' : ' (inline secrets: cannot be swapped)';
+    $('source-version').textContent = 'running ' + version + fixed;
+    $('source-version').dataset.version = version;
     const log = s.log;
     const active = log && (log.entries || []).find((e) => e.seq === log.active);
-    $('source-json').value = JSON.stringify(active ? active.spec : { name: s.name }, null, 2);
+    const json = $('source-json');
+    if (document.activeElement !== json && !json.dataset.edited) {
+      json.value = JSON.stringify(active ? active.spec : { name: s.name }, null, 2);
+    }
+    for (const e of ((log && log.entries) || []).slice().reverse()) {
+      body.append(
+        el('tr', { 'data-seq': String(e.seq), 'data-version': e.version },
+          el('td', { text: String(e.seq) }),
+          el('td', { text: e.version }),
+          el('td', { text: e.outcome + (log.active === e.seq ? ' (active)' : ''), class: 'outcome o-' + e.outcome }),
+          el('td', { text: e.origin }),
+          el('td', { text: e.by }),
+          el('td', { text: when(e.at_ms) })),
+      );
+    }
   }
 
   async function swapSource() {
@@ -706,6 +773,8 @@
     }
     const box = $('source-result');
     clear(box);
+    box.className = 'result';
+    box.dataset.outcome = 'running';
     box.append(el('p', { text: 'swapping ' + name + '…' }));
     const r = await api('POST', '/sources/' + encodeURIComponent(name), {
       version,
@@ -713,6 +782,7 @@
       probation_secs: Number($('source-probation').value || 10),
     });
     showSwap(box, r, 'source swap');
+    delete $('source-json').dataset.edited;
     loadSources();
   }
 
@@ -730,36 +800,86 @@
     const letters = r.body.dead_letters || [];
     $('dlq-count').textContent = letters.length + (letters.length === 100 ? '+' : '') + ' dead letters';
     for (const d of letters) {
-      const inspect = el('button', { type: 'button', text: 'Inspect' });
+      const inspect = el('button', { type: 'button', text: 'Inspect', 'data-action': 'inspect' });
       inspect.addEventListener('click', () => inspectDlq(d.id));
       const cell = el('td', { class: 'actions' }, inspect);
       if (d.redrive === 'republish' && !d.redriven_ms) {
-        const redrive = el('button', { type: 'button', class: 'control', text: 'Redrive' });
+        const redrive = el('button', { type: 'button', class: 'control', text: 'Redrive', 'data-action': 'redrive' });
         redrive.disabled = !token;
         redrive.addEventListener('click', () => redriveDlq(d.id));
         cell.append(redrive);
       }
       body.append(
-        el('tr', {},
+        el('tr', { 'data-id': d.id, 'data-stage': d.stage, 'data-redriven': d.redriven_ms ? 'true' : 'false' },
           el('td', { text: d.id, class: 'id' }),
-          el('td', { text: d.stage }),
-          el('td', { text: d.reason }),
-          el('td', { text: when(d.created_ms) + (d.redriven_ms ? ' (redriven)' : '') }),
+          el('td', { text: d.stage, class: 'stage' }),
+          el('td', { text: d.reason, class: 'reason' }),
+          el('td', { text: when(d.created_ms) + (d.redriven_ms ? ' (redriven)' : ''), class: 'created' }),
           cell),
       );
     }
   }
 
+  /** The letter shown by Inspect: {id, stored} (its body as text). */
+  let inspected = null;
+
   async function inspectDlq(id) {
     const r = await api('GET', '/dlq/' + id.split('/').map(encodeURIComponent).join('/'));
-    $('dlq-detail').textContent = r.ok ? JSON.stringify(r.body, null, 2) : errorText(r);
+    const detail = $('dlq-detail');
+    const box = $('dlq-redrive-box');
+    detail.dataset.id = id;
+    if (!r.ok) {
+      detail.textContent = errorText(r);
+      inspected = null;
+      box.hidden = true;
+      return;
+    }
+    const d = r.body;
+    detail.textContent = JSON.stringify(d, null, 2);
+    const pending = d.redrive === 'republish' && !d.redriven;
+    inspected = pending && !d.body_truncated ? { id, stored: d.body_preview } : null;
+    box.hidden = !inspected;
+    if (inspected) {
+      $('dlq-selected').textContent = id;
+      $('dlq-payload').value = d.body_preview;
+    }
   }
 
-  async function redriveDlq(id) {
-    const r = await api('POST', '/dlq/redrive', { id });
-    if (r.ok) say('redriven ' + id + ' to partition ' + r.body.partition, 'ok');
-    else if (r.status !== 401 && r.status !== 403) say('redrive failed: ' + errorText(r), 'error');
+  /** Redrive `id`; `payload` (an object) replaces the stored body. */
+  async function redriveDlq(id, payload) {
+    const req = { id };
+    if (payload !== undefined) req.payload = payload;
+    const r = await api('POST', '/dlq/redrive', req);
+    if (r.ok) {
+      say('redriven ' + id + ' to partition ' + r.body.partition + (r.body.payload_replaced ? ' (corrected payload)' : ''), 'ok');
+      if (inspected && inspected.id === id) {
+        inspected = null;
+        $('dlq-redrive-box').hidden = true;
+        inspectDlq(id);
+      }
+    } else if (r.status !== 401 && r.status !== 403) say('redrive failed: ' + errorText(r), 'error');
     loadDlq();
+  }
+
+  function redriveInspected() {
+    if (!inspected) return;
+    const text = $('dlq-payload').value.trim();
+    if (text === inspected.stored.trim()) {
+      redriveDlq(inspected.id);
+      return;
+    }
+    let payload;
+    try {
+      payload = JSON.parse(text);
+    } catch (e) {
+      say('the payload is not JSON: ' + e.message, 'error');
+      return;
+    }
+    if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
+      say('the payload must be a JSON object', 'error');
+      return;
+    }
+    redriveDlq(inspected.id, payload);
   }
 
   // ------------------------------------------------------------------ start
@@ -782,10 +902,17 @@
     $('transform-dry-run').addEventListener('click', dryRunTransform);
     $('transform-swap').addEventListener('click', swapTransform);
     $('transform-rollback').addEventListener('click', rollbackTransform);
-    $('source-name').addEventListener('change', showSource);
+    $('source-name').addEventListener('change', () => {
+      delete $('source-json').dataset.edited;
+      showSource();
+    });
     $('source-swap').addEventListener('click', swapSource);
+    $('source-json').addEventListener('input', () => {
+      $('source-json').dataset.edited = '1';
+    });
     $('dlq-refresh').addEventListener('click', loadDlq);
     $('dlq-pending').addEventListener('change', loadDlq);
+    $('dlq-redrive').addEventListener('click', redriveInspected);
     $('replay-start').addEventListener('click', startReplay);
     setAuth('readonly');
     connect();
