@@ -116,15 +116,13 @@ struct ProgressReads {
 
 impl ProgressReads {
     /// Take a finished read, and start the next one once the last is
-    /// older than [`EVERY`].
+    /// older than [`EVERY`]. The first document waits for the first read
+    /// (bounded by [`PROGRESS_TIMEOUT`]); later ones never wait.
     async fn refresh(&mut self, state: &AdminState, now: Instant) {
         if self.pending.as_ref().is_some_and(|p| p.is_finished())
             && let Some(done) = self.pending.take()
         {
-            let read = done
-                .await
-                .unwrap_or_else(|e| Err(format!("progress read failed: {e}")));
-            self.last = Some((now, read));
+            self.last = Some((now, joined(done).await));
         }
         let stale = self
             .last
@@ -132,9 +130,14 @@ impl ProgressReads {
             .is_none_or(|(at, _)| now.duration_since(*at) >= EVERY);
         if stale && self.pending.is_none() {
             let state = state.clone();
-            self.pending = Some(tokio::spawn(async move {
-                read_progress(&state).await.map_err(|e| format!("{e:#}"))
-            }));
+            let read =
+                tokio::spawn(
+                    async move { read_progress(&state).await.map_err(|e| format!("{e:#}")) },
+                );
+            match self.last {
+                None => self.last = Some((now, joined(read).await)),
+                Some(_) => self.pending = Some(read),
+            }
         }
     }
 
@@ -145,6 +148,13 @@ impl ProgressReads {
             None => Err(anyhow::anyhow!("progress not read yet")),
         }
     }
+}
+
+async fn joined(
+    read: tokio::task::JoinHandle<Result<Progress, String>>,
+) -> Result<Progress, String> {
+    read.await
+        .unwrap_or_else(|e| Err(format!("progress read failed: {e}")))
 }
 
 impl Drop for ProgressReads {

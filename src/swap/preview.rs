@@ -69,7 +69,8 @@ pub async fn preview(
 }
 
 /// The first `n` rows of a curated output's files (in file order), as JSON
-/// objects (arrow's JSON writer: nulls left out, binary as hex).
+/// objects (arrow's JSON writer: every column in every row, nulls as
+/// `null`, binary as hex).
 fn first_rows(output: &CuratedOutput, n: usize) -> Result<Vec<Map<String, Value>>, String> {
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut left = n;
@@ -86,7 +87,9 @@ fn first_rows(output: &CuratedOutput, n: usize) -> Result<Vec<Map<String, Value>
             batches.push(batch);
         }
     }
-    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(Vec::new());
     for batch in &batches {
         writer
             .write(batch)

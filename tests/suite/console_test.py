@@ -206,6 +206,8 @@ def run(driver):
     pause_and_resume(driver)
     drain_and_restart(driver)
 
+    dry_run(driver)
+
     set_value(driver, "transform-sql", "SELECT * FROM batch")
     set_value(driver, "transform-label", "v-console")
     set_value(driver, "transform-probation", "2")
@@ -256,6 +258,33 @@ def run(driver):
     assert not errors, f"console errors: {errors}"
     step("wrong token refused")
     print("console test passed", flush=True)
+
+
+def dry_run(driver):
+    """Dry run from the page: the first rows before and after the SQL, the
+    added column marked, nothing swapped; a refused SQL says why."""
+    active = text_of(driver, "#transform-version")
+    set_value(driver, "transform-sql", "SELECT *, upper(type) AS kind FROM batch")
+    driver.find_element(By.ID, "transform-dry-run").click()
+    wait(driver, 60, "the dry run's rows", lambda d: attr(d, "transform-preview", "data-state") == "done")
+    before = driver.find_elements(By.CSS_SELECTOR, '#transform-preview table[data-side^="before"] th')
+    after = driver.find_elements(By.CSS_SELECTOR, '#transform-preview table[data-side="after"] th')
+    before_cols = [th.text for th in before]
+    added = [th.text for th in after if "added" in (th.get_attribute("class") or "")]
+    assert "kind" not in before_cols and "type" in before_cols, before_cols
+    assert added == ["kind"], f"added columns: {added}"
+    rows = driver.find_elements(By.CSS_SELECTOR, '#transform-preview table[data-side="after"] tbody tr')
+    assert 1 <= len(rows) <= 5, len(rows)
+    assert text_of(driver, "#transform-version") == active, "a dry run swapped the transform"
+    set_value(driver, "transform-sql", "SELECT id FROM batch")
+    driver.find_element(By.ID, "transform-dry-run").click()
+    wait(driver, 60, "the dry run to be refused", lambda d: attr(d, "transform-preview", "data-state") == "refused")
+    refusal = driver.find_element(By.ID, "transform-result").text
+    assert "lacks metadata column" in refusal, refusal
+    # The browser logs the refused call itself (a 422 resource); nothing else.
+    errors = severe(driver, allowed=("status of 422",))
+    assert not errors, f"console errors after the dry runs: {errors}"
+    step(f"dry run from the page: {len(rows)} rows before and after, column kind added; a bad SQL refused")
 
 
 def pause_and_resume(driver):
