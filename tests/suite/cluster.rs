@@ -239,7 +239,10 @@ async fn cluster_run(store: Store) {
     );
 
     // Everything fetched and curated, then the rest drain too.
-    nodes.finish_and_drain(&settings, &backends, total).await;
+    let distinct = async || curated_counts(&settings, backends.blobs.as_ref()).await.1;
+    nodes
+        .finish_and_drain(&settings, &backends, total, distinct)
+        .await;
     let counts = curated_counts(&settings, backends.blobs.as_ref()).await;
     assert_eq!(counts, (total, total), "{}", nodes.tails());
     demo.stop().await;

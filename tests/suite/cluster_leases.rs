@@ -121,8 +121,17 @@ async fn five_sources_spread_over_three_nodes_and_move_fairly() {
         .any(|log| log.contains("fetcher lease handed back"));
     assert!(handed, "no node handed a lease back;{}", nodes.tails());
 
+    let distinct = async || {
+        let mut n = 0;
+        for source in SOURCES {
+            let sql = format!("SELECT count(DISTINCT id) AS d FROM {source}");
+            let rows = curated_rows(&settings, backends.blobs.as_ref(), &sql).await;
+            n += rows[0]["d"].as_u64().unwrap_or(0);
+        }
+        n
+    };
     nodes
-        .finish_and_drain(&settings, &backends, total * SOURCES.len() as u64)
+        .finish_and_drain(&settings, &backends, total * SOURCES.len() as u64, distinct)
         .await;
     eprintln!(
         "at the end: {:?}",

@@ -154,7 +154,10 @@ async fn cluster_swaps(store: Store) {
     case_a_swap_outlives_its_killed_initiator_and_reaches_a_newcomer(&mut nodes, &backends).await;
     case_source_settings_swapped_anywhere_reach_every_node(&nodes, &settings).await;
     case_a_version_failing_on_one_node_rolls_back_on_all(&nodes, &settings, &backends).await;
-    nodes.finish_and_drain(&settings, &backends, total).await;
+    let distinct = async || curated_counts(&settings, backends.blobs.as_ref()).await.1;
+    nodes
+        .finish_and_drain(&settings, &backends, total, distinct)
+        .await;
     let blobs = backends.blobs.as_ref();
     case_everything_is_curated_once_with_the_columns_of_its_version(&settings, blobs, total).await;
     case_a_node_restarted_alone_runs_the_stored_version_and_replays_with_it(

@@ -150,20 +150,33 @@ impl Nodes {
 impl Nodes {
     /// Wait (bounded) until all `total` records are fetched and curated,
     /// then drain every running node; each must exit 0.
+    /// Wait (bounded) until every record is curated, then drain every
+    /// node. "Every record" is `distinct()`, the distinct records curated,
+    /// reaching `total`, read once the hub is caught up (every stage's
+    /// checkpoint at the hub's end): the hub's own count cannot say it,
+    /// since it holds the duplicates a restart re-publishes, so it reaches
+    /// `total` while the last records are still being fetched.
     pub async fn finish_and_drain(
         &mut self,
         settings: &hubflow::config::Settings,
         backends: &hubflow::backends::Backends,
         total: u64,
+        distinct: impl AsyncFn() -> u64,
     ) {
-        let (limit, every) = (Duration::from_secs(120), Duration::from_millis(250));
+        let (limit, every) = (Duration::from_secs(120), Duration::from_millis(500));
         super::eventually("every record curated", limit, every, async || {
             let p = hubflow::pipeline::Progress::read(settings, backends)
                 .await
                 .unwrap();
-            match p.idle(1) && p.in_hub >= total {
-                true => Ok(()),
-                false => Err(format!("not finished: {p:?};{}", self.tails())),
+            if !(p.idle(1) && p.in_hub >= total) {
+                return Err(format!("not finished: {p:?};{}", self.tails()));
+            }
+            match distinct().await {
+                n if n >= total => Ok(()),
+                n => Err(format!(
+                    "{n} of {total} distinct records curated: {p:?};{}",
+                    self.tails()
+                )),
             }
         })
         .await;
