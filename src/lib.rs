@@ -41,6 +41,8 @@
 //! - [`admin`], [`ctl`]: the admin port (axum: status, metrics, control,
 //!   replay, dead letters, swaps) and its client `hubflow ctl`.
 //! - [`service`]: `hubflow run` (status line, signals, exit when idle).
+//!   [`shell`]: the interactive `hubflow query` and how the CLI shows an
+//!   error.
 //! - [`progress`]: progress bars (rate, ETA) for long operations when
 //!   stderr is a terminal. [`chaos`]: the chaos driver (kills and panics
 //!   random actors at a rate) used by the chaos tests and the chaos
@@ -65,6 +67,7 @@ pub mod progress;
 pub mod query;
 pub mod replay;
 pub mod service;
+pub mod shell;
 pub mod source;
 pub mod specs;
 pub mod swap;

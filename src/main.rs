@@ -83,14 +83,23 @@ enum Command {
     /// Run SQL over the curated container (one table per source).
     Query {
         /// One statement over the curated tables (one per source), e.g.
-        /// `"SELECT type, count(*) FROM demo GROUP BY type"`.
-        sql: String,
+        /// `"SELECT type, count(*) FROM demo GROUP BY type"`. Without it, an
+        /// interactive session: statements end with `;` and may span lines;
+        /// `\d` lists the tables, `\d demo` describes one, `\s` shows the
+        /// history, `\q` quits.
+        sql: Option<String>,
         /// TOML configuration (where curated data is), e.g. `hubflow.toml`.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Output: an aligned table, CSV or JSON rows.
+        /// Output: an aligned table, CSV, JSON rows, or a Parquet file
+        /// (zstd; with `--output`, or to a stdout that is not a terminal),
+        /// e.g. `--format csv`.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Write the result to this file instead of stdout, e.g.
+        /// `--output result.parquet`.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Configuration tools.
     Config {
@@ -121,6 +130,7 @@ enum Format {
     Table,
     Csv,
     Json,
+    Parquet,
 }
 
 fn init_logs(format: LogFormat, traces: Option<&otel::Traces>) -> LogControl {
@@ -164,17 +174,11 @@ async fn main_inner(
             sql,
             config,
             format,
+            output,
         } => {
             // Only what reading curated data needs: no ingestion secret.
             let location = Config::load(config.as_deref())?.curated_location()?;
-            let batches = hubflow::query::curated(&location, &sql).await?;
-            let format = match format {
-                Format::Table => OutputFormat::Table,
-                Format::Csv => OutputFormat::Csv,
-                Format::Json => OutputFormat::Json,
-            };
-            println!("{}", query::format_batches(&batches, format)?);
-            Ok(())
+            query_command(&location, sql.as_deref(), format, output.as_deref()).await
         }
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
@@ -349,7 +353,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{}", render_error(&error));
+            eprintln!("{}", hubflow::shell::render_error(&error));
             if let Some(code) = hubflow::ctl::exit_code(&error) {
                 return ExitCode::from(code);
             }
@@ -361,27 +365,62 @@ fn main() -> ExitCode {
     }
 }
 
-/// An error as the user reads it: the outermost message and, when it says
-/// something the outer one does not, the root cause, each once (errors
-/// often repeat their source's text, so `{:#}` would print the same
-/// message several times).
-fn render_error(error: &anyhow::Error) -> String {
-    let outer = error.to_string();
-    let mut out = format!("error: {outer}");
-    if let Some(root) = error
-        .chain()
-        .map(|c| c.to_string())
-        .rfind(|t| !t.is_empty() && !outer.contains(t.as_str()))
-    {
-        out.push_str("\n  caused by: ");
-        out.push_str(&root);
+/// `hubflow query`: one statement, or an interactive session without one.
+async fn query_command(
+    location: &hubflow::config::CuratedLocation,
+    sql: Option<&str>,
+    format: Format,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let text_format = match format {
+        Format::Table => Some(OutputFormat::Table),
+        Format::Csv => Some(OutputFormat::Csv),
+        Format::Json => Some(OutputFormat::Json),
+        Format::Parquet => None,
+    };
+    let Some(sql) = sql else {
+        let Some(format) = text_format else {
+            anyhow::bail!(
+                "an interactive session prints tables, CSV or JSON: give a statement for --format parquet"
+            );
+        };
+        let stdin = std::io::stdin();
+        let mut session = hubflow::shell::Session {
+            location,
+            format,
+            out: std::io::stdout(),
+            err: std::io::stderr(),
+            prompt: stdin.is_terminal(),
+        };
+        session.run(stdin.lock()).await?;
+        return Ok(());
+    };
+    let batches = hubflow::query::curated(location, sql).await?;
+    let mut out: Box<dyn Write + Send> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None if text_format.is_none() && std::io::stdout().is_terminal() => {
+            anyhow::bail!(
+                "refusing to write Parquet to a terminal: give --output FILE or redirect stdout"
+            );
+        }
+        None => Box::new(std::io::stdout()),
+    };
+    match text_format {
+        Some(format) => writeln!(out, "{}", query::format_batches(&batches, format)?)?,
+        None => query::write_parquet(&batches, &mut out)?,
     }
-    out
+    out.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use hubflow::shell::render_error;
 
     #[test]
     fn errors_print_each_message_once() {

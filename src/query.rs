@@ -555,6 +555,34 @@ pub async fn curated(
     location: &CuratedLocation,
     sql: &str,
 ) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
+    let ctx = curated_session(location).await?;
+    let df = ctx.sql(sql).await.map_err(QueryError::from)?;
+    Ok(df.collect().await.map_err(QueryError::from)?)
+}
+
+/// Every curated table (one per source) and the schema a query sees, by
+/// name (`\d` in the interactive `hubflow query`).
+pub async fn curated_tables(
+    location: &CuratedLocation,
+) -> anyhow::Result<Vec<(String, SchemaRef)>> {
+    let ctx = curated_session(location).await?;
+    let mut tables = Vec::new();
+    let mut names: Vec<String> = ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .map(|s| s.table_names())
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        let table = ctx.table_provider(name.as_str()).await?;
+        tables.push((name, table.schema()));
+    }
+    Ok(tables)
+}
+
+/// The session [`curated`] queries in: the curated container (mirrored
+/// first when remote) with each source's table typed by the registry.
+pub async fn curated_session(location: &CuratedLocation) -> anyhow::Result<SessionContext> {
     let container = &location.storage.curated_container;
     let (store, curated): (
         Arc<dyn hubflow_actors::ports::BlobStore>,
@@ -596,5 +624,29 @@ pub async fn curated(
         let source = name.trim_start_matches("schemas/").to_string();
         schemas.insert(source, Arc::new(schema));
     }
-    Ok(query_dir_with_schemas(&curated, sql, &schemas).await?)
+    Ok(curated_context(&curated, &schemas).await?)
+}
+
+/// Results as one Parquet file (zstd), to `out`: `hubflow query --format
+/// parquet`.
+pub fn write_parquet(
+    batches: &[RecordBatch],
+    out: impl std::io::Write + Send,
+) -> anyhow::Result<()> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    let schema = batches
+        .first()
+        .map(RecordBatch::schema)
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut writer = ArrowWriter::try_new(out, schema, Some(props))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.close()?;
+    Ok(())
 }

@@ -346,3 +346,129 @@ async fn objects_widened_to_text_in_a_later_file_read_as_json_text() {
         assert_eq!(csv, "o,l\n\"{\"\"k\"\":1}\",\"[1,2]\"\ntext,3\n");
     }
 }
+
+/// `hubflow query` on a data directory holding the fixture, with `stdin`.
+fn hubflow_query(data: &Path, args: &[&str], stdin: &str) -> (bool, Vec<u8>, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let config = data.join("hubflow.toml");
+    std::fs::write(
+        &config,
+        format!("[pipeline]\ndata_dir = {:?}\n", data.display().to_string()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubflow"))
+        .args(["query", "--config", config.to_str().unwrap()])
+        .args(args)
+        .env("HUBFLOW_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Without SQL, `hubflow query` reads statements (multi-line, ending with
+/// `;`) and meta-commands from stdin: a bad statement or command prints one
+/// error and the session goes on; `\q` ends it.
+#[test]
+fn query_without_sql_is_an_interactive_session() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(&dir.path().join("blobs/curated"));
+    let input = "\\d\n\\d orders\nSELECT count(*) AS n\n  FROM orders;\nSELEKT 1;\n\\x\n\\d nosuch\n\\s\n\\q\nSELECT 'after quit' AS q;\n";
+    let (ok, stdout, stderr) = hubflow_query(dir.path(), &["--format", "csv"], input);
+    let stdout = String::from_utf8(stdout).unwrap();
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("orders (") && stdout.contains("web_clicks ("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("amount ")),
+        "\\d orders: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("n\n{}", ORDERS_EARLY + ORDERS_LATE)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("   1  SELECT count(*) AS n\n  FROM orders;"),
+        "history: {stdout}"
+    );
+    assert!(
+        !stdout.contains("after quit"),
+        "\\q did not end the session: {stdout}"
+    );
+    let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
+    assert_eq!(errors, 3, "{stderr}");
+    assert_eq!(
+        stderr.matches("SELEKT").count(),
+        1,
+        "an error prints once: {stderr}"
+    );
+    assert!(stderr.contains("unknown command \\x"), "{stderr}");
+    assert!(
+        stderr.contains("no table \"nosuch\" (tables: orders, web_clicks)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hubflow>"),
+        "a prompt without a terminal: {stderr}"
+    );
+
+    let (ok, _, stderr) = hubflow_query(dir.path(), &[], "SELECT 1 AS x");
+    assert!(
+        ok && stderr.contains("input ended inside a statement"),
+        "{stderr}"
+    );
+}
+
+/// `--format parquet` writes the result as a Parquet file, to `--output`
+/// or to a stdout that is not a terminal; never in an interactive session.
+#[test]
+fn query_results_as_a_parquet_file() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(&dir.path().join("blobs/curated"));
+    let file = dir.path().join("out.parquet");
+    let sql = "SELECT id, amount FROM orders ORDER BY id";
+    let args = [
+        "--format",
+        "parquet",
+        "--output",
+        file.to_str().unwrap(),
+        sql,
+    ];
+    let (ok, _, stderr) = hubflow_query(dir.path(), &args, "");
+    assert!(ok, "{stderr}");
+    let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows as i64, ORDERS_EARLY + ORDERS_LATE);
+
+    let (ok, stdout, stderr) = hubflow_query(dir.path(), &["--format", "parquet", sql], "");
+    assert!(
+        ok && stdout.starts_with(b"PAR1") && stdout.ends_with(b"PAR1"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = hubflow_query(dir.path(), &["--format", "parquet"], "SELECT 1;\n");
+    assert!(
+        !ok && stderr.contains("give a statement for --format parquet"),
+        "{stderr}"
+    );
+}
