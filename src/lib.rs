@@ -36,6 +36,9 @@
 //! - [`query`]: SQL (DataFusion) over the curated container;
 //!   [`curated_cache`]: the local mirror of a remote curated container that
 //!   `hubflow query` reads.
+//! - [`sql`]: the SQL server for data scientists' own clients (Postgres
+//!   wire protocol: psql, DBeaver, psycopg, Power BI), read-only, with
+//!   logins and per-statement limits.
 //! - [`trace`]: lineage: the path of one record from the request that
 //!   fetched it to its curated row (`GET /trace`, `hubflow ctl trace`).
 //! - [`admin`], [`ctl`]: the admin port (axum: status, metrics, control,
@@ -70,6 +73,7 @@ pub mod service;
 pub mod shell;
 pub mod source;
 pub mod specs;
+pub mod sql;
 pub mod swap;
 pub mod telemetry;
 pub mod trace;

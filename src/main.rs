@@ -101,6 +101,11 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// SQL for data scientists' own clients (psql, DBeaver, psycopg, Power BI).
+    Sql {
+        #[command(subcommand)]
+        command: SqlCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -122,6 +127,24 @@ enum ConfigCommand {
     Check {
         /// The file, e.g. `deploy/config/production.toml`.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SqlCommand {
+    /// Serve the curated tables over the Postgres wire protocol until a
+    /// signal (database `hubflow`, a table per source; users from `[sql]`
+    /// or HUBFLOW_SQL_USER / HUBFLOW_SQL_PASSWORD), e.g.
+    /// `hubflow sql serve --config hubflow.toml`, then
+    /// `psql "host=127.0.0.1 port=5433 dbname=hubflow user=analyst"`.
+    Serve {
+        /// TOML configuration (where curated data is, `[sql]`), e.g. `hubflow.toml`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Postgres wire protocol address instead of `[sql] pg_listen`,
+        /// e.g. `127.0.0.1:5433` (port 0 picks a free port).
+        #[arg(long)]
+        pg_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -180,6 +203,9 @@ async fn main_inner(
             let location = Config::load(config.as_deref())?.curated_location()?;
             query_command(&location, sql.as_deref(), format, output.as_deref()).await
         }
+        Command::Sql {
+            command: SqlCommand::Serve { config, pg_listen },
+        } => sql_serve(config.as_deref(), pg_listen).await,
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cli, "hubflow", &mut std::io::stdout());
@@ -216,6 +242,29 @@ async fn run(
         export.finish().await;
     }
     result
+}
+
+/// `hubflow sql serve`: the SQL server alone, until a signal. Reads only
+/// the storage sections and `[sql]` of the config.
+async fn sql_serve(
+    config: Option<&Path>,
+    pg_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(config)?;
+    if let Some(addr) = pg_listen {
+        config.sql.pg_listen = addr;
+    }
+    let (sql, location) = config.sql_server()?;
+    let mut signals = service::Signals::new().context("installing signal handlers")?;
+    let server = hubflow::sql::SqlServer::start(&sql, location).await?;
+    // The line scripts and tests read the bound port from.
+    eprintln!(
+        "sql: postgres wire protocol on {} (database hubflow)",
+        server.pg_addr()
+    );
+    signals.recv().await;
+    server.stop().await;
+    Ok(())
 }
 
 /// `hubflow demo-source --ndjson N`: the demo's first `n` records as NDJSON.

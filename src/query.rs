@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -106,13 +107,26 @@ pub async fn curated_context(
     curated_root: &Path,
     schemas: &BTreeMap<String, SchemaRef>,
 ) -> Result<SessionContext, QueryError> {
+    let ctx = SessionContext::new();
+    for (name, provider) in table_providers(curated_root, schemas).await? {
+        ctx.register_table(name.as_str(), provider)?;
+    }
+    Ok(ctx)
+}
+
+/// One table per source under `curated_root`, by table name (see the
+/// module docs).
+async fn table_providers(
+    curated_root: &Path,
+    schemas: &BTreeMap<String, SchemaRef>,
+) -> Result<Vec<(String, Arc<dyn TableProvider>)>, QueryError> {
     let root = curated_root.to_path_buf();
     let known: BTreeMap<String, SchemaRef> = schemas.clone();
     let tables = tokio::task::spawn_blocking(move || discover(&root, &known))
         .await
         .map_err(|e| QueryError::Read(anyhow::anyhow!("schema discovery task failed: {e}")))??;
 
-    let ctx = SessionContext::new();
+    let mut providers: Vec<(String, Arc<dyn TableProvider>)> = Vec::new();
     for table in tables {
         let url = url::Url::from_directory_path(&table.dir)
             .map_err(|()| {
@@ -139,11 +153,11 @@ pub async fn curated_context(
             source = %table.source,
             table = %table.name,
             columns = table.schema.fields().len(),
-            "registered curated table"
+            "curated table"
         );
-        ctx.register_table(table.name.as_str(), Arc::new(provider))?;
+        providers.push((table.name, Arc::new(provider)));
     }
-    Ok(ctx)
+    Ok(providers)
 }
 
 /// Adapts each file to the table schema like DataFusion's default adapter
@@ -583,6 +597,29 @@ pub async fn curated_tables(
 /// The session [`curated`] queries in: the curated container (mirrored
 /// first when remote) with each source's table typed by the registry.
 pub async fn curated_session(location: &CuratedLocation) -> anyhow::Result<SessionContext> {
+    let (curated, schemas) = curated_inputs(location).await?;
+    Ok(curated_context(&curated, &schemas).await?)
+}
+
+/// Every curated table of `location` (mirrored first when remote) with the
+/// registry's types, by table name; none while nothing is curated. The SQL
+/// server (`crate::sql`) registers these in its own session.
+pub async fn curated_providers(
+    location: &CuratedLocation,
+) -> anyhow::Result<Vec<(String, Arc<dyn TableProvider>)>> {
+    let (curated, schemas) = curated_inputs(location).await?;
+    match table_providers(&curated, &schemas).await {
+        Ok(providers) => Ok(providers),
+        Err(QueryError::NoData { .. }) => Ok(Vec::new()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The local curated root (the mirror when remote) and the registry's
+/// schema per source.
+async fn curated_inputs(
+    location: &CuratedLocation,
+) -> anyhow::Result<(std::path::PathBuf, BTreeMap<String, SchemaRef>)> {
     let container = &location.storage.curated_container;
     let (store, curated): (
         Arc<dyn hubflow_actors::ports::BlobStore>,
@@ -624,7 +661,7 @@ pub async fn curated_session(location: &CuratedLocation) -> anyhow::Result<Sessi
         let source = name.trim_start_matches("schemas/").to_string();
         schemas.insert(source, Arc::new(schema));
     }
-    Ok(curated_context(&curated, &schemas).await?)
+    Ok((curated, schemas))
 }
 
 /// Results as one Parquet file (zstd), to `out`: `hubflow query --format

@@ -91,6 +91,8 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     let (sources, demo) = start_sources(&settings, &backends).await?;
     let source_count = sources.len();
     let shutdown_deadline = admin_settings.shutdown_deadline;
+    let sql_settings = settings.sql.clone();
+    let curated = settings.curated_location();
     let pipeline = Arc::new(Pipeline::start(settings, backends, sources).await?);
     info!("pipeline started");
     // Follow transform swaps made on any node (the durable spec log).
@@ -99,6 +101,12 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
         Arc::downgrade(&pipeline),
         sync_stopped,
     ));
+    // The SQL server for data scientists, when `[sql] enabled`.
+    let sql = if sql_settings.enabled {
+        Some(crate::sql::SqlServer::start(&sql_settings, curated).await?)
+    } else {
+        None
+    };
     let admin = match admin_listener {
         Some(listener) => Some(AdminPort::start(
             listener,
@@ -135,6 +143,9 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
         // and the pipeline is ours alone again.
         if let Some(admin) = admin {
             admin.stop().await;
+        }
+        if let Some(sql) = sql {
+            sql.stop().await;
         }
         let _ = sync_stop.send(true);
         if tokio::time::timeout(Duration::from_secs(2), sync_task)

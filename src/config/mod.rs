@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod sql;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub struct Config {
     pub cluster: cluster::ClusterConfig,
     /// The admin port (see `crate::admin`): listen address, token, deadlines.
     pub admin: admin::AdminConfig,
+    /// The SQL server for data scientists (see `crate::sql`).
+    pub sql: sql::SqlConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,6 +357,9 @@ pub struct Settings {
     pub event_hubs: Option<EventHubsSettings>,
     pub cluster: cluster::ClusterSettings,
     pub admin: admin::AdminSettings,
+    /// `[sql]`: checked in full only when `enabled` (`hubflow sql serve`
+    /// validates it on its own).
+    pub sql: sql::SqlSettings,
     /// The transformation in effect (hot-swappable; shared by clones).
     pub transform: crate::transform::ActiveTransform,
     /// The settings each source runs with (hot-swappable; shared by clones).
@@ -470,6 +476,10 @@ impl Config {
                 field(&format!("admin.{f}"), &message)
             },
         )?;
+        let sql = self
+            .sql
+            .validate(self.sql.enabled)
+            .map_err(|e| sql_field(&e))?;
         let azure_field = |e: crate::azure::AzureConfigError| field(&e.path, &e.message);
         let azure_blob = self
             .azure_blob
@@ -516,9 +526,17 @@ impl Config {
             event_hubs,
             cluster,
             admin,
+            sql,
             transform,
             live_sources: Default::default(),
         })
+    }
+
+    /// `[sql]` validated for serving, with the curated data it serves:
+    /// all `hubflow sql serve` reads (no source secret, no admin token).
+    pub fn sql_server(&self) -> Result<(sql::SqlSettings, CuratedLocation), ConfigError> {
+        let sql = self.sql.validate(true).map_err(|e| sql_field(&e))?;
+        Ok((sql, self.curated_location()?))
     }
 
     /// Validate only the sections reading curated data needs (`[storage]`,
@@ -636,6 +654,11 @@ impl Config {
 }
 
 /// An error at `path` of the configuration.
+fn sql_field(error: &sql::SqlConfigError) -> ConfigError {
+    let sql::SqlConfigError::Invalid { field: f, message } = error;
+    field(&format!("sql.{f}"), message)
+}
+
 fn field(path: &str, message: &str) -> ConfigError {
     ConfigError::Field {
         origin: "config".to_string(),

@@ -58,17 +58,6 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// When scripts/test.sh installs the browser in the background, wait for
 /// it to finish (it writes its exit code to the named file).
 async fn wait_for_install() {
@@ -112,11 +101,11 @@ fn browser() -> Result<Browser, String> {
                 "google-chrome-stable",
             ]
             .into_iter()
-            .find_map(on_path)
+            .find_map(common::on_path)
         })
         .ok_or("chromium is not installed")?;
     let chromedriver = from_env("CHROMEDRIVER")
-        .or_else(|| on_path("chromedriver"))
+        .or_else(|| common::on_path("chromedriver"))
         .or_else(|| from_env("CHROMEWEBDRIVER").map(|dir| dir.join("chromedriver")))
         .filter(|p| p.is_file())
         .ok_or("chromedriver is not installed")?;
@@ -319,7 +308,7 @@ async fn the_console_in_a_browser_controls_the_pipeline_and_refuses_a_wrong_toke
     wait_for_install().await;
     let browser = match browser() {
         Ok(b) => Some(b),
-        Err(why) if in_ci() => {
+        Err(why) if common::in_ci() => {
             panic!("{why}: the console test needs a browser in CI (scripts/install-browser.sh)")
         }
         Err(why) => {

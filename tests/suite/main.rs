@@ -17,6 +17,7 @@
 //!   loudly without one).
 //! - Sources: [`http_source`], [`source_incremental`], [`source_restart`].
 //! - The dataflow: [`end_to_end`], [`azurite_end_to_end`], [`curated_query`],
+//!   [`sql_server`] (psql and psycopg against the SQL server),
 //!   [`event_grid`] (BlobCreated events as the only trigger).
 //! - Faults: [`chaos`], [`crash_restart`].
 //! - Operations: [`admin`], [`console`] (the browser console, in headless
@@ -51,4 +52,5 @@ mod lifecycle;
 mod otel;
 mod source_incremental;
 mod source_restart;
+mod sql_server;
 mod storage_full;

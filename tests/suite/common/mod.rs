@@ -27,6 +27,20 @@ use hubflow::query::{self, OutputFormat};
 
 use serde_json::Value;
 
+/// Whether this is CI (`CI=true`), where every tool a test needs is
+/// installed by scripts/test.sh and a missing one is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// `name` on `PATH`.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Tests that push 100k records through the pipeline or run several
 /// `hubflow` processes hold this lock, so no two of them share CI's two
 /// cores: their bounds (drain deadlines, lease expiries, stall detection)

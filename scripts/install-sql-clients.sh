@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the SQL clients the SQL server's tests (tests/suite/sql_server.rs)
+# drive, only what is missing:
+#
+# - Debian's postgresql-client (psql), as root, non-interactive;
+# - psycopg (with its binary build of libpq) from PyPI, pinned, into
+#   .tools/venv (the test tools' venv, see scripts/install-azurite.sh).
+#
+#   bash scripts/install-sql-clients.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+PY_PACKAGES=(psycopg==3.3.9 psycopg-binary==3.3.9)
+
+if command -v psql >/dev/null 2>&1; then
+    echo "psql is already installed"
+else
+    apt_install postgresql-client
+fi
+venv_install .tools/venv "${PY_PACKAGES[@]}"

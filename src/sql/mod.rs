@@ -1,0 +1,400 @@
+//! SQL for data scientists from the clients they already use: the curated
+//! tables served over the Postgres wire protocol (psql, DBeaver, psycopg,
+//! pandas, Power BI), by `hubflow sql serve` or inside `hubflow run` with
+//! `[sql] enabled = true`.
+//!
+//! The protocol, the Postgres catalog (`pg_catalog`, the SQL dialect
+//! clients send at start-up) and the Arrow ↔ Postgres type mapping are
+//! datafusion-postgres (pgwire underneath); Hubflow adds what a shared
+//! server needs around it:
+//! - [`catalog`]: the one DataFusion session (database `hubflow`, schema
+//!   `public`, one table per source with the schema registry's types), its
+//!   memory pool, and the refresh that picks up new sources and schema
+//!   changes;
+//! - [`auth`]: SCRAM-SHA-256 logins for the `[sql]` users, the database
+//!   name, failed logins counted and logged;
+//! - [`guard`]: read-only (every statement that is not a query refused
+//!   with SQLSTATE 25006), and per-statement limits: time, result rows,
+//!   cancellation while rows stream; statements on threads of their own;
+//! - [`yielding`]: the optimizer rule that makes a running statement
+//!   stoppable (every operator's input yields to tokio's budget);
+//! - this file: [`SqlServer`], the listener (TLS when configured, a cap on
+//!   connections answered with SQLSTATE 53300) and its shutdown.
+//!
+//! Nothing here needs an ingestion secret: the server reads only the
+//! storage settings (`crate::config::CuratedLocation`).
+
+pub mod auth;
+pub mod catalog;
+pub mod guard;
+pub mod yielding;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::{ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::tokio::tokio_rustls::rustls;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::CuratedLocation;
+use crate::config::sql::SqlSettings;
+
+pub use catalog::Catalog;
+
+/// Everything one connection is served with; a fresh startup handler per
+/// connection (the SASL exchange keeps state).
+struct Handlers {
+    guarded: Arc<guard::Guarded>,
+    users: Arc<auth::Users>,
+    parameters: Arc<DefaultServerParameterProvider>,
+    connections: Arc<ConnectionManager>,
+    cancels: Arc<guard::Cancels>,
+    /// TLS is configured: a client off loopback must use it.
+    tls: bool,
+}
+
+/// Refuses a plain-text login from off loopback when TLS is configured
+/// (pgwire itself serves both on one port).
+struct RequireTls<H> {
+    inner: H,
+    tls: bool,
+}
+
+#[async_trait::async_trait]
+impl<H: StartupHandler> StartupHandler for RequireTls<H> {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> pgwire::error::PgWireResult<()>
+    where
+        C: pgwire::api::ClientInfo
+            + futures::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::Error: std::fmt::Debug,
+        pgwire::error::PgWireError:
+            From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        if self.tls
+            && matches!(message, pgwire::messages::PgWireFrontendMessage::Startup(_))
+            && !client.is_secure()
+            && !client.socket_addr().ip().is_loopback()
+        {
+            return Err(pgwire::error::PgWireError::UserError(Box::new(
+                pgwire::error::ErrorInfo::new(
+                    "FATAL".into(),
+                    "28000".into(),
+                    "hubflow's sql server requires TLS off loopback (connect with sslmode=require)"
+                        .into(),
+                ),
+            )));
+        }
+        self.inner.on_startup(client, message).await
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.guarded)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.guarded)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        let users: Arc<dyn pgwire::api::auth::AuthSource> = self.users.clone();
+        Arc::new(RequireTls {
+            inner: SASLAuthStartupHandler::new(Arc::clone(&self.parameters))
+                .with_scram(ScramAuth::new(users))
+                .with_connection_manager(Arc::clone(&self.connections)),
+            tls: self.tls,
+        })
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(auth::Errors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::clone(&self.cancels)
+    }
+}
+
+/// A running SQL server.
+pub struct SqlServer {
+    pg_addr: SocketAddr,
+    max_connections: usize,
+    limiter: Arc<Semaphore>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    catalog: Arc<Catalog>,
+}
+
+impl SqlServer {
+    /// Open the catalog, bind `settings.pg_listen` and serve until
+    /// [`SqlServer::stop`].
+    pub async fn start(
+        settings: &SqlSettings,
+        location: CuratedLocation,
+    ) -> anyhow::Result<SqlServer> {
+        let catalog = Arc::new(Catalog::open(location, settings.memory_limit_bytes).await?);
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|(cert, key)| tls_acceptor(cert, key))
+            .transpose()?;
+        let listener = TcpListener::bind(settings.pg_listen)
+            .await
+            .with_context(|| format!("binding the sql port {}", settings.pg_listen))?;
+        let pg_addr = listener.local_addr()?;
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(guard::ReadOnly),
+            Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
+            Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
+            Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
+        ];
+        let running = Arc::new(guard::Running::default());
+        let connections = Arc::new(ConnectionManager::new());
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.is_superuser = false;
+        parameters.default_transaction_read_only = true;
+        let handlers = Arc::new(Handlers {
+            guarded: Arc::new(guard::Guarded {
+                inner: Arc::new(DfSessionService::new_with_hooks(catalog.context(), hooks)),
+                limits: guard::Limits {
+                    timeout: settings.query_timeout,
+                    max_rows: settings.max_result_rows,
+                },
+                running: Arc::clone(&running),
+                runtime: Arc::new(
+                    guard::QueryRuntime::new(settings.query_threads)
+                        .context("starting the sql query threads")?,
+                ),
+            }),
+            users: Arc::new(auth::Users::new(&settings.users)),
+            parameters: Arc::new(parameters),
+            cancels: Arc::new(guard::Cancels {
+                pgwire: DefaultCancelHandler::new(Arc::clone(&connections)),
+                running,
+            }),
+            connections,
+            tls: tls.is_some(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let limiter = Arc::new(Semaphore::new(settings.max_connections));
+        let task = tokio::spawn(serve(
+            listener,
+            tls,
+            handlers,
+            Arc::clone(&limiter),
+            stopped.clone(),
+        ));
+        tokio::spawn(refresh_loop(
+            Arc::clone(&catalog),
+            settings.refresh,
+            stopped,
+        ));
+        let tables = catalog.tables().await;
+        info!(addr = %pg_addr, tls = settings.tls.is_some(), users = settings.users.len(), ?tables, "sql server listening (postgres wire protocol)");
+        Ok(SqlServer {
+            pg_addr,
+            max_connections: settings.max_connections,
+            limiter,
+            stop,
+            task,
+            catalog,
+        })
+    }
+
+    /// Where the Postgres wire protocol listens.
+    pub fn pg_addr(&self) -> SocketAddr {
+        self.pg_addr
+    }
+
+    /// Connections open now (each holds one of `sql.max_connections`).
+    pub fn connections(&self) -> usize {
+        self.max_connections - self.limiter.available_permits()
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Stop listening and close every connection.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        info!("sql server stopped");
+    }
+
+    /// Serve until the listener fails (for `hubflow sql serve`, which ends
+    /// on a signal).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the sql server task failed")
+    }
+}
+
+async fn refresh_loop(
+    catalog: Arc<Catalog>,
+    every: std::time::Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = guard::until_set(stopped.clone()) => return,
+        }
+        if let Err(error) = catalog.refresh().await {
+            metrics::counter!("hubflow_sql_refresh_errors_total").increment(1);
+            let error = format!("{error:#}");
+            warn!(%error, "sql table refresh failed; serving the tables as they were");
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+    handlers: Arc<Handlers>,
+    limiter: Arc<Semaphore>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (socket, peer) = tokio::select! {
+            _ = guard::until_set(stopped.clone()) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "sql accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&limiter).try_acquire_owned() else {
+            metrics::counter!("hubflow_sql_connections_refused_total").increment(1);
+            warn!(%peer, "sql connection refused: too many connections (sql.max_connections)");
+            connections.spawn(refuse(socket));
+            continue;
+        };
+        metrics::counter!("hubflow_sql_connections_total").increment(1);
+        let handlers = Arc::clone(&handlers);
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let gauge = metrics::gauge!("hubflow_sql_connections_active");
+            gauge.increment(1.0);
+            debug!(%peer, "sql connection");
+            if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                debug!(%peer, %error, "sql connection ended with an error");
+            }
+            gauge.decrement(1.0);
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Answer a connection over the cap with Postgres's own error
+/// (FATAL 53300 too_many_connections) and close it.
+async fn refuse(mut socket: tokio::net::TcpStream) {
+    let mut fields = Vec::new();
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (
+            b'M',
+            "too many connections to hubflow's sql server (sql.max_connections)",
+        ),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(&fields);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        // Clients ask for TLS (or GSS) first and show no error text sent in
+        // answer to that: decline, and refuse after the startup message,
+        // as Postgres does.
+        while let Some(request) = startup_request(&mut socket).await {
+            if request != SSL_REQUEST && request != GSSENC_REQUEST {
+                break;
+            }
+            if socket.write_all(b"N").await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.write_all(&message).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}
+
+/// The protocol code of an SSLRequest and a GSSENCRequest.
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+
+/// Reads one untyped startup-phase message (length, code, body) and
+/// returns its code; `None` on a closed socket or an implausible length.
+async fn startup_request(socket: &mut tokio::net::TcpStream) -> Option<u32> {
+    let mut head = [0u8; 8];
+    socket.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    // A startup message is a few hundred bytes; anything else is not one.
+    if !(8..=10_000).contains(&len) {
+        return None;
+    }
+    let mut body = vec![0u8; len - 8];
+    socket.read_exact(&mut body).await.ok()?;
+    Some(code)
+}
+
+/// A TLS acceptor from a PEM certificate chain and private key.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<pgwire::tokio::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("sql.tls_cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "sql.tls_cert {}: no certificate in the file",
+            cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("sql.tls_key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("sql tls protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("sql.tls_cert and sql.tls_key do not make a usable certificate")?;
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+}

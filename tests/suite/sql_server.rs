@@ -1,0 +1,399 @@
+//! The SQL server through the clients data scientists use: Debian's `psql`
+//! and psycopg from PyPI (both installed by scripts/test.sh) against
+//! `hubflow::sql::SqlServer` over the curated data of a real run. They see
+//! the same rows as `hubflow query`; writes are refused; a runaway statement
+//! is killed by its time limit (and by a cancel request) while another
+//! session keeps answering; wrong passwords, unknown users and databases,
+//! too many connections and garbage bytes each get a clear error and the
+//! server stays up. `hubflow sql serve` is tested as a process too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hubflow::config::Settings;
+use hubflow::config::sql::{SqlConfig, SqlUserConfig};
+use hubflow::demo::DemoConfig;
+use hubflow::service::{self, RunOptions};
+use hubflow::source::SecretString;
+use hubflow::sql::SqlServer;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common;
+
+const USER: &str = "analyst";
+const PASSWORD: &str = "correct-horse-battery";
+const RECORDS: u64 = 2_000;
+
+/// psql and the venv's python with psycopg, or why not (a failure in CI,
+/// where scripts/test.sh installs both).
+fn clients() -> Option<(PathBuf, PathBuf)> {
+    let python = common::azurite::repo_root().join(".tools/venv/bin/python");
+    let psycopg = std::process::Command::new(&python)
+        .args(["-c", "import psycopg"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    match (common::on_path("psql"), psycopg) {
+        (Some(psql), true) => Some((psql, python)),
+        (psql, _) => {
+            let why = format!(
+                "psql {} / psycopg {} (scripts/test.sh installs them)",
+                if psql.is_some() { "found" } else { "missing" },
+                if psycopg { "found" } else { "missing" }
+            );
+            assert!(!common::in_ci(), "sql client tests cannot run: {why}");
+            eprintln!("SKIPPED: sql client tests: {why}");
+            None
+        }
+    }
+}
+
+/// A finished run of the demo source: `RECORDS` records curated.
+async fn curated_run(dir: &Path) -> Settings {
+    let demo = common::DemoServer::start(DemoConfig {
+        total: RECORDS,
+        ..DemoConfig::default()
+    })
+    .await;
+    let settings = common::settings(dir, &demo.url);
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        service::run(
+            settings.clone(),
+            RunOptions {
+                exit_when_idle: true,
+                status_every: None,
+            },
+        ),
+    )
+    .await
+    .expect("the run did not finish in 5 minutes")
+    .expect("the run failed");
+    demo.stop().await;
+    settings
+}
+
+fn sql_config(timeout_ms: u64, max_connections: usize) -> SqlConfig {
+    SqlConfig {
+        enabled: true,
+        pg_listen: "127.0.0.1:0".parse().unwrap(),
+        users: vec![SqlUserConfig {
+            name: USER.into(),
+            password: SecretString::literal(PASSWORD),
+        }],
+        query_timeout_ms: timeout_ms,
+        max_connections,
+        refresh_ms: 200,
+        ..SqlConfig::default()
+    }
+}
+
+/// `psql -c sql`: (success, stdout, stderr).
+async fn psql(psql: &Path, addr: SocketAddr, password: &str, sql: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new(psql)
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            USER,
+            "-d",
+            "hubflow",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// Waits until the server holds `n` connections.
+async fn connections_reach(server: &SqlServer, n: usize) {
+    common::eventually(
+        &format!("the server holds {n} connections"),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || match server.connections() {
+            held if held == n => Ok(()),
+            held => Err(format!("{held} connections")),
+        },
+    )
+    .await;
+}
+
+/// One value of `hubflow query`'s path as text.
+async fn hubflow_value(settings: &Settings, sql: &str) -> Value {
+    let rows = common::json_rows(settings, sql).await;
+    let row = rows[0].as_object().unwrap();
+    row.values().next().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn psql_and_psycopg_query_the_curated_tables_read_only_and_within_limits() {
+    let Some((psql_bin, python)) = clients() else {
+        return;
+    };
+    let _heavy = common::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = curated_run(dir.path()).await;
+    let sql = sql_config(8_000, 16).validate(true).unwrap();
+    let server = SqlServer::start(&sql, settings.curated_location())
+        .await
+        .unwrap();
+    let addr = server.pg_addr();
+
+    // psql: \dt lists the table, \d describes it, an aggregate agrees with
+    // `hubflow query`.
+    let (ok, out, err) = psql(&psql_bin, addr, PASSWORD, "\\dt").await;
+    assert!(ok, "\\dt failed: {err}");
+    assert!(out.contains("demo"), "\\dt: {out}");
+    let (ok, out, err) = psql(&psql_bin, addr, PASSWORD, "\\d demo").await;
+    assert!(ok, "\\d demo failed: {err}");
+    for column in ["id", "amount", "created_at", "_hub_partition", "date"] {
+        assert!(out.contains(column), "\\d demo lacks {column}: {out}");
+    }
+    let (ok, out, err) = psql(
+        &psql_bin,
+        addr,
+        PASSWORD,
+        "SELECT count(*), count(DISTINCT id), round(sum(amount)::numeric, 2) FROM demo",
+    )
+    .await;
+    assert!(ok, "aggregate failed: {err}");
+    let expected_sum = hubflow_value(&settings, "SELECT round(sum(amount), 2) AS s FROM demo")
+        .await
+        .as_f64()
+        .unwrap();
+    let fields: Vec<&str> = out.split('|').collect();
+    assert_eq!(fields[0], RECORDS.to_string(), "{out}");
+    assert_eq!(fields[1], RECORDS.to_string(), "{out}");
+    let sum: f64 = fields[2].parse().unwrap();
+    assert!((sum - expected_sum).abs() < 0.01, "{sum} vs {expected_sum}");
+
+    // A write through psql: refused with the read-only SQLSTATE's message.
+    let (ok, _, err) = psql(
+        &psql_bin,
+        addr,
+        PASSWORD,
+        "CREATE TABLE t AS SELECT * FROM demo",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("read-only"), "{err}");
+
+    // A wrong password.
+    let (ok, _, err) = psql(&psql_bin, addr, "wrong-password-here", "SELECT 1").await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "Password authentication failed for user \"{USER}\""
+        )),
+        "{err}"
+    );
+
+    // A runaway statement is killed by the time limit while another session
+    // answers.
+    let started = Instant::now();
+    let runaway = tokio::spawn({
+        let psql_bin = psql_bin.clone();
+        async move {
+            psql(
+                &psql_bin,
+                addr,
+                PASSWORD,
+                "SELECT count(*) FROM demo a, demo b, demo c WHERE a.amount + b.amount > c.amount",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, out, err) = psql(&psql_bin, addr, PASSWORD, "SELECT count(*) FROM demo").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, RECORDS.to_string());
+    assert!(
+        !runaway.is_finished(),
+        "the runaway statement ended before the other session's answer"
+    );
+    let (ok, _, err) = runaway.await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("ran longer than"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the limit did not stop it: {:?}",
+        started.elapsed()
+    );
+
+    // psycopg: parameters, prepared statements, the catalog, refusals, a
+    // cancel request, bad logins.
+    let script = common::azurite::repo_root().join("tests/suite/sql_clients.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            USER,
+            PASSWORD,
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let purchases = hubflow_value(
+        &settings,
+        "SELECT count(*) AS n FROM demo WHERE type = 'purchase'",
+    )
+    .await;
+    assert_eq!(seen["purchases"], purchases);
+    assert!(purchases.as_u64().unwrap() > 0);
+    let first = common::json_rows(
+        &settings,
+        "SELECT id, amount FROM demo WHERE amount > 100.0 ORDER BY id LIMIT 3",
+    )
+    .await;
+    for (got, want) in seen["first_three"].as_array().unwrap().iter().zip(&first) {
+        assert_eq!(got[0], want["id"]);
+        assert!((got[1].as_f64().unwrap() - want["amount"].as_f64().unwrap()).abs() < 1e-9);
+    }
+    assert_eq!(seen["totals"][0], RECORDS);
+    assert_eq!(seen["totals"][1], RECORDS);
+    assert!((seen["totals"][2].as_f64().unwrap() - expected_sum).abs() < 0.01);
+    let by_partition: u64 = seen["by_partition"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(by_partition > 0 && by_partition <= RECORDS, "{seen}");
+    assert_eq!(seen["tables"], serde_json::json!(["demo"]));
+    for write in seen["writes"].as_array().unwrap() {
+        assert_eq!(write["sqlstate"], "25006", "{write}");
+    }
+    assert_eq!(seen["after_refusals"], RECORDS);
+    assert_eq!(seen["cancel"]["sqlstate"], "57014", "{}", seen["cancel"]);
+    assert!(
+        seen["cancel"]["seconds"].as_f64().unwrap() < 3.5,
+        "{}",
+        seen["cancel"]
+    );
+    // libpq reports a refused login as text (psycopg has no SQLSTATE for
+    // it): the server's messages for 28P01 and 3D000.
+    for (name, expected) in [
+        (
+            "wrong_password",
+            format!("Password authentication failed for user \"{USER}\""),
+        ),
+        (
+            "unknown_user",
+            "Password authentication failed for user \"nobody\"".to_string(),
+        ),
+        (
+            "unknown_database",
+            "database \"postgres\" does not exist (the database is \"hubflow\")".to_string(),
+        ),
+    ] {
+        let message = seen[name]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&expected), "{name}: {}", seen[name]);
+    }
+
+    // Garbage on the port: the connection ends, the server answers on.
+    for garbage in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xff; 64],
+        vec![0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef],
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket.write_all(&garbage).await.unwrap();
+        let _ = socket.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut sink)).await;
+    }
+    let (ok, out, err) = psql(&psql_bin, addr, PASSWORD, "SELECT count(*) FROM demo").await;
+    assert!(ok, "after garbage: {err}");
+    assert_eq!(out, RECORDS.to_string());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_connections_are_refused_with_postgres_error_and_new_tables_appear() {
+    let Some((psql_bin, _)) = clients() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), "http://127.0.0.1:9/unused");
+    config.sources.clear();
+    let location = config.curated_location().unwrap();
+    // No curated data yet: the server starts with no table.
+    let sql = sql_config(10_000, 2).validate(true).unwrap();
+    let server = SqlServer::start(&sql, location.clone()).await.unwrap();
+    let addr = server.pg_addr();
+    let (ok, out, err) = psql(
+        &psql_bin,
+        addr,
+        PASSWORD,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "0");
+
+    // Data lands: the table appears without a restart.
+    let settings = curated_run(dir.path()).await;
+    assert_eq!(settings.curated_location().data_dir, location.data_dir);
+    common::eventually(
+        "the demo table appears",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        async || {
+            let (ok, out, err) = psql(&psql_bin, addr, PASSWORD, "SELECT count(*) FROM demo").await;
+            if ok && out == RECORDS.to_string() {
+                Ok(())
+            } else {
+                Err(format!("{out} {err}"))
+            }
+        },
+    )
+    .await;
+
+    // Two idle connections hold both slots: the third gets 53300's message.
+    // (psql's last connection may still be closing: start from none.)
+    connections_reach(&server, 0).await;
+    let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connections_reach(&server, 2).await;
+    let (ok, _, err) = psql(&psql_bin, addr, PASSWORD, "SELECT 1").await;
+    assert!(!ok);
+    assert!(err.contains("too many connections"), "{err}");
+    drop((_a, _b));
+    common::eventually(
+        "a slot is free again",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let (ok, _, err) = psql(&psql_bin, addr, PASSWORD, "SELECT 1").await;
+            if ok { Ok(()) } else { Err(err) }
+        },
+    )
+    .await;
+    server.stop().await;
+}
