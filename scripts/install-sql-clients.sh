@@ -2,7 +2,8 @@
 # Installs the SQL clients the SQL server's tests (tests/suite/sql_server.rs)
 # drive, only what is missing:
 #
-# - Debian's postgresql-client (psql), as root, non-interactive;
+# - Debian's postgresql-client (psql) and openssl (the TLS test's
+#   certificate), as root, non-interactive;
 # - psycopg (with its binary build of libpq) from PyPI, pinned, into
 #   .tools/venv (the test tools' venv, see scripts/install-azurite.sh).
 #
@@ -14,9 +15,9 @@ source scripts/lib.sh
 
 PY_PACKAGES=(psycopg==3.3.9 psycopg-binary==3.3.9)
 
-if command -v psql >/dev/null 2>&1; then
-    echo "psql is already installed"
-else
-    apt_install postgresql-client
-fi
+missing=()
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+apt_install "${missing[@]}"
+
 venv_install .tools/venv "${PY_PACKAGES[@]}"

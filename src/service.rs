@@ -44,6 +44,9 @@ pub struct Hooks {
     pub logs: Option<LogControl>,
     /// Called with the admin port's address once it listens.
     pub on_admin_listening: Option<tokio::sync::mpsc::UnboundedSender<std::net::SocketAddr>>,
+    /// Called with the SQL server's address once it listens (`[sql]
+    /// enabled`).
+    pub on_sql_listening: Option<tokio::sync::mpsc::UnboundedSender<std::net::SocketAddr>>,
     /// Notified: stop as on a first signal (for embedding `run` in a
     /// process that handles signals itself, and for tests).
     pub stop: Option<Arc<tokio::sync::Notify>>,
@@ -103,7 +106,11 @@ pub async fn run_with(settings: Settings, options: RunOptions, hooks: Hooks) -> 
     ));
     // The SQL server for data scientists, when `[sql] enabled`.
     let sql = if sql_settings.enabled {
-        Some(crate::sql::SqlServer::start(&sql_settings, curated).await?)
+        let server = crate::sql::SqlServer::start(&sql_settings, curated).await?;
+        if let Some(tx) = &hooks.on_sql_listening {
+            let _ = tx.send(server.pg_addr());
+        }
+        Some(server)
     } else {
         None
     };

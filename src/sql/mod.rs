@@ -65,6 +65,12 @@ struct Handlers {
     tls: bool,
 }
 
+/// With TLS configured, a login over plain text is refused unless it comes
+/// from loopback.
+fn plain_text_refused(tls: bool, secure: bool, peer: std::net::IpAddr) -> bool {
+    tls && !secure && !peer.is_loopback()
+}
+
 /// Refuses a plain-text login from off loopback when TLS is configured
 /// (pgwire itself serves both on one port).
 struct RequireTls<H> {
@@ -89,10 +95,8 @@ impl<H: StartupHandler> StartupHandler for RequireTls<H> {
         pgwire::error::PgWireError:
             From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
     {
-        if self.tls
-            && matches!(message, pgwire::messages::PgWireFrontendMessage::Startup(_))
-            && !client.is_secure()
-            && !client.socket_addr().ip().is_loopback()
+        if matches!(message, pgwire::messages::PgWireFrontendMessage::Startup(_))
+            && plain_text_refused(self.tls, client.is_secure(), client.socket_addr().ip())
         {
             return Err(pgwire::error::PgWireError::UserError(Box::new(
                 pgwire::error::ErrorInfo::new(
@@ -397,4 +401,24 @@ fn tls_acceptor(
     .with_single_cert(certs, key)
     .context("sql.tls_cert and sql.tls_key do not make a usable certificate")?;
     Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_loopback_a_tls_server_refuses_plain_text() {
+        let remote: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let v6_remote: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let v6_local: std::net::IpAddr = "::1".parse().unwrap();
+        assert!(plain_text_refused(true, false, remote));
+        assert!(plain_text_refused(true, false, v6_remote));
+        assert!(!plain_text_refused(true, true, remote));
+        assert!(!plain_text_refused(true, false, local));
+        assert!(!plain_text_refused(true, false, v6_local));
+        // Without TLS the config refuses a non-loopback address at start.
+        assert!(!plain_text_refused(false, false, remote));
+    }
 }

@@ -159,6 +159,7 @@ async fn start() -> Node {
         logs: Some(telemetry::init_logs(LogFormat::Text)),
         on_admin_listening: Some(tx),
         stop: Some(stop.clone()),
+        ..Hooks::default()
     };
     let run = tokio::spawn(service::run_with(settings, RunOptions::default(), hooks));
     let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())

@@ -5,7 +5,9 @@
 //! is killed by its time limit (and by a cancel request) while another
 //! session keeps answering; wrong passwords, unknown users and databases,
 //! too many connections and garbage bytes each get a clear error and the
-//! server stays up. `hubflow sql serve` is tested as a process too.
+//! server stays up. With a certificate, psql verifies the server over TLS.
+//! `hubflow sql serve` is tested as a process (no ingestion secret needed,
+//! bad settings refused, SIGTERM), and the server inside `hubflow run`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,18 +91,25 @@ fn sql_config(timeout_ms: u64, max_connections: usize) -> SqlConfig {
     }
 }
 
-/// `psql -c sql`: (success, stdout, stderr).
+/// `psql -c sql` as `USER`: (success, stdout, stderr).
 async fn psql(psql: &Path, addr: SocketAddr, password: &str, sql: &str) -> (bool, String, String) {
+    let conninfo = format!(
+        "host={} port={} dbname=hubflow user={USER}",
+        addr.ip(),
+        addr.port()
+    );
+    psql_conninfo(psql, &conninfo, password, sql).await
+}
+
+/// `psql -c sql` with a connection string: (success, stdout, stderr).
+async fn psql_conninfo(
+    psql: &Path,
+    conninfo: &str,
+    password: &str,
+    sql: &str,
+) -> (bool, String, String) {
     let out = tokio::process::Command::new(psql)
         .args([
-            "-h",
-            &addr.ip().to_string(),
-            "-p",
-            &addr.port().to_string(),
-            "-U",
-            USER,
-            "-d",
-            "hubflow",
             "-X",
             "-A",
             "-t",
@@ -108,6 +117,7 @@ async fn psql(psql: &Path, addr: SocketAddr, password: &str, sql: &str) -> (bool
             "ON_ERROR_STOP=1",
             "-c",
             sql,
+            conninfo,
         ])
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
@@ -120,6 +130,13 @@ async fn psql(psql: &Path, addr: SocketAddr, password: &str, sql: &str) -> (bool
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
+}
+
+/// Where a pipeline with data in `dir` keeps curated data; nothing yet.
+fn empty_location(dir: &Path) -> hubflow::config::CuratedLocation {
+    let mut config = common::config(dir, "http://127.0.0.1:9/unused");
+    config.sources.clear();
+    config.curated_location().unwrap()
 }
 
 /// Waits until the server holds `n` connections.
@@ -340,9 +357,7 @@ async fn too_many_connections_are_refused_with_postgres_error_and_new_tables_app
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path(), "http://127.0.0.1:9/unused");
-    config.sources.clear();
-    let location = config.curated_location().unwrap();
+    let location = empty_location(dir.path());
     // No curated data yet: the server starts with no table.
     let sql = sql_config(10_000, 2).validate(true).unwrap();
     let server = SqlServer::start(&sql, location.clone()).await.unwrap();
@@ -396,4 +411,270 @@ async fn too_many_connections_are_refused_with_postgres_error_and_new_tables_app
     )
     .await;
     server.stop().await;
+}
+
+/// A self-signed certificate for 127.0.0.1 (openssl, installed by
+/// scripts/install-sql-clients.sh): (certificate, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("sql.crt");
+    let key = dir.join("sql.key");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_clients_verify_the_server_over_tls() {
+    let Some((psql_bin, _)) = clients() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let sql = SqlConfig {
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..sql_config(10_000, 8)
+    }
+    .validate(true)
+    .unwrap();
+    let server = SqlServer::start(&sql, empty_location(dir.path()))
+        .await
+        .unwrap();
+    let addr = server.pg_addr();
+    let base = format!(
+        "host={} port={} dbname=hubflow user={USER}",
+        addr.ip(),
+        addr.port()
+    );
+    // verify-full: TLS, the chain checked against the certificate, and the
+    // name (the IP in subjectAltName) against the host.
+    let (ok, out, err) = psql_conninfo(
+        &psql_bin,
+        &format!("{base} sslmode=verify-full sslrootcert={}", cert.display()),
+        PASSWORD,
+        "SELECT 40 + 2",
+    )
+    .await;
+    assert!(ok, "over TLS: {err}");
+    assert_eq!(out, "42");
+    // A client that trusts another certificate is stopped by the check,
+    // which it can only make if the server speaks TLS.
+    let other = tempfile::tempdir().unwrap();
+    let (other_cert, _) = self_signed(other.path());
+    let (ok, _, err) = psql_conninfo(
+        &psql_bin,
+        &format!(
+            "{base} sslmode=verify-full sslrootcert={}",
+            other_cert.display()
+        ),
+        PASSWORD,
+        "SELECT 1",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("certificate verify failed"), "{err}");
+    // Plain text stays open on loopback (off loopback it is refused, see
+    // the unit test in src/sql/mod.rs).
+    let (ok, out, err) = psql_conninfo(
+        &psql_bin,
+        &format!("{base} sslmode=disable"),
+        PASSWORD,
+        "SELECT 1",
+    )
+    .await;
+    assert!(ok, "plain text on loopback: {err}");
+    assert_eq!(out, "1");
+    server.stop().await;
+}
+
+/// `hubflow sql serve` as an operator starts it: a config whose source
+/// secret is not in the environment still serves SQL; without a user, or
+/// off loopback without TLS, it refuses to start and says why; SIGTERM
+/// stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_serve_needs_no_ingestion_secret_and_refuses_bad_settings() {
+    let Some((psql_bin, _)) = clients() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ndata_dir = {:?}\n\
+             [[sources]]\nname = \"flights\"\nurl = \"http://127.0.0.1:9/v1\"\n\
+             auth = {{ type = \"bearer\", token = {{ env = \"HUBFLOW_TEST_UNSET_TOKEN\" }} }}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let serve = |listen: &str, user: Option<(&str, &str)>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hubflow"));
+        command
+            .args(["sql", "serve", "--config"])
+            .arg(&config)
+            .args(["--pg-listen", listen])
+            .env("HUBFLOW_LOG", "warn")
+            .env_remove("HUBFLOW_SQL_USER")
+            .env_remove("HUBFLOW_SQL_PASSWORD")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some((name, password)) = user {
+            command
+                .env("HUBFLOW_SQL_USER", name)
+                .env("HUBFLOW_SQL_PASSWORD", password);
+        }
+        command.spawn().expect("starting hubflow sql serve")
+    };
+    let refusal = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let err = refusal(serve("127.0.0.1:0", None));
+    assert!(
+        err.contains("sql.users") && err.contains("HUBFLOW_SQL_USER"),
+        "{err}"
+    );
+    let err = refusal(serve("127.0.0.1:0", Some((USER, "short"))));
+    assert!(err.contains("at least 8 characters"), "{err}");
+    let err = refusal(serve("0.0.0.0:0", Some((USER, PASSWORD))));
+    assert!(
+        err.contains("not a loopback address") && err.contains("tls_cert"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "a password in an error: {err}");
+
+    let mut child = serve("127.0.0.1:0", Some((USER, PASSWORD)));
+    // The bound port, from the line the command prints on stderr.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("sql: postgres wire protocol on ") {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("hubflow sql serve did not print its address")
+        .parse()
+        .unwrap();
+    let (ok, out, err) = psql(
+        &psql_bin,
+        addr,
+        PASSWORD,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "0");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sql serve did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// Inside `hubflow run` with `[sql] enabled`: the server comes up with the
+/// pipeline, the source's table appears and fills as records are curated,
+/// and the server stops with the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_with_sql_enabled_serves_the_tables_as_they_fill() {
+    let Some((psql_bin, _)) = clients() else {
+        return;
+    };
+    let _heavy = common::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::DemoServer::start(DemoConfig {
+        total: RECORDS,
+        ..DemoConfig::default()
+    })
+    .await;
+    let mut config = common::config(dir.path(), &demo.url);
+    config.sql = sql_config(10_000, 8);
+    let settings = config.validate().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let hooks = service::Hooks {
+        on_sql_listening: Some(tx),
+        stop: Some(stop.clone()),
+        ..service::Hooks::default()
+    };
+    let run = tokio::spawn(service::run_with(settings, RunOptions::default(), hooks));
+    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the sql server did not come up")
+        .expect("the run ended before the sql server listened");
+    common::eventually(
+        "every record is queryable over the Postgres protocol",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        async || {
+            let (ok, out, err) = psql(
+                &psql_bin,
+                addr,
+                PASSWORD,
+                "SELECT count(DISTINCT id) FROM demo",
+            )
+            .await;
+            if ok && out == RECORDS.to_string() {
+                Ok(())
+            } else {
+                Err(format!("{out} {err}"))
+            }
+        },
+    )
+    .await;
+    stop.notify_one();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run did not stop")
+        .unwrap()
+        .unwrap();
+    demo.stop().await;
+    let (ok, _, _) = psql(&psql_bin, addr, PASSWORD, "SELECT 1").await;
+    assert!(!ok, "the sql server outlived the run");
 }

@@ -272,6 +272,7 @@ impl Service {
             logs: logs.then(|| telemetry::init_logs(LogFormat::Text)),
             on_admin_listening: Some(tx),
             stop: Some(stop.clone()),
+            ..Hooks::default()
         };
         let run = tokio::spawn(service::run_with(
             settings.clone(),
