@@ -495,7 +495,7 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
     String::from_utf8(bytes).map_err(|e| ArrowError::ExternalError(Box::new(e)).into())
 }
 
-fn is_nested(dt: &DataType) -> bool {
+pub(crate) fn is_nested(dt: &DataType) -> bool {
     matches!(
         dt,
         DataType::Struct(_)
@@ -530,7 +530,7 @@ fn nested_as_json_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 }
 
 /// One column's values as JSON text (null stays null).
-fn json_text(field: &Field, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+pub(crate) fn json_text(field: &Field, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     let single = RecordBatch::try_new(
         Arc::new(Schema::new(vec![field.clone()])),
         vec![column.clone()],

@@ -89,6 +89,8 @@ impl Catalog {
         let mut seen = BTreeSet::new();
         for (name, provider) in found {
             seen.insert(name.clone());
+            let provider = super::json::present(&name, provider)
+                .with_context(|| format!("presenting table {name}"))?;
             let old = self
                 .ctx
                 .table_provider(name.as_str())

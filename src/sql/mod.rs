@@ -16,6 +16,8 @@
 //! - [`guard`]: read-only (every statement that is not a query refused
 //!   with SQLSTATE 25006), and per-statement limits: time, result rows,
 //!   cancellation while rows stream; statements on threads of their own;
+//! - [`json`]: nested columns (structs, maps, lists of them) as JSON text,
+//!   through a view per table that has them;
 //! - [`yielding`]: the optimizer rule that makes a running statement
 //!   stoppable (every operator's input yields to tokio's budget);
 //! - this file: [`SqlServer`], the listener (TLS when configured, a cap on
@@ -27,6 +29,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod guard;
+pub mod json;
 pub mod yielding;
 
 use std::net::SocketAddr;

@@ -48,6 +48,20 @@ with connect() as conn:
         out["by_partition"] = [
             cur.execute(q, (p,), prepare=True).fetchone()[0] for p in (0, 1)
         ]
+        # Nested columns arrive as JSON text, lists of plain values as
+        # arrays, timestamps as aware datetimes.
+        cur.execute(
+            'SELECT id, "user", attributes, tags, _ingested_at FROM demo ORDER BY id LIMIT 1'
+        )
+        r = cur.fetchone()
+        out["nested"] = {
+            "id": r[0],
+            "user": json.loads(r[1]),
+            "attributes": json.loads(r[2]),
+            "tags": r[3],
+            "ingested_at_type": type(r[4]).__name__,
+            "ingested_at_aware": r[4].tzinfo is not None,
+        }
         # The tables a client's catalog browser lists.
         cur.execute(
             "SELECT table_name FROM information_schema.tables "

@@ -303,6 +303,19 @@ async fn psql_and_psycopg_query_the_curated_tables_read_only_and_within_limits()
         .sum();
     assert!(by_partition > 0 && by_partition <= RECORDS, "{seen}");
     assert_eq!(seen["tables"], serde_json::json!(["demo"]));
+    let nested = &common::json_rows(
+        &settings,
+        "SELECT id, \"user\", attributes, tags FROM demo ORDER BY id LIMIT 1",
+    )
+    .await[0];
+    assert_eq!(seen["nested"]["id"], nested["id"]);
+    for column in ["user", "attributes", "tags"] {
+        assert_eq!(seen["nested"][column], nested[column], "{column}: {seen}");
+    }
+    assert!(seen["nested"]["user"].is_object(), "{seen}");
+    assert!(seen["nested"]["tags"].is_array(), "{seen}");
+    assert_eq!(seen["nested"]["ingested_at_type"], "datetime");
+    assert_eq!(seen["nested"]["ingested_at_aware"], true);
     for write in seen["writes"].as_array().unwrap() {
         assert_eq!(write["sqlstate"], "25006", "{write}");
     }
