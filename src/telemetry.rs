@@ -576,6 +576,57 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
         "hubflow_cluster_lease_held",
         "1 when this node holds a source's fetcher lease",
     ),
+    (
+        Counter,
+        "hubflow_sql_connections_total",
+        "SQL server connections accepted",
+    ),
+    (
+        Counter,
+        "hubflow_sql_connections_refused_total",
+        "SQL server connections refused at sql.max_connections",
+    ),
+    (
+        Gauge,
+        "hubflow_sql_connections_active",
+        "SQL server connections open now",
+    ),
+    (
+        Counter,
+        "hubflow_sql_failed_logins_total",
+        "SQL logins refused (wrong password, unknown user or database)",
+    ),
+    (
+        Counter,
+        "hubflow_sql_protocol_errors_total",
+        "SQL connections ended by a protocol error (garbage, bad messages)",
+    ),
+    (
+        Counter,
+        "hubflow_sql_queries_total",
+        "SQL statements finished, by outcome (ok, error)",
+    ),
+    (
+        Counter,
+        "hubflow_sql_queries_killed_total",
+        "SQL statements stopped, by reason (timeout, rows, cancel)",
+    ),
+    (
+        Counter,
+        "hubflow_sql_refused_total",
+        "SQL statements refused because the server is read-only",
+    ),
+    (
+        Histogram,
+        "hubflow_sql_query_duration_seconds",
+        "SQL statement time from planning to the last row sent",
+    ),
+    (Gauge, "hubflow_sql_tables", "tables the SQL server serves"),
+    (
+        Counter,
+        "hubflow_sql_refresh_errors_total",
+        "SQL table refreshes that failed (the tables stay as they were)",
+    ),
 ];
 
 #[derive(Clone, Copy)]
