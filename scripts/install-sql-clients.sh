@@ -4,7 +4,8 @@
 #
 # - Debian's postgresql-client (psql) and openssl (the TLS test's
 #   certificate), as root, non-interactive;
-# - psycopg (with its binary build of libpq) from PyPI, pinned, into
+# - psycopg (with its binary build of libpq) and the ADBC Flight SQL
+#   driver (with pyarrow, for Arrow results) from PyPI, pinned, into
 #   .tools/venv (the test tools' venv, see scripts/install-azurite.sh).
 #
 #   bash scripts/install-sql-clients.sh
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-PY_PACKAGES=(psycopg==3.3.9 psycopg-binary==3.3.9)
+PY_PACKAGES=(psycopg==3.3.9 psycopg-binary==3.3.9 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1)
 
 missing=()
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)

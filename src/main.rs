@@ -132,11 +132,12 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum SqlCommand {
-    /// Serve the curated tables over the Postgres wire protocol until a
-    /// signal (database `hubflow`, a table per source; users from `[sql]`
-    /// or HUBFLOW_SQL_USER / HUBFLOW_SQL_PASSWORD), e.g.
+    /// Serve the curated tables over the Postgres wire protocol and Arrow
+    /// Flight SQL until a signal (database `hubflow`, a table per source;
+    /// users from `[sql]` or HUBFLOW_SQL_USER / HUBFLOW_SQL_PASSWORD), e.g.
     /// `hubflow sql serve --config hubflow.toml`, then
-    /// `psql "host=127.0.0.1 port=5433 dbname=hubflow user=analyst"`.
+    /// `psql "host=127.0.0.1 port=5433 dbname=hubflow user=analyst"` or an
+    /// ADBC Flight SQL client on `grpc://127.0.0.1:50051`.
     Serve {
         /// TOML configuration (where curated data is, `[sql]`), e.g. `hubflow.toml`.
         #[arg(long, short)]
@@ -145,6 +146,13 @@ enum SqlCommand {
         /// e.g. `127.0.0.1:5433` (port 0 picks a free port).
         #[arg(long)]
         pg_listen: Option<std::net::SocketAddr>,
+        /// Arrow Flight SQL address instead of `[sql] flight_listen`, e.g.
+        /// `127.0.0.1:50051` (port 0 picks a free port).
+        #[arg(long, conflicts_with = "no_flight")]
+        flight_listen: Option<std::net::SocketAddr>,
+        /// Serve only the Postgres wire protocol.
+        #[arg(long)]
+        no_flight: bool,
     },
 }
 
@@ -204,8 +212,14 @@ async fn main_inner(
             query_command(&location, sql.as_deref(), format, output.as_deref()).await
         }
         Command::Sql {
-            command: SqlCommand::Serve { config, pg_listen },
-        } => sql_serve(config.as_deref(), pg_listen).await,
+            command:
+                SqlCommand::Serve {
+                    config,
+                    pg_listen,
+                    flight_listen,
+                    no_flight,
+                },
+        } => sql_serve(config.as_deref(), pg_listen, flight_listen, no_flight).await,
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cli, "hubflow", &mut std::io::stdout());
@@ -249,19 +263,31 @@ async fn run(
 async fn sql_serve(
     config: Option<&Path>,
     pg_listen: Option<std::net::SocketAddr>,
+    flight_listen: Option<std::net::SocketAddr>,
+    no_flight: bool,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(config)?;
     if let Some(addr) = pg_listen {
         config.sql.pg_listen = addr;
     }
+    if let Some(addr) = flight_listen {
+        config.sql.flight = true;
+        config.sql.flight_listen = addr;
+    }
+    if no_flight {
+        config.sql.flight = false;
+    }
     let (sql, location) = config.sql_server()?;
     let mut signals = service::Signals::new().context("installing signal handlers")?;
     let server = hubflow::sql::SqlServer::start(&sql, location).await?;
-    // The line scripts and tests read the bound port from.
+    // The lines scripts and tests read the bound ports from.
     eprintln!(
         "sql: postgres wire protocol on {} (database hubflow)",
         server.pg_addr()
     );
+    if let Some(addr) = server.flight_addr() {
+        eprintln!("sql: arrow flight sql on grpc://{addr}");
+    }
     signals.recv().await;
     server.stop().await;
     Ok(())

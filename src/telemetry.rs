@@ -579,22 +579,22 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
     (
         Counter,
         "hubflow_sql_connections_total",
-        "SQL server connections accepted",
+        "Postgres wire protocol connections accepted",
     ),
     (
         Counter,
         "hubflow_sql_connections_refused_total",
-        "SQL server connections refused at sql.max_connections",
+        "Postgres wire protocol connections refused at sql.max_connections",
     ),
     (
         Gauge,
         "hubflow_sql_connections_active",
-        "SQL server connections open now",
+        "Postgres wire protocol connections open now",
     ),
     (
         Counter,
         "hubflow_sql_failed_logins_total",
-        "SQL logins refused (wrong password, unknown user or database)",
+        "SQL logins refused (wrong password, unknown user or database), by protocol (postgres, flight)",
     ),
     (
         Counter,
@@ -604,22 +604,22 @@ const METRIC_HELP: &[(MetricKind, &str, &str)] = &[
     (
         Counter,
         "hubflow_sql_queries_total",
-        "SQL statements finished, by outcome (ok, error)",
+        "SQL statements finished, by protocol (postgres, flight) and outcome (ok, error)",
     ),
     (
         Counter,
         "hubflow_sql_queries_killed_total",
-        "SQL statements stopped, by reason (timeout, rows, cancel)",
+        "SQL statements stopped, by protocol and reason (timeout, rows, cancel)",
     ),
     (
         Counter,
         "hubflow_sql_refused_total",
-        "SQL statements refused because the server is read-only",
+        "SQL statements refused because the server is read-only, by protocol",
     ),
     (
         Histogram,
         "hubflow_sql_query_duration_seconds",
-        "SQL statement time from planning to the last row sent",
+        "SQL statement time from planning to the last row sent, by protocol",
     ),
     (Gauge, "hubflow_sql_tables", "tables the SQL server serves"),
     (

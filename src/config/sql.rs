@@ -1,6 +1,6 @@
 //! The `[sql]` section: the SQL server data scientists connect to with
-//! their own clients (`crate::sql`): where the Postgres wire protocol
-//! listens, who may log in, TLS, and the limits every query runs under;
+//! their own clients (`crate::sql`): where the Postgres wire protocol and
+//! Arrow Flight SQL listen, who may log in, TLS, and the limits every query runs under;
 //! validated once into [`SqlSettings`] (by `Config::validate` for `hubflow
 //! run`, by [`SqlConfig::validate`] alone for `hubflow sql serve`, which
 //! needs no ingestion secret).
@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::source::{Secret, SecretString};
 
 pub const DEFAULT_PG_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5433);
+pub const DEFAULT_FLIGHT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 /// The single user when `[sql] users` is empty.
 pub const USER_ENV: &str = "HUBFLOW_SQL_USER";
 /// That user's password.
@@ -29,6 +31,10 @@ pub struct SqlConfig {
     pub enabled: bool,
     /// Postgres wire protocol address (port 0 picks a free port).
     pub pg_listen: SocketAddr,
+    /// Serve Arrow Flight SQL too (ADBC, pandas, polars).
+    pub flight: bool,
+    /// Arrow Flight SQL address (gRPC; port 0 picks a free port).
+    pub flight_listen: SocketAddr,
     /// Who may log in (SCRAM-SHA-256). Empty: the one user of
     /// `HUBFLOW_SQL_USER` / `HUBFLOW_SQL_PASSWORD`.
     pub users: Vec<SqlUserConfig>,
@@ -61,6 +67,8 @@ impl Default for SqlConfig {
         SqlConfig {
             enabled: false,
             pg_listen: DEFAULT_PG_LISTEN,
+            flight: true,
+            flight_listen: DEFAULT_FLIGHT_LISTEN,
             users: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -111,6 +119,8 @@ pub struct SqlUser {
 pub struct SqlSettings {
     pub enabled: bool,
     pub pg_listen: SocketAddr,
+    /// Where Arrow Flight SQL listens, when served.
+    pub flight_listen: Option<SocketAddr>,
     pub users: Vec<SqlUser>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub memory_limit_bytes: usize,
@@ -184,11 +194,29 @@ impl SqlConfig {
                 ));
             }
         };
-        if serving && tls.is_none() && !self.pg_listen.ip().is_loopback() {
+        let flight_listen = self.flight.then_some(self.flight_listen);
+        for (field, addr) in [
+            ("pg_listen", Some(self.pg_listen)),
+            ("flight_listen", flight_listen),
+        ] {
+            if let Some(addr) = addr
+                && serving
+                && tls.is_none()
+                && !addr.ip().is_loopback()
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{addr} is not a loopback address: set tls_cert and tls_key so passwords and data are not sent in clear"
+                    ),
+                ));
+            }
+        }
+        if flight_listen == Some(self.pg_listen) && self.pg_listen.port() != 0 {
             return Err(invalid(
-                "pg_listen",
+                "flight_listen",
                 format!(
-                    "{} is not a loopback address: set tls_cert and tls_key so passwords and data are not sent in clear",
+                    "{} is pg_listen too: give Flight SQL its own port",
                     self.pg_listen
                 ),
             ));
@@ -207,6 +235,7 @@ impl SqlConfig {
         Ok(SqlSettings {
             enabled: self.enabled,
             pg_listen: self.pg_listen,
+            flight_listen,
             users,
             tls,
             memory_limit_bytes: usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20))
@@ -256,6 +285,27 @@ mod tests {
         };
         let err = open.validate(true).unwrap_err().to_string();
         assert!(err.starts_with("sql.pg_listen:"), "{err}");
+        let open_flight = SqlConfig {
+            flight_listen: "0.0.0.0:50051".parse().unwrap(),
+            ..with_user("a-long-password")
+        };
+        let err = open_flight.validate(true).unwrap_err().to_string();
+        assert!(err.starts_with("sql.flight_listen:"), "{err}");
+        let no_flight = SqlConfig {
+            flight: false,
+            ..open_flight
+        };
+        assert_eq!(no_flight.validate(true).unwrap().flight_listen, None);
+        let same = SqlConfig {
+            flight_listen: DEFAULT_PG_LISTEN,
+            ..with_user("a-long-password")
+        };
+        assert!(
+            same.validate(true)
+                .unwrap_err()
+                .to_string()
+                .contains("own port")
+        );
         let half = SqlConfig {
             tls_cert: Some("cert.pem".into()),
             ..with_user("a-long-password")

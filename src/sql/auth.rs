@@ -58,6 +58,26 @@ impl Users {
     }
 }
 
+impl Users {
+    /// Whether `password` is `user`'s (for Flight SQL's basic logins):
+    /// the same salted hash SCRAM checks against, compared in constant
+    /// time; an unknown user costs the same as a wrong password.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        let known = self.salted.get(user);
+        let stored = known.unwrap_or(&self.decoy);
+        let salt = stored.salt().unwrap_or_default();
+        let hash = gen_salted_password(password, salt, SCRAM_ITERATIONS);
+        let expected = stored.password();
+        let same = hash.len() == expected.len()
+            && hash
+                .iter()
+                .zip(expected)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0;
+        same && known.is_some()
+    }
+}
+
 #[async_trait]
 impl AuthSource for Users {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
@@ -98,11 +118,13 @@ impl ErrorHandler for Errors {
                 {
                     *user = name.clone();
                 }
-                metrics::counter!("hubflow_sql_failed_logins_total").increment(1);
+                metrics::counter!("hubflow_sql_failed_logins_total", "protocol" => "postgres")
+                    .increment(1);
                 warn!(user = %user, %peer, "sql login failed");
             }
             PgWireError::UserError(info) if info.code.starts_with("28") => {
-                metrics::counter!("hubflow_sql_failed_logins_total").increment(1);
+                metrics::counter!("hubflow_sql_failed_logins_total", "protocol" => "postgres")
+                    .increment(1);
                 warn!(%peer, code = %info.code, "sql login failed");
             }
             PgWireError::UserError(_) | PgWireError::ApiError(_) => {}

@@ -108,7 +108,7 @@ pub fn refusal(statement: &Statement) -> Option<String> {
 
 fn refused(statement: &Statement) -> Option<PgWireError> {
     refusal(statement).map(|message| {
-        metrics::counter!("hubflow_sql_refused_total").increment(1);
+        metrics::counter!("hubflow_sql_refused_total", "protocol" => "postgres").increment(1);
         // 25006: read_only_sql_transaction, what Postgres answers a write
         // on a read-only transaction.
         error("25006", message)
@@ -168,7 +168,7 @@ impl QueryRuntime {
         Ok(QueryRuntime(Some(runtime)))
     }
 
-    fn handle(&self) -> &tokio::runtime::Handle {
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
         match &self.0 {
             Some(runtime) => runtime.handle(),
             None => unreachable!("the runtime is only taken when dropped"),
@@ -290,7 +290,7 @@ pub struct Guarded {
 }
 
 fn timeout_error(limit: Duration) -> PgWireError {
-    metrics::counter!("hubflow_sql_queries_killed_total", "reason" => "timeout").increment(1);
+    metrics::counter!("hubflow_sql_queries_killed_total", "protocol" => "postgres", "reason" => "timeout").increment(1);
     // 57014: query_canceled, as Postgres's statement_timeout.
     error(
         "57014",
@@ -334,7 +334,7 @@ impl Guarded {
             Ok(t) => shape(t),
             Err(e) => {
                 self.running.finish(&key, &cancel);
-                metrics::counter!("hubflow_sql_queries_total", "outcome" => "error").increment(1);
+                metrics::counter!("hubflow_sql_queries_total", "protocol" => "postgres", "outcome" => "error").increment(1);
                 return Err(e);
             }
         };
@@ -366,6 +366,11 @@ pub(crate) async fn until_set(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// What a client reads when its result passes `sql.max_result_rows`.
+pub(crate) fn rows_over_limit(max: u64) -> String {
+    format!("the result has more than {max} rows (sql.max_result_rows): add a LIMIT or aggregate")
 }
 
 /// Rows computed ahead of the client.
@@ -412,7 +417,7 @@ fn bounded(query: QueryResponse, bounds: Bounds) -> QueryResponse {
             self.bounds
                 .running
                 .finish(&self.bounds.key, &self.bounds.cancel);
-            metrics::histogram!("hubflow_sql_query_duration_seconds")
+            metrics::histogram!("hubflow_sql_query_duration_seconds", "protocol" => "postgres")
                 .record(self.bounds.started.elapsed().as_secs_f64());
         }
     }
@@ -430,37 +435,29 @@ fn bounded(query: QueryResponse, bounds: Bounds) -> QueryResponse {
                 Err(_) => Some(Err(timeout_error(state.bounds.limits.timeout))),
             },
             _ = until_set(state.bounds.cancel.rx.clone()) => {
-                metrics::counter!("hubflow_sql_queries_killed_total", "reason" => "cancel").increment(1);
+                metrics::counter!("hubflow_sql_queries_killed_total", "protocol" => "postgres", "reason" => "cancel").increment(1);
                 Some(Err(PgWireError::QueryCanceled))
             }
         };
         match next {
             None => {
-                metrics::counter!("hubflow_sql_queries_total", "outcome" => "ok").increment(1);
+                metrics::counter!("hubflow_sql_queries_total", "protocol" => "postgres", "outcome" => "ok").increment(1);
                 None
             }
             Some(Ok(row)) => {
                 state.sent += 1;
                 if state.sent > state.bounds.limits.max_rows {
                     state.rows = None;
-                    metrics::counter!("hubflow_sql_queries_killed_total", "reason" => "rows")
+                    metrics::counter!("hubflow_sql_queries_killed_total", "protocol" => "postgres", "reason" => "rows")
                         .increment(1);
                     let max = state.bounds.limits.max_rows;
-                    return Some((
-                        Err(error(
-                            "54000",
-                            format!(
-                                "the result has more than {max} rows (sql.max_result_rows): add a LIMIT or aggregate"
-                            ),
-                        )),
-                        state,
-                    ));
+                    return Some((Err(error("54000", rows_over_limit(max))), state));
                 }
                 Some((Ok(row), state))
             }
             Some(Err(e)) => {
                 state.rows = None;
-                metrics::counter!("hubflow_sql_queries_total", "outcome" => "error").increment(1);
+                metrics::counter!("hubflow_sql_queries_total", "protocol" => "postgres", "outcome" => "error").increment(1);
                 warn!(error = %e, "sql statement failed while sending rows");
                 Some((Err(e), state))
             }
@@ -537,7 +534,7 @@ pub fn read_only_plan(plan: &LogicalPlan) -> PgWireResult<()> {
         .with_allow_statements(true)
         .verify_plan(plan)
         .map_err(|e| {
-            metrics::counter!("hubflow_sql_refused_total").increment(1);
+            metrics::counter!("hubflow_sql_refused_total", "protocol" => "postgres").increment(1);
             error(
                 "25006",
                 format!("hubflow's SQL server is read-only: {}", e.strip_backtrace()),

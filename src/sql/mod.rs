@@ -1,7 +1,7 @@
 //! SQL for data scientists from the clients they already use: the curated
 //! tables served over the Postgres wire protocol (psql, DBeaver, psycopg,
-//! pandas, Power BI), by `hubflow sql serve` or inside `hubflow run` with
-//! `[sql] enabled = true`.
+//! pandas, Power BI) and Arrow Flight SQL (ADBC, pandas, polars), by
+//! `hubflow sql serve` or inside `hubflow run` with `[sql] enabled = true`.
 //!
 //! The protocol, the Postgres catalog (`pg_catalog`, the SQL dialect
 //! clients send at start-up) and the Arrow ↔ Postgres type mapping are
@@ -20,14 +20,18 @@
 //!   through a view per table that has them;
 //! - [`yielding`]: the optimizer rule that makes a running statement
 //!   stoppable (every operator's input yields to tokio's budget);
-//! - this file: [`SqlServer`], the listener (TLS when configured, a cap on
-//!   connections answered with SQLSTATE 53300) and its shutdown.
+//! - [`flight`]: Arrow Flight SQL over the same session, users, query
+//!   threads and limits (basic logins answered with bearer tokens,
+//!   statements, prepared statements, the metadata ADBC asks for);
+//! - this file: [`SqlServer`], the listeners (TLS when configured, a cap on
+//!   Postgres connections answered with SQLSTATE 53300) and their shutdown.
 //!
 //! Nothing here needs an ingestion secret: the server reads only the
 //! storage settings (`crate::config::CuratedLocation`).
 
 pub mod auth;
 pub mod catalog;
+pub mod flight;
 pub mod guard;
 pub mod json;
 pub mod yielding;
@@ -145,6 +149,8 @@ impl PgWireServerHandlers for Handlers {
 /// A running SQL server.
 pub struct SqlServer {
     pg_addr: SocketAddr,
+    flight_addr: Option<SocketAddr>,
+    flight_task: Option<tokio::task::JoinHandle<()>>,
     max_connections: usize,
     limiter: Arc<Semaphore>,
     stop: watch::Sender<bool>,
@@ -169,6 +175,23 @@ impl SqlServer {
             .await
             .with_context(|| format!("binding the sql port {}", settings.pg_listen))?;
         let pg_addr = listener.local_addr()?;
+        let flight_listener = match settings.flight_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the flight sql port {addr}"))?,
+            ),
+            None => None,
+        };
+        let users = Arc::new(auth::Users::new(&settings.users));
+        let runtime = Arc::new(
+            guard::QueryRuntime::new(settings.query_threads)
+                .context("starting the sql query threads")?,
+        );
+        let limits = guard::Limits {
+            timeout: settings.query_timeout,
+            max_rows: settings.max_result_rows,
+        };
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(guard::ReadOnly),
             Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
@@ -183,17 +206,11 @@ impl SqlServer {
         let handlers = Arc::new(Handlers {
             guarded: Arc::new(guard::Guarded {
                 inner: Arc::new(DfSessionService::new_with_hooks(catalog.context(), hooks)),
-                limits: guard::Limits {
-                    timeout: settings.query_timeout,
-                    max_rows: settings.max_result_rows,
-                },
+                limits,
                 running: Arc::clone(&running),
-                runtime: Arc::new(
-                    guard::QueryRuntime::new(settings.query_threads)
-                        .context("starting the sql query threads")?,
-                ),
+                runtime: Arc::clone(&runtime),
             }),
-            users: Arc::new(auth::Users::new(&settings.users)),
+            users: Arc::clone(&users),
             parameters: Arc::new(parameters),
             cancels: Arc::new(guard::Cancels {
                 pgwire: DefaultCancelHandler::new(Arc::clone(&connections)),
@@ -203,6 +220,21 @@ impl SqlServer {
             tls: tls.is_some(),
         });
         let (stop, stopped) = watch::channel(false);
+        let (flight_addr, flight_task) = match flight_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let service = flight::FlightSql::new(Arc::clone(&catalog), users, limits, runtime)?;
+                let tls = settings
+                    .tls
+                    .as_ref()
+                    .map(|(cert, key)| flight_tls(cert, key))
+                    .transpose()?;
+                let task = tokio::spawn(serve_flight(listener, service, tls, stopped.clone()));
+                info!(addr = %addr, tls = settings.tls.is_some(), "sql server listening (arrow flight sql)");
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
         let limiter = Arc::new(Semaphore::new(settings.max_connections));
         let task = tokio::spawn(serve(
             listener,
@@ -220,6 +252,8 @@ impl SqlServer {
         info!(addr = %pg_addr, tls = settings.tls.is_some(), users = settings.users.len(), ?tables, "sql server listening (postgres wire protocol)");
         Ok(SqlServer {
             pg_addr,
+            flight_addr,
+            flight_task,
             max_connections: settings.max_connections,
             limiter,
             stop,
@@ -231,6 +265,11 @@ impl SqlServer {
     /// Where the Postgres wire protocol listens.
     pub fn pg_addr(&self) -> SocketAddr {
         self.pg_addr
+    }
+
+    /// Where Arrow Flight SQL listens, when served.
+    pub fn flight_addr(&self) -> Option<SocketAddr> {
+        self.flight_addr
     }
 
     /// Connections open now (each holds one of `sql.max_connections`).
@@ -246,6 +285,9 @@ impl SqlServer {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(flight) = self.flight_task {
+            let _ = flight.await;
+        }
         info!("sql server stopped");
     }
 
@@ -375,6 +417,54 @@ async fn startup_request(socket: &mut tokio::net::TcpStream) -> Option<u32> {
     let mut body = vec![0u8; len - 8];
     socket.read_exact(&mut body).await.ok()?;
     Some(code)
+}
+
+/// Serve Arrow Flight SQL on `listener` until `stopped`.
+async fn serve_flight(
+    listener: TcpListener,
+    service: flight::FlightSql,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(builder) => builder,
+            Err(error) => {
+                warn!(%error, "flight sql tls setup failed; not serving flight sql");
+                return;
+            }
+        };
+    }
+    let served = builder
+        .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(service))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            guard::until_set(stopped),
+        )
+        .await;
+    if let Err(error) = served {
+        warn!(%error, "flight sql server stopped with an error");
+    }
+}
+
+/// Flight SQL's TLS (tonic's, with rustls) from the same PEM files.
+fn flight_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    // The same files the Postgres side loads; that parse names a bad file.
+    tls_acceptor(cert, key)?;
+    // tonic builds its rustls config with the process's default crypto
+    // provider, which this build (ring for pgwire, aws-lc-rs for the HTTP
+    // clients) cannot pick by itself; the Postgres side uses ring.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let cert = std::fs::read(cert).with_context(|| format!("sql.tls_cert {}", cert.display()))?;
+    let key = std::fs::read(key).with_context(|| format!("sql.tls_key {}", key.display()))?;
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key)))
 }
 
 /// A TLS acceptor from a PEM certificate chain and private key.

@@ -8,6 +8,9 @@
 //! server stays up. With a certificate, psql verifies the server over TLS.
 //! `hubflow sql serve` is tested as a process (no ingestion secret needed,
 //! bad settings refused, SIGTERM), and the server inside `hubflow run`.
+//! Arrow Flight SQL is driven by the ADBC Flight SQL driver from PyPI (and
+//! pandas through it): the same rows, parameters, the catalog, refusals,
+//! limits, wrong passwords, garbage on its port and TLS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,89 @@ fn clients() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The venv's python with the ADBC Flight SQL driver, or why not (a failure
+/// in CI, where scripts/test.sh installs it).
+fn adbc() -> Option<PathBuf> {
+    let python = common::azurite::repo_root().join(".tools/venv/bin/python");
+    let found = std::process::Command::new(&python)
+        .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow, pandas"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if found {
+        return Some(python);
+    }
+    let why = "adbc-driver-flightsql missing (scripts/test.sh installs it)";
+    assert!(
+        !common::in_ci(),
+        "flight sql client tests cannot run: {why}"
+    );
+    eprintln!("SKIPPED: flight sql client tests: {why}");
+    None
+}
+
+/// One statement through ADBC Flight SQL: (success, first value or the
+/// error message).
+async fn adbc_value(
+    python: &Path,
+    uri: &str,
+    password: &str,
+    root_cert: Option<&Path>,
+    sql: &str,
+) -> (bool, String) {
+    const PROBE: &str = r#"
+import sys, adbc_driver_flightsql, adbc_driver_flightsql.dbapi as flight
+uri, user, pw, cert, sql = sys.argv[1:6]
+kwargs = {"username": user, "password": pw}
+if cert:
+    kwargs[adbc_driver_flightsql.DatabaseOptions.TLS_ROOT_CERTS.value] = open(cert).read()
+try:
+    with flight.connect(uri, db_kwargs=kwargs) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        print("ok", cur.fetchone()[0])
+except Exception as e:
+    print("error", str(e).replace("\n", " "))
+"#;
+    let cert = root_cert
+        .map(|c| c.display().to_string())
+        .unwrap_or_default();
+    let out = tokio::process::Command::new(python)
+        .args(["-c", PROBE, uri, USER, password, &cert, sql])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match stdout.split_once(' ') {
+        Some(("ok", value)) => (true, value.to_string()),
+        _ => (false, stdout),
+    }
+}
+
+/// Runs `tests/suite/<script>` with `args` and reads the JSON it prints.
+async fn client_script(python: &Path, script: &str, args: &[&str]) -> Value {
+    let script = common::azurite::repo_root()
+        .join("tests/suite")
+        .join(script);
+    let out = tokio::process::Command::new(python)
+        .arg(&script)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A finished run of the demo source: `RECORDS` records curated.
 async fn curated_run(dir: &Path) -> Settings {
     let demo = common::DemoServer::start(DemoConfig {
@@ -80,6 +166,7 @@ fn sql_config(timeout_ms: u64, max_connections: usize) -> SqlConfig {
     SqlConfig {
         enabled: true,
         pg_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_listen: "127.0.0.1:0".parse().unwrap(),
         users: vec![SqlUserConfig {
             name: USER.into(),
             password: SecretString::literal(PASSWORD),
@@ -257,25 +344,17 @@ async fn psql_and_psycopg_query_the_curated_tables_read_only_and_within_limits()
 
     // psycopg: parameters, prepared statements, the catalog, refusals, a
     // cancel request, bad logins.
-    let script = common::azurite::repo_root().join("tests/suite/sql_clients.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .args([
+    let seen = client_script(
+        &python,
+        "sql_clients.py",
+        &[
             &addr.ip().to_string(),
             &addr.port().to_string(),
             USER,
             PASSWORD,
-        ])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ],
+    )
+    .await;
     let purchases = hubflow_value(
         &settings,
         "SELECT count(*) AS n FROM demo WHERE type = 'purchase'",
@@ -516,6 +595,30 @@ async fn with_a_certificate_clients_verify_the_server_over_tls() {
     .await;
     assert!(ok, "plain text on loopback: {err}");
     assert_eq!(out, "1");
+
+    // Flight SQL over TLS (grpc+tls): verified against the certificate;
+    // a client trusting another one, or speaking plain text, gets nothing.
+    if let Some(python) = adbc() {
+        let flight = server.flight_addr().unwrap();
+        let tls_uri = format!("grpc+tls://{flight}");
+        let (ok, value) =
+            adbc_value(&python, &tls_uri, PASSWORD, Some(&cert), "SELECT 40 + 2").await;
+        assert!(ok, "flight over TLS: {value}");
+        assert_eq!(value, "42");
+        let (ok, value) =
+            adbc_value(&python, &tls_uri, PASSWORD, Some(&other_cert), "SELECT 1").await;
+        assert!(!ok);
+        assert!(value.contains("certificate"), "{value}");
+        let (ok, value) = adbc_value(
+            &python,
+            &format!("grpc://{flight}"),
+            PASSWORD,
+            None,
+            "SELECT 1",
+        )
+        .await;
+        assert!(!ok, "plain text reached a TLS flight server: {value}");
+    }
     server.stop().await;
 }
 
@@ -545,7 +648,7 @@ async fn sql_serve_needs_no_ingestion_secret_and_refuses_bad_settings() {
         command
             .args(["sql", "serve", "--config"])
             .arg(&config)
-            .args(["--pg-listen", listen])
+            .args(["--pg-listen", listen, "--flight-listen", "127.0.0.1:0"])
             .env("HUBFLOW_LOG", "warn")
             .env_remove("HUBFLOW_SQL_USER")
             .env_remove("HUBFLOW_SQL_PASSWORD")
@@ -690,4 +793,168 @@ async fn run_with_sql_enabled_serves_the_tables_as_they_fill() {
     demo.stop().await;
     let (ok, _, _) = psql(&psql_bin, addr, PASSWORD, "SELECT 1").await;
     assert!(!ok, "the sql server outlived the run");
+}
+
+/// Arrow Flight SQL through the ADBC driver (and pandas through it): the
+/// same rows as `hubflow query`, a parameterised prepared statement, the
+/// catalog ADBC lists, writes and session changes refused, a bad column, a
+/// result over the row cap, a runaway statement stopped by its time limit
+/// while another connection answers, a wrong password, and garbage bytes
+/// on the port first: each a clear error, the server still answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adbc_queries_the_same_tables_over_flight_sql_read_only_and_within_limits() {
+    let Some(python) = adbc() else {
+        return;
+    };
+    let _heavy = common::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = curated_run(dir.path()).await;
+    let sql = SqlConfig {
+        max_result_rows: 1_500,
+        ..sql_config(6_000, 16)
+    }
+    .validate(true)
+    .unwrap();
+    let server = SqlServer::start(&sql, settings.curated_location())
+        .await
+        .unwrap();
+    let addr = server.flight_addr().expect("flight sql is on by default");
+
+    // Garbage first: not HTTP/2, then an HTTP/2 preface followed by junk.
+    for garbage in [
+        b"\x16\x03\x01 this is not grpc at all\r\n\r\n".to_vec(),
+        [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(), &[0xff; 64]].concat(),
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket.write_all(&garbage).await.unwrap();
+        let mut sink = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "the server kept a garbage connection open");
+    }
+
+    let seen = client_script(
+        &python,
+        "flight_clients.py",
+        &[&format!("grpc://{addr}"), USER, PASSWORD],
+    )
+    .await;
+
+    let expected_sum = hubflow_value(&settings, "SELECT sum(amount) AS s FROM demo")
+        .await
+        .as_f64()
+        .unwrap();
+    assert_eq!(seen["totals"][0], RECORDS, "{seen}");
+    assert_eq!(seen["totals"][1], RECORDS);
+    assert!((seen["totals"][2].as_f64().unwrap() - expected_sum).abs() < 1e-6);
+    // Arrow types as DataFusion produced them, not text.
+    assert_eq!(
+        seen["totals_types"],
+        serde_json::json!(["int64", "int64", "double"])
+    );
+    let purchases = hubflow_value(
+        &settings,
+        "SELECT count(*) AS n FROM demo WHERE type = 'purchase'",
+    )
+    .await;
+    assert!(purchases.as_u64().unwrap() > 0);
+    assert_eq!(seen["purchases"], purchases);
+    for (p, got) in seen["by_partition"].as_array().unwrap().iter().enumerate() {
+        let want = hubflow_value(
+            &settings,
+            &format!("SELECT count(*) AS n FROM demo WHERE _hub_partition = {p}"),
+        )
+        .await;
+        assert_eq!(got, &want, "partition {p}");
+    }
+    let first = common::json_rows(
+        &settings,
+        "SELECT id, amount FROM demo WHERE amount > 100.0 ORDER BY id LIMIT 3",
+    )
+    .await;
+    assert_eq!(seen["first_three"].as_array().unwrap().len(), 3);
+    for (got, want) in seen["first_three"].as_array().unwrap().iter().zip(&first) {
+        assert_eq!(got[0], want["id"]);
+        assert!((got[1].as_f64().unwrap() - want["amount"].as_f64().unwrap()).abs() < 1e-9);
+    }
+    let dtype = seen["ingested_at_dtype"].as_str().unwrap();
+    assert!(
+        dtype.starts_with("datetime64") && dtype.contains("UTC"),
+        "{dtype}"
+    );
+    assert!(seen["nested"]["user"].is_object(), "{seen}");
+    assert!(seen["nested"]["tags"].is_array(), "{seen}");
+
+    assert_eq!(
+        seen["catalogs"],
+        serde_json::json!([{"catalog": "hubflow", "schemas": [{"schema": "public", "tables": ["demo"]}]}])
+    );
+    let columns: Vec<&str> = seen["demo_columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for column in ["id", "amount", "created_at", "_hub_partition", "date"] {
+        assert!(columns.contains(&column), "{columns:?} lacks {column}");
+    }
+    assert_eq!(seen["table_types"], serde_json::json!(["TABLE"]));
+
+    for refused in ["create", "insert", "set"] {
+        let message = seen[refused]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("read-only"),
+            "{refused}: {}",
+            seen[refused]
+        );
+    }
+    let message = seen["unknown_column"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("nope"), "{}", seen["unknown_column"]);
+    let message = seen["too_many_rows"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("more than 1500 rows"),
+        "{}",
+        seen["too_many_rows"]
+    );
+    assert_eq!(seen["after_errors"]["ok"][0]["n"], RECORDS);
+
+    assert_eq!(seen["beside_runaway"]["ok"][0]["n"], RECORDS, "{seen}");
+    assert_eq!(
+        seen["runaway_still_running"], true,
+        "the runaway statement ended before the other connection's answer"
+    );
+    let message = seen["runaway"]["result"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("ran longer than"), "{}", seen["runaway"]);
+    assert!(seen["runaway"]["seconds"].as_f64().unwrap() < 30.0);
+
+    let message = seen["wrong_password"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "password authentication failed for user \"{USER}\""
+        )),
+        "{}",
+        seen["wrong_password"]
+    );
+    assert!(!message.contains("wrong-password"), "{message}");
+
+    // Still answering after all of it.
+    let (ok, value) = adbc_value(
+        &python,
+        &format!("grpc://{addr}"),
+        PASSWORD,
+        None,
+        "SELECT count(*) FROM demo",
+    )
+    .await;
+    assert!(ok, "{value}");
+    assert_eq!(value, RECORDS.to_string());
+    server.stop().await;
 }
