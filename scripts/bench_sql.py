@@ -1,15 +1,17 @@
-"""SQL through hubflow's Postgres server against DuckDB on the same curated
-files, in the same run. Called by scripts/bench.sh (`bash scripts/bench.sh
-sql`).
+"""SQL through hubflow's SQL server (Postgres wire protocol and Arrow Flight
+SQL) against DuckDB on the same curated files, in the same run. Called by
+scripts/bench.sh (`bash scripts/bench.sh sql`).
 
     python bench_sql.py BIN DATASET_DIR NAME
 
 Lands DATASET_DIR (pages/ served on loopback, as bench_e2e.py) with
 `hubflow run --exit-when-idle`, serves the curated table with `hubflow sql
 serve`, and times each query through psycopg (connected once; the median
-of 7 runs after one warm-up; rows fetched into Python) and through
-DuckDB's Python API (threads = 2) reading the same Parquet files, after
-checking that both return the same rows. Prints one markdown table.
+of 7 runs after one warm-up; rows fetched into Python) against DuckDB's
+Python API (threads = 2, `fetchall`) reading the same Parquet files, and
+through the ADBC Flight SQL driver (connected once; an Arrow table) against
+DuckDB's Arrow result (`fetch_arrow_table`), after checking that all three
+return the same rows. Prints one markdown table.
 """
 
 import os
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import adbc_driver_flightsql.dbapi as flight
 import duckdb
 import psycopg
 
@@ -78,19 +81,23 @@ def main():
     finally:
         server.kill()
     curated = f"{work}/data/blobs/curated/bench"
-    pg_port = free_port()
+    pg_port, flight_port = free_port(), free_port()
     env = dict(os.environ, HUBFLOW_SQL_USER=USER, HUBFLOW_SQL_PASSWORD=PASSWORD, HUBFLOW_LOG="warn")
     sql = subprocess.Popen(
-        [binary, "sql", "serve", "--config", f"{work}/hubflow.toml", "--pg-listen", f"127.0.0.1:{pg_port}"],
+        [binary, "sql", "serve", "--config", f"{work}/hubflow.toml", "--pg-listen", f"127.0.0.1:{pg_port}",
+         "--flight-listen", f"127.0.0.1:{flight_port}"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         for line in sql.stderr:
-            if line.startswith("sql: postgres wire protocol on"):
+            if line.startswith("sql: arrow flight sql on"):
                 break
         pg = psycopg.connect(host="127.0.0.1", port=pg_port, user=USER, password=PASSWORD, dbname="hubflow")
+        adbc = flight.connect(
+            f"grpc://127.0.0.1:{flight_port}", db_kwargs={"username": USER, "password": PASSWORD}
+        )
         duck = duckdb.connect()
         duck.execute("SET threads = 2")
         duck.execute(
@@ -99,23 +106,40 @@ def main():
         )
         rows = duck.execute("SELECT count(*) FROM bench").fetchone()[0]
         print(f"\n### {name}: {rows:,} rows in the curated table\n")
-        print("| query | hubflow sql (psycopg) | DuckDB (same files) | ratio | rows |")
-        print("|---|---|---|---|---|")
+        print(
+            "| query | psycopg | DuckDB rows | ratio | ADBC Flight SQL | DuckDB Arrow | ratio | rows |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for label, query in QUERIES:
             with pg.cursor() as cur:
                 theirs = cur.execute(query).fetchall()
+            with adbc.cursor() as cur:
+                cur.execute(query)
+                arrow = [tuple(r.values()) for r in cur.fetch_arrow_table().to_pylist()]
             ours = duck.execute(query).fetchall()
-            if not same(theirs, ours):
-                raise SystemExit(f"{label}: hubflow and DuckDB disagree:\n{theirs[:3]}\n{ours[:3]}")
+            for who, got in (("psycopg", theirs), ("adbc", arrow)):
+                if not same(got, ours):
+                    raise SystemExit(f"{label}: hubflow ({who}) and DuckDB disagree:\n{got[:3]}\n{ours[:3]}")
 
             def through_pg():
                 with pg.cursor() as cur:
                     cur.execute(query).fetchall()
 
+            def through_flight():
+                with adbc.cursor() as cur:
+                    cur.execute(query)
+                    cur.fetch_arrow_table()
+
             pg_s = median_seconds(through_pg)
             duck_s = median_seconds(lambda: duck.execute(query).fetchall())
-            print(f"| {label} | {pg_s * 1000:.1f} ms | {duck_s * 1000:.1f} ms | {pg_s / duck_s:.1f}× | {len(ours)} |")
+            flight_s = median_seconds(through_flight)
+            duck_arrow_s = median_seconds(lambda: duck.execute(query).fetch_arrow_table())
+            print(
+                f"| {label} | {pg_s * 1000:.1f} ms | {duck_s * 1000:.1f} ms | {pg_s / duck_s:.1f}× "
+                f"| {flight_s * 1000:.1f} ms | {duck_arrow_s * 1000:.1f} ms | {flight_s / duck_arrow_s:.1f}× | {len(ours)} |"
+            )
         pg.close()
+        adbc.close()
     finally:
         sql.terminate()
         sql.wait(timeout=30)

@@ -45,6 +45,9 @@ pub struct SqlConfig {
     /// Memory all running queries may hold together (sorts and joins
     /// spill to disk beyond it, other operators fail with a clear error).
     pub memory_limit_mb: u64,
+    /// Memory one statement may hold within that pool (Arrow Flight SQL;
+    /// Postgres statements draw on the shared pool directly).
+    pub statement_memory_limit_mb: u64,
     /// A statement (planning, execution and sending its rows) is cancelled
     /// after this long.
     pub query_timeout_ms: u64,
@@ -73,6 +76,7 @@ impl Default for SqlConfig {
             tls_cert: None,
             tls_key: None,
             memory_limit_mb: 1024,
+            statement_memory_limit_mb: 512,
             query_timeout_ms: 300_000,
             max_result_rows: 10_000_000,
             max_connections: 64,
@@ -124,6 +128,7 @@ pub struct SqlSettings {
     pub users: Vec<SqlUser>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub memory_limit_bytes: usize,
+    pub statement_memory_limit_bytes: usize,
     pub query_timeout: Duration,
     pub max_result_rows: u64,
     pub max_connections: usize,
@@ -223,6 +228,7 @@ impl SqlConfig {
         }
         for (field, value) in [
             ("memory_limit_mb", self.memory_limit_mb),
+            ("statement_memory_limit_mb", self.statement_memory_limit_mb),
             ("query_timeout_ms", self.query_timeout_ms),
             ("max_result_rows", self.max_result_rows),
             ("max_connections", self.max_connections as u64),
@@ -232,14 +238,24 @@ impl SqlConfig {
                 return Err(invalid(field, "must be at least 1"));
             }
         }
+        if self.statement_memory_limit_mb > self.memory_limit_mb {
+            return Err(invalid(
+                "statement_memory_limit_mb",
+                format!(
+                    "{} is more than memory_limit_mb ({}), the pool it is drawn from",
+                    self.statement_memory_limit_mb, self.memory_limit_mb
+                ),
+            ));
+        }
+        let mb = |n: u64| usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         Ok(SqlSettings {
             enabled: self.enabled,
             pg_listen: self.pg_listen,
             flight_listen,
             users,
             tls,
-            memory_limit_bytes: usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX),
+            memory_limit_bytes: mb(self.memory_limit_mb),
+            statement_memory_limit_bytes: mb(self.statement_memory_limit_mb),
             query_timeout: Duration::from_millis(self.query_timeout_ms),
             max_result_rows: self.max_result_rows,
             max_connections: self.max_connections,
@@ -321,6 +337,12 @@ mod tests {
                 .to_string()
                 .contains("query_timeout_ms")
         );
+        let greedy = SqlConfig {
+            statement_memory_limit_mb: 2048,
+            ..with_user("a-long-password")
+        };
+        let err = greedy.validate(true).unwrap_err().to_string();
+        assert!(err.starts_with("sql.statement_memory_limit_mb"), "{err}");
         let twice = SqlConfig {
             users: [
                 with_user("a-long-password").users,

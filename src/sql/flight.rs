@@ -12,10 +12,12 @@
 //!   streams the batches. Planning and execution run on the SQL server's
 //!   query threads ([`super::guard::QueryRuntime`]) under the same
 //!   [`Limits`] as the Postgres side: a deadline, a cap on result rows,
-//!   and the shared memory pool. A client that goes away drops the stream,
+//!   and memory: each statement its own cap inside the shared pool
+//!   ([`super::memory`]). A client that goes away drops the stream,
 //!   which stops the statement.
 //! - Prepared statements with `$1`-style parameters (one row of values per
-//!   execution), kept per user until closed (at most [`MAX_PREPARED`]).
+//!   execution), planned once and kept per user until closed (at most
+//!   [`MAX_PREPARED`]).
 //! - Metadata: catalogs, schemas, tables (with their Arrow schemas), table
 //!   types and SqlInfo, enough for `adbc_get_objects` and
 //!   `adbc_get_table_schema`.
@@ -48,8 +50,10 @@ use arrow_flight::{
 };
 use base64::Engine as _;
 use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
+use datafusion::execution::TaskContext;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use rand::RngCore;
@@ -93,7 +97,9 @@ struct Session {
 
 struct Prepared {
     owner: String,
-    sql: String,
+    /// Planned (and checked read-only) once, when prepared; each execution
+    /// binds its values into a copy.
+    plan: LogicalPlan,
     /// `$1`, `$2`, … in order, with the type the plan expects when known.
     parameters: Vec<Option<DataType>>,
     bound: Option<ParamValues>,
@@ -107,6 +113,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn sql_error(error: DataFusionError) -> Status {
     let message = error.strip_backtrace();
     match error.find_root() {
+        DataFusionError::ResourcesExhausted(_) if message.contains("statement_memory_limit_mb") => {
+            Status::resource_exhausted(message)
+        }
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
             "{message} (sql.memory_limit_mb is shared by every running query)"
         )),
@@ -386,11 +395,19 @@ impl FlightSql {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let ctx = self.catalog.context();
+        let memory = self.limits.statement_memory;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, Status>>(BATCHES_IN_FLIGHT);
         let (schema_tx, schema_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef, Status>>();
         let forward = self.runtime.handle().spawn(async move {
-            let stream = match ctx.execute_logical_plan(plan).await {
-                Ok(frame) => frame.execute_stream().await,
+            let state = ctx.state();
+            let stream = match state.create_physical_plan(&plan).await {
+                Ok(physical) => {
+                    // This statement's own cap inside the shared pool.
+                    let task = TaskContext::from(&state).with_runtime(
+                        super::memory::StatementPool::runtime(state.runtime_env(), memory),
+                    );
+                    execute_stream(physical, Arc::new(task))
+                }
                 Err(e) => Err(e),
             };
             let mut stream = match stream {
@@ -513,10 +530,10 @@ impl FlightSql {
         &self,
         handle: &[u8],
         user: &str,
-    ) -> Result<(String, usize, Option<ParamValues>), Status> {
+    ) -> Result<(LogicalPlan, usize, Option<ParamValues>), Status> {
         let prepared = lock(&self.prepared);
         match prepared.get(handle) {
-            Some(p) if p.owner == user => Ok((p.sql.clone(), p.parameters.len(), p.bound.clone())),
+            Some(p) if p.owner == user => Ok((p.plan.clone(), p.parameters.len(), p.bound.clone())),
             _ => Err(Status::not_found(
                 "no such prepared statement (closed, or made by another user)",
             )),
@@ -524,13 +541,14 @@ impl FlightSql {
     }
 
     async fn plan_prepared(&self, handle: &[u8], user: &str) -> Result<LogicalPlan, Status> {
-        let (sql, parameters, bound) = self.prepared(handle, user)?;
-        if parameters > 0 && bound.is_none() {
-            return Err(Status::invalid_argument(format!(
+        let (plan, parameters, bound) = self.prepared(handle, user)?;
+        match bound {
+            Some(values) => plan.with_param_values(values).map_err(sql_error),
+            None if parameters > 0 => Err(Status::invalid_argument(format!(
                 "bind the statement's {parameters} parameter(s) before executing it"
-            )));
+            ))),
+            None => Ok(plan),
         }
-        self.plan(&sql, bound).await
     }
 }
 
@@ -663,7 +681,7 @@ impl FlightSqlService for FlightSql {
                 handle.clone(),
                 Prepared {
                     owner: user,
-                    sql: query.query,
+                    plan: plan.clone(),
                     parameters,
                     bound: None,
                 },

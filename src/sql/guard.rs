@@ -208,6 +208,9 @@ impl Drop for QueryRuntime {
 pub struct Limits {
     pub timeout: Duration,
     pub max_rows: u64,
+    /// One statement's share of the memory pool (where Hubflow executes
+    /// the plan itself: Flight SQL, `super::memory`).
+    pub statement_memory: usize,
 }
 
 /// Cancel switches of the statements running now, by connection

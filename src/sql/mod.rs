@@ -16,6 +16,7 @@
 //! - [`guard`]: read-only (every statement that is not a query refused
 //!   with SQLSTATE 25006), and per-statement limits: time, result rows,
 //!   cancellation while rows stream; statements on threads of their own;
+//! - [`memory`]: the per-statement memory cap inside the shared pool;
 //! - [`json`]: nested columns (structs, maps, lists of them) as JSON text,
 //!   through a view per table that has them;
 //! - [`yielding`]: the optimizer rule that makes a running statement
@@ -34,6 +35,7 @@ pub mod catalog;
 pub mod flight;
 pub mod guard;
 pub mod json;
+pub mod memory;
 pub mod yielding;
 
 use std::net::SocketAddr;
@@ -191,6 +193,7 @@ impl SqlServer {
         let limits = guard::Limits {
             timeout: settings.query_timeout,
             max_rows: settings.max_result_rows,
+            statement_memory: settings.statement_memory_limit_bytes,
         };
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(guard::ReadOnly),

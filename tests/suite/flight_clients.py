@@ -98,6 +98,10 @@ with connect() as conn:
     out["set"] = attempt(conn, "SET datafusion.execution.batch_size = 1")
     out["unknown_column"] = attempt(conn, "SELECT nope FROM demo")
     out["too_many_rows"] = attempt(conn, "SELECT * FROM demo")
+    # A statement over its own memory cap fails; the pool stays for others.
+    out["memory_hog"] = attempt(
+        conn, "SELECT count(DISTINCT a.id || b.id) AS n FROM demo a CROSS JOIN demo b"
+    )
     out["after_errors"] = attempt(conn, "SELECT count(*) AS n FROM demo")
 
     # A runaway statement is stopped by its time limit while another

@@ -289,6 +289,46 @@ async fn psql_and_psycopg_query_the_curated_tables_read_only_and_within_limits()
     let sum: f64 = fields[2].parse().unwrap();
     assert!((sum - expected_sum).abs() < 0.01, "{sum} vs {expected_sum}");
 
+    // A parameterised query the psql 15 way (Debian's; `\bind` came in
+    // 16): a variable from the command line, quoted by psql as a literal,
+    // so a hostile value stays a value. Server-side parameters are
+    // psycopg's and ADBC's below.
+    let purchases = hubflow_value(
+        &settings,
+        "SELECT count(*) AS n FROM demo WHERE type = 'purchase'",
+    )
+    .await;
+    for (kind, want) in [
+        ("purchase", purchases.to_string()),
+        ("x' OR 'a' = 'a", "0".into()),
+    ] {
+        let mut child = tokio::process::Command::new(&psql_bin)
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v"])
+            .arg(format!("kind={kind}"))
+            .arg(format!(
+                "host={} port={} dbname=hubflow user={USER}",
+                addr.ip(),
+                addr.port()
+            ))
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"SELECT count(*) FROM demo WHERE type = :'kind';\n")
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{kind}");
+    }
+
     // A write through psql: refused with the read-only SQLSTATE's message.
     let (ok, _, err) = psql(
         &psql_bin,
@@ -798,7 +838,7 @@ async fn run_with_sql_enabled_serves_the_tables_as_they_fill() {
 /// Arrow Flight SQL through the ADBC driver (and pandas through it): the
 /// same rows as `hubflow query`, a parameterised prepared statement, the
 /// catalog ADBC lists, writes and session changes refused, a bad column, a
-/// result over the row cap, a runaway statement stopped by its time limit
+/// result over the row cap, a statement over its memory cap, a runaway statement stopped by its time limit
 /// while another connection answers, a wrong password, and garbage bytes
 /// on the port first: each a clear error, the server still answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -811,6 +851,7 @@ async fn adbc_queries_the_same_tables_over_flight_sql_read_only_and_within_limit
     let settings = curated_run(dir.path()).await;
     let sql = SqlConfig {
         max_result_rows: 1_500,
+        statement_memory_limit_mb: 1,
         ..sql_config(6_000, 16)
     }
     .validate(true)
@@ -919,6 +960,12 @@ async fn adbc_queries_the_same_tables_over_flight_sql_read_only_and_within_limit
         message.contains("more than 1500 rows"),
         "{}",
         seen["too_many_rows"]
+    );
+    let message = seen["memory_hog"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("sql.statement_memory_limit_mb") && message.contains("ResourceExhausted"),
+        "{}",
+        seen["memory_hog"]
     );
     assert_eq!(seen["after_errors"]["ok"][0]["n"], RECORDS);
 
