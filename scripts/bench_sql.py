@@ -96,7 +96,9 @@ def main():
                 break
         pg = psycopg.connect(host="127.0.0.1", port=pg_port, user=USER, password=PASSWORD, dbname="hubflow")
         adbc = flight.connect(
-            f"grpc://127.0.0.1:{flight_port}", db_kwargs={"username": USER, "password": PASSWORD}
+            f"grpc://127.0.0.1:{flight_port}",
+            db_kwargs={"username": USER, "password": PASSWORD},
+            autocommit=True,
         )
         duck = duckdb.connect()
         duck.execute("SET threads = 2")

@@ -127,6 +127,29 @@ with connect() as conn:
     thread.join(60)
     out["runaway"] = runaway
 
+    # A cancel from the client (ADBC's cancel, as a notebook's interrupt)
+    # stops the statement long before its time limit.
+    cancelled = {}
+
+    def cancel_me(cur):
+        started = time.monotonic()
+        try:
+            cur.execute(
+                "SELECT count(*) FROM demo a, demo b, demo c WHERE a.amount + b.amount > c.amount"
+            )
+            cancelled["result"] = {"ok": cur.fetch_arrow_table().to_pylist()}
+        except Exception as e:  # noqa: BLE001
+            cancelled["result"] = failure(e)
+        cancelled["seconds"] = time.monotonic() - started
+
+    with connect() as other, other.cursor() as cur:
+        thread = threading.Thread(target=cancel_me, args=(cur,))
+        thread.start()
+        time.sleep(1.0)
+        cur.adbc_cancel()
+        thread.join(60)
+    out["cancelled"] = cancelled
+
 # A wrong password is refused at connect or at the first call.
 try:
     with connect("wrong-password") as bad:

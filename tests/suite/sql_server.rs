@@ -838,7 +838,8 @@ async fn run_with_sql_enabled_serves_the_tables_as_they_fill() {
 /// Arrow Flight SQL through the ADBC driver (and pandas through it): the
 /// same rows as `hubflow query`, a parameterised prepared statement, the
 /// catalog ADBC lists, writes and session changes refused, a bad column, a
-/// result over the row cap, a statement over its memory cap, a runaway statement stopped by its time limit
+/// result over the row cap, a statement over its memory cap, a client
+/// cancel, a runaway statement stopped by its time limit
 /// while another connection answers, a wrong password, and garbage bytes
 /// on the port first: each a clear error, the server still answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -979,6 +980,17 @@ async fn adbc_queries_the_same_tables_over_flight_sql_read_only_and_within_limit
         .unwrap_or_default();
     assert!(message.contains("ran longer than"), "{}", seen["runaway"]);
     assert!(seen["runaway"]["seconds"].as_f64().unwrap() < 30.0);
+
+    // The time limit is 6 s; the cancel came after 1 s.
+    let message = seen["cancelled"]["result"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.starts_with("CANCELLED"), "{}", seen["cancelled"]);
+    assert!(
+        seen["cancelled"]["seconds"].as_f64().unwrap() < 4.0,
+        "{}",
+        seen["cancelled"]
+    );
 
     let message = seen["wrong_password"]["message"]
         .as_str()
