@@ -16,8 +16,10 @@
 //!   ([`super::memory`]). A client that goes away drops the stream,
 //!   which stops the statement.
 //! - Prepared statements with `$1`-style parameters (one row of values per
-//!   execution), planned once and kept per user until closed (at most
-//!   [`MAX_PREPARED`]).
+//!   execution), planned once and kept per user until closed; clients that
+//!   go away without closing them cannot fill the server: beyond
+//!   [`MAX_PREPARED_PER_USER`] a user's least recently used statement is
+//!   dropped, beyond [`MAX_PREPARED`] anyone's.
 //! - Metadata: catalogs, schemas, tables (with their Arrow schemas), table
 //!   types and SqlInfo, enough for `adbc_get_objects` and
 //!   `adbc_get_table_schema`.
@@ -72,6 +74,8 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 10_000;
 /// Prepared statements kept at once, over all users.
 pub const MAX_PREPARED: usize = 1_024;
+/// Prepared statements kept at once for one user.
+pub const MAX_PREPARED_PER_USER: usize = 256;
 /// Batches computed ahead of the client.
 const BATCHES_IN_FLIGHT: usize = 2;
 
@@ -103,6 +107,36 @@ struct Prepared {
     /// `$1`, `$2`, … in order, with the type the plan expects when known.
     parameters: Vec<Option<DataType>>,
     bound: Option<ParamValues>,
+    used: Instant,
+}
+
+/// Drops least recently used prepared statements so `user` can add one
+/// within [`MAX_PREPARED_PER_USER`] and [`MAX_PREPARED`].
+fn make_room<V>(
+    prepared: &mut HashMap<Vec<u8>, V>,
+    user: &str,
+    owner: impl Fn(&V) -> &str,
+    used: impl Fn(&V) -> Instant,
+) {
+    let oldest = |prepared: &HashMap<Vec<u8>, V>, mine: bool| {
+        prepared
+            .iter()
+            .filter(|(_, p)| !mine || owner(p) == user)
+            .min_by_key(|(_, p)| used(p))
+            .map(|(handle, _)| handle.clone())
+    };
+    let held = prepared.values().filter(|p| owner(p) == user).count();
+    let evict = if held >= MAX_PREPARED_PER_USER {
+        oldest(prepared, true)
+    } else if prepared.len() >= MAX_PREPARED {
+        oldest(prepared, false)
+    } else {
+        None
+    };
+    if let Some(handle) = evict {
+        prepared.remove(&handle);
+        debug!(user, "dropped the least recently used prepared statement");
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -531,9 +565,12 @@ impl FlightSql {
         handle: &[u8],
         user: &str,
     ) -> Result<(LogicalPlan, usize, Option<ParamValues>), Status> {
-        let prepared = lock(&self.prepared);
-        match prepared.get(handle) {
-            Some(p) if p.owner == user => Ok((p.plan.clone(), p.parameters.len(), p.bound.clone())),
+        let mut prepared = lock(&self.prepared);
+        match prepared.get_mut(handle) {
+            Some(p) if p.owner == user => {
+                p.used = Instant::now();
+                Ok((p.plan.clone(), p.parameters.len(), p.bound.clone()))
+            }
             _ => Err(Status::not_found(
                 "no such prepared statement (closed, or made by another user)",
             )),
@@ -672,11 +709,7 @@ impl FlightSqlService for FlightSql {
         let handle = random_token(16).into_bytes();
         {
             let mut prepared = lock(&self.prepared);
-            if prepared.len() >= MAX_PREPARED {
-                return Err(Status::resource_exhausted(format!(
-                    "{MAX_PREPARED} prepared statements are open: close some first"
-                )));
-            }
+            make_room(&mut prepared, &user, |p| &p.owner, |p| p.used);
             prepared.insert(
                 handle.clone(),
                 Prepared {
@@ -684,6 +717,7 @@ impl FlightSqlService for FlightSql {
                     plan: plan.clone(),
                     parameters,
                     bound: None,
+                    used: Instant::now(),
                 },
             );
         }
@@ -983,6 +1017,36 @@ mod tests {
             .await
             .unwrap();
         assert!(parameter_types(&gap).is_err());
+    }
+
+    #[test]
+    fn abandoned_prepared_statements_make_room_oldest_first() {
+        let start = Instant::now();
+        let mut map: HashMap<Vec<u8>, (String, Instant)> = HashMap::new();
+        let add = |map: &mut HashMap<Vec<u8>, (String, Instant)>, user: &str, i: usize| {
+            make_room(map, user, |p| &p.0, |p| p.1);
+            let at = start + Duration::from_millis(i as u64);
+            map.insert(format!("{user}-{i}").into_bytes(), (user.to_string(), at));
+        };
+        for i in 0..MAX_PREPARED_PER_USER + 10 {
+            add(&mut map, "greedy", i);
+        }
+        // The greedy user's oldest went; nobody else was touched.
+        assert_eq!(map.len(), MAX_PREPARED_PER_USER);
+        assert!(!map.contains_key(b"greedy-0".as_slice()));
+        assert!(map.contains_key(b"greedy-10".as_slice()));
+        add(&mut map, "quiet", 1_000);
+        assert!(map.contains_key(b"quiet-1000".as_slice()));
+        // Over the global cap the oldest of anyone's goes.
+        let mut i = 2_000;
+        for user in ["a", "b", "c", "d"] {
+            for _ in 0..MAX_PREPARED_PER_USER {
+                add(&mut map, user, i);
+                i += 1;
+            }
+        }
+        assert_eq!(map.len(), MAX_PREPARED);
+        assert!(map.keys().all(|k| !k.starts_with(b"greedy")));
     }
 
     #[test]

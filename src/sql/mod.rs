@@ -439,7 +439,12 @@ async fn serve_flight(
             }
         };
     }
+    // Bounds on what one client may hold open: streams per connection,
+    // and a connection that stops answering pings is closed.
     let served = builder
+        .max_concurrent_streams(Some(64))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(service))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY each call waits out a delayed ACK
