@@ -58,14 +58,17 @@ fn clients() -> Option<(PathBuf, PathBuf)> {
 /// in CI, where scripts/test.sh installs it).
 fn adbc() -> Option<PathBuf> {
     let python = common::azurite::repo_root().join(".tools/venv/bin/python");
-    let found = std::process::Command::new(&python)
+    let probe = std::process::Command::new(&python)
         .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow, pandas"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if found {
-        return Some(python);
-    }
-    let why = "adbc-driver-flightsql missing (scripts/test.sh installs it)";
+        .output();
+    let why = match probe {
+        Ok(out) if out.status.success() => return Some(python),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    let why = format!(
+        "the ADBC Flight SQL driver, pyarrow or pandas is missing (scripts/test.sh installs them): {why}"
+    );
     assert!(
         !common::in_ci(),
         "flight sql client tests cannot run: {why}"
